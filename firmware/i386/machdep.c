@@ -1,0 +1,232 @@
+/*
+ * nit i386 test kernel: descriptor tables, the local APIC, traps and kmain.
+ */
+#include "kernel.h"
+
+#define SEG(base, limit, access, flags)						\
+	((uint64_t)((limit) & 0xffff) | ((uint64_t)((base) & 0xffffff) << 16) |	\
+	 ((uint64_t)(access) << 40) | ((uint64_t)(((limit) >> 16) & 0xf) << 48) | \
+	 ((uint64_t)(flags) << 52) | ((uint64_t)(((base) >> 24) & 0xff) << 56))
+
+/* Flat 4 GiB code (P, DPL0, S, type 0xB) and data (type 0x3), G=1, D=1. */
+uint64_t gdt[NGDT] = {
+	0,
+	SEG(0, 0xfffff, 0x9b, 0xc),
+	SEG(0, 0xfffff, 0x93, 0xc),
+	0,			/* GSEL_TSS, filled by gdt_init */
+	0,			/* GSEL_NMITSS, filled by the tsnmi module */
+};
+
+uint64_t idt[256];
+struct i386tss common_tss;
+volatile uint32_t ticks;
+volatile uint32_t nmi_count;
+int kdb_on_nmi;
+const int hz = 100;
+
+static volatile uint32_t *const lapic = (volatile uint32_t *)LAPIC_BASE;
+#define LAPIC_ID	0x020
+#define LAPIC_VER	0x030
+#define LAPIC_TPR	0x080
+#define LAPIC_EOI	0x0b0
+#define LAPIC_SVR	0x0f0
+#define LAPIC_LVT_TIMER	0x320
+#define LAPIC_LVT_LINT0	0x350
+#define LAPIC_LVT_LINT1	0x360
+#define LAPIC_LVT_ERROR	0x370
+#define LAPIC_ICR_TIMER	0x380
+#define LAPIC_DCR_TIMER	0x3e0
+#define APIC_LVT_MASKED		0x10000
+#define APIC_LVT_PERIODIC	0x20000
+#define APIC_DELMODE_NMI	0x400
+#define APIC_SVR_ENABLE		0x100
+#define APIC_BUS_HZ		100000000u	/* nitdbg's virtual bus clock */
+#define APIC_TIMER_DIVISOR	16
+
+static inline uint32_t lapic_read(uint32_t reg) { return lapic[reg / 4]; }
+static inline void lapic_write(uint32_t reg, uint32_t v) { lapic[reg / 4] = v; }
+
+uint32_t rcr3(void)
+{
+	uint32_t v;
+	__asm__ volatile("movl %%cr3, %0" : "=r"(v));
+	return v;
+}
+
+/* An available 32-bit TSS descriptor (type 9), byte granular, 104 bytes. */
+void gdt_set_tss(int sel, struct i386tss *tss)
+{
+	gdt[sel >> 3] = SEG((uint32_t)tss, sizeof(*tss) - 1, 0x89, 0x0);
+}
+
+/* 32-bit interrupt gate, DPL 0: IF is cleared on entry. */
+void setidt_intr(int vec, void (*fn)(void))
+{
+	uint32_t off = (uint32_t)fn;
+	idt[vec] = (uint64_t)(off & 0xffff) | ((uint64_t)GSEL_CODE << 16) |
+	    ((uint64_t)0x8e << 40) | ((uint64_t)(off >> 16) << 48);
+}
+
+/* Task gate (type 5), DPL 0: the offset is unused, the selector names a TSS. */
+void setidt_task(int vec, int sel)
+{
+	/* Write the selector half first so the present half never points at junk. */
+	volatile uint32_t *g = (volatile uint32_t *)&idt[vec];
+	g[0] = (uint32_t)sel << 16;
+	g[1] = 0x85u << 8;
+}
+
+static void gdt_init(void)
+{
+	struct { uint16_t limit; uint32_t base; } __attribute__((packed)) d;
+
+	common_tss.tss_ss0 = GSEL_DATA;
+	common_tss.tss_esp0 = (uint32_t)bootstack_top;
+	common_tss.tss_ioopt = sizeof(struct i386tss);	/* no I/O bitmap */
+	gdt_set_tss(GSEL_TSS, &common_tss);
+	d.limit = sizeof(gdt) - 1;
+	d.base = (uint32_t)gdt;
+	__asm__ volatile("lgdt %0" : : "m"(d));
+	/* The running task must have a TSS for a task switch to save it into. */
+	__asm__ volatile("ltr %w0" : : "r"(GSEL_TSS));
+}
+
+static void idt_init(void)
+{
+	struct { uint16_t limit; uint32_t base; } __attribute__((packed)) d;
+	int i;
+
+	for (i = 0; i < 32; i++)
+		setidt_intr(i, idtvec[i]);
+	setidt_intr(IDT_TIMER, Xtimerint);
+	setidt_intr(IDT_SPURIOUS, Xspuriousint);
+	d.limit = sizeof(idt) - 1;
+	d.base = (uint32_t)idt;
+	__asm__ volatile("lidt %0" : : "m"(d));
+}
+
+static void lapic_init(void)
+{
+	lapic_write(LAPIC_SVR, APIC_SVR_ENABLE | IDT_SPURIOUS);
+	lapic_write(LAPIC_TPR, 0);
+	/* No PIC here: mask ExtINT. LINT1 is the NMI pin bhyve's --assert-lapic-lvt=1 raises. */
+	lapic_write(LAPIC_LVT_LINT0, APIC_LVT_MASKED);
+	lapic_write(LAPIC_LVT_LINT1, APIC_DELMODE_NMI);
+	lapic_write(LAPIC_LVT_ERROR, APIC_LVT_MASKED);
+	lapic_write(LAPIC_DCR_TIMER, 0x3);		/* divide by 16 */
+	lapic_write(LAPIC_LVT_TIMER, APIC_LVT_PERIODIC | IDT_TIMER);
+	lapic_write(LAPIC_ICR_TIMER, APIC_BUS_HZ / APIC_TIMER_DIVISOR / hz);
+}
+
+static void lapic_timer_intr(void)
+{
+	ticks++;
+	cons_poll();			/* no IOAPIC: COM1 input is polled here */
+	lapic_write(LAPIC_EOI, 0);
+}
+
+static void kdb_trap(int type, struct trapframe *tf)
+{
+	hypercall(NIT_HC_KDB_ENTER, (uint32_t)tf, type, 0);
+}
+
+/* isa_nmi(): read the NMI status port, count, maybe enter the debugger. */
+static void nmi_handler(struct trapframe *tf)
+{
+	(void)inb(0x61);
+	nmi_count++;
+	if (kdb_on_nmi)
+		kdb_trap(T_NMI, tf);
+}
+
+static const char *const trap_msg[] = {
+	[T_PRIVINFLT] = "privileged instruction fault",
+	[T_BPTFLT] = "breakpoint instruction fault",
+	[T_ARITHTRAP] = "arithmetic trap",
+	[T_PROTFLT] = "general protection fault",
+	[T_TRCTRAP] = "debug exception",
+	[T_PAGEFLT] = "page fault",
+	[T_ALIGNFLT] = "alignment fault",
+	[T_DIVIDE] = "integer divide fault",
+	[T_NMI] = "non-maskable interrupt trap",
+	[T_OFLOW] = "overflow trap",
+	[T_BOUND] = "FPU bounds check fault",
+	[T_DNA] = "FPU device not available",
+	[T_DOUBLEFLT] = "double fault",
+	[T_FPOPFLT] = "FPU operand fetch fault",
+	[T_TSSFLT] = "invalid TSS fault",
+	[T_SEGNPFLT] = "segment not present fault",
+	[T_STKFLT] = "stack fault",
+	[T_MCHK] = "machine check trap",
+	[T_XMMFLT] = "SIMD floating-point exception",
+	[T_RESERVED] = "reserved (unknown) fault",
+};
+
+static void trap_fatal(struct trapframe *tf)
+{
+	uint32_t type = tf->tf_trapno;
+	const char *msg = type < sizeof(trap_msg) / sizeof(trap_msg[0]) && trap_msg[type] ?
+	    trap_msg[type] : "unknown trap";
+
+	printf("\n\nFatal trap %u: %s while in kernel mode\n", type, msg);
+	printf("error code\t\t= 0x%x\n", tf->tf_err);
+	printf("instruction pointer\t= 0x%x:0x%x\n", tf->tf_cs & 0xffff, tf->tf_eip);
+	printf("frame pointer\t\t= 0x%x:0x%x\n", GSEL_DATA, tf->tf_ebp);
+	printf("processor eflags\t= 0x%x\n", tf->tf_eflags);
+	printf("trap number\t\t= %u\n", type);
+	kdb_trap(type, tf);
+	panic("%s", msg);
+}
+
+void trap(struct trapframe *tf)
+{
+	switch (tf->tf_trapno) {
+	case IDT_TIMER:
+		lapic_timer_intr();
+		break;
+	case T_NMI:
+		nmi_handler(tf);
+		break;
+	case T_BPTFLT:
+	case T_TRCTRAP:
+		kdb_trap(tf->tf_trapno, tf);
+		break;
+	default:
+		trap_fatal(tf);
+	}
+}
+
+void panic(const char *fmt, ...)
+{
+	static char buf[128];
+	va_list ap;
+
+	disable_intr();
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	printf("panic: %s\n", buf);
+	hypercall(NIT_HC_PANIC, (uint32_t)buf, 0, 0);
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+void kmain(uint32_t magic, const struct multiboot_info *mbi);
+
+void kmain(uint32_t magic, const struct multiboot_info *mbi)
+{
+	cons_init();
+	printf("nit/i386 test kernel (tsnmi)\n");
+	if (magic != MULTIBOOT_BOOTLOADER_MAGIC)
+		panic("not booted by a multiboot loader (eax 0x%x)", magic);
+	if (mbi->flags & 0x1) {
+		uint32_t kb = mbi->mem_upper + 1024;
+		printf("real memory  = %u (%u MB)\n", kb * 1024, kb / 1024);
+	}
+	gdt_init();
+	idt_init();
+	lapic_init();
+	printf("lapic0: id %u, version 0x%x, timer %d Hz, LINT1 NMI\n",
+	    lapic_read(LAPIC_ID) >> 24, lapic_read(LAPIC_VER) & 0xff, hz);
+	shell_main();
+}
