@@ -1,0 +1,663 @@
+"""System instructions: flags control, HLT/PAUSE, software interrupts, I/O, MSRs, control and
+debug registers, descriptor tables, segment loads, SVM instructions as intercept points."""
+
+from __future__ import annotations
+
+import capstone.x86_const as X
+
+from ..decode import F_NO_SSTEP, Decoded, translates
+from ..faults import Fault
+from ..regs import (
+    AC,
+    CR0_PE,
+    CR0_PG,
+    CR0_TS,
+    CR4_PAE,
+    CRMAP,
+    CS,
+    DR6_BD,
+    DR7_GD,
+    DRMAP,
+    EFER_LMA,
+    EFER_LME,
+    FS,
+    GS,
+    ID,
+    IF,
+    IOPL,
+    MASK,
+    MSR_APIC_BASE,
+    MSR_CSTAR,
+    MSR_EFER,
+    MSR_FS_BASE,
+    MSR_GS_BASE,
+    MSR_KERNEL_GS_BASE,
+    MSR_LSTAR,
+    MSR_SFMASK,
+    MSR_STAR,
+    MSR_TSC,
+    MSR_TSC_AUX,
+    NT,
+    RF,
+    RFLAGS_WRITABLE,
+    SEGMAP,
+    SHADOW_MOVSS,
+    SHADOW_STI,
+    SS,
+    VM,
+)
+from ..segments import Segment, decode_descriptor
+from ..stack import pop, push
+from .iret import _load_seg  # noqa: F401  (shared descriptor loading)
+
+M64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _cpl0(c) -> None:
+    if c.cpl != 0:
+        raise Fault(13, 0)
+
+
+def _iopl_ok(c) -> bool:
+    return c.cpl <= (c.rflags & IOPL) >> 12
+
+
+@translates(X.X86_INS_HLT)
+def hlt(d: Decoded):
+    nxt = d.next
+
+    def hlt_(c):
+        _cpl0(c)   # HLT's own #GP comes before the intercept check (APM 15.9)
+        c.hooks.insn(c, "hlt", nxt)
+        c.halted = True
+        c.attention = True
+    return hlt_
+
+
+@translates(X.X86_INS_PAUSE)
+def pause(d: Decoded):
+    nxt = d.next
+    return lambda c: c.hooks.insn(c, "pause", nxt)
+
+
+@translates(X.X86_INS_CLI)
+def cli(d: Decoded):
+    def cli_(c):
+        if not _iopl_ok(c):
+            raise Fault(13, 0)
+        c.rflags &= ~IF
+    return cli_
+
+
+@translates(X.X86_INS_STI)
+def sti(d: Decoded):
+    def sti_(c):
+        if not _iopl_ok(c):
+            raise Fault(13, 0)
+        # STI opens a one-instruction interrupt shadow only when IF was 0 (SDM vol 2 STI).
+        if not c.rflags & IF:
+            c.shadow = SHADOW_STI
+        c.rflags |= IF
+        c.attention = True
+    return sti_
+
+
+@translates(X.X86_INS_CLD)
+def cld(d: Decoded):
+    def cld_(c):
+        c.rflags &= ~0x400
+    return cld_
+
+
+@translates(X.X86_INS_STD)
+def std(d: Decoded):
+    def std_(c):
+        c.rflags |= 0x400
+    return std_
+
+
+@translates(X.X86_INS_CLC)
+def clc(d: Decoded):
+    def clc_(c):
+        c.rflags &= ~1
+    return clc_
+
+
+@translates(X.X86_INS_STC)
+def stc(d: Decoded):
+    def stc_(c):
+        c.rflags |= 1
+    return stc_
+
+
+@translates(X.X86_INS_CMC)
+def cmc(d: Decoded):
+    def cmc_(c):
+        c.rflags ^= 1
+    return cmc_
+
+
+@translates(X.X86_INS_LAHF)
+def lahf(d: Decoded):
+    def lahf_(c):
+        c.regs[0] = (c.regs[0] & ~0xFF00) | ((c.rflags & 0xD5 | 2) << 8)
+    return lahf_
+
+
+@translates(X.X86_INS_SAHF)
+def sahf(d: Decoded):
+    def sahf_(c):
+        c.rflags = (c.rflags & ~0xD5) | ((c.regs[0] >> 8) & 0xD5)
+    return sahf_
+
+
+@translates(X.X86_INS_PUSHF, X.X86_INS_PUSHFD, X.X86_INS_PUSHFQ)
+def pushf(d: Decoded):
+    size = d.stack_size()
+    nxt = d.next
+
+    def pushf_(c):
+        c.hooks.insn(c, "pushf", nxt)
+        # The image pushed has RF and VM cleared (SDM vol 2 PUSHF).
+        push(c, c.rflags & ~(RF | VM) & MASK[size], size)
+    return pushf_
+
+
+@translates(X.X86_INS_POPF, X.X86_INS_POPFD, X.X86_INS_POPFQ)
+def popf(d: Decoded):
+    size = d.stack_size()
+    nxt = d.next
+
+    def popf_(c):
+        c.hooks.insn(c, "popf", nxt)
+        v = pop(c, size)
+        writable = RFLAGS_WRITABLE & ~RF   # POPF never sets RF; RF is cleared after it
+        if c.cpl > 0:
+            writable &= ~IOPL
+        if not _iopl_ok(c):
+            writable &= ~IF
+        if size == 2:
+            writable &= 0xFFFF
+        c.rflags = (c.rflags & ~writable) | (v & writable) | 0x2
+        c.attention = True
+    return popf_
+
+
+# ---------------------------------------------------------------- software interrupts
+def _softint(vector: int, kind: str, name: str, nxt: int, check):
+    def softint(c):
+        if check is not None:
+            check(c)
+        if name:
+            c.hooks.insn(c, name, nxt)
+        if kind == "exc":
+            # INT3/INTO are reported to the layer above as the #BP/#OF exception.
+            c.hooks.exception(c, vector, None)
+        from ..interrupts import deliver
+        deliver(c, vector, "soft" if kind in ("int", "exc") else "icebp", None)
+    return softint
+
+
+@translates(X.X86_INS_INT)
+def int_n(d: Decoded):
+    d.flags |= F_NO_SSTEP
+    return _softint(d.ops[0].imm & 0xFF, "int", "intn", d.next, None)
+
+
+@translates(X.X86_INS_INT3)
+def int3(d: Decoded):
+    d.flags |= F_NO_SSTEP
+    return _softint(3, "exc", "", d.next, None)
+
+
+@translates(X.X86_INS_INTO)
+def into(d: Decoded):
+    d.flags |= F_NO_SSTEP
+    if d.mode == 64:
+        def ud(c):
+            raise Fault(6)
+        return ud
+    inner = _softint(4, "exc", "", d.next, None)
+
+    def into_(c):
+        if c.rflags & 0x800:
+            inner(c)
+    return into_
+
+
+@translates(X.X86_INS_INT1)
+def int1(d: Decoded):
+    # ICEBP: a #DB without DR6.BS, delivered as a privileged software event (no DPL check).
+    d.flags |= F_NO_SSTEP
+    return _softint(1, "icebp", "icebp", d.next, None)
+
+
+@translates(X.X86_INS_UD2, X.X86_INS_UD0, X.X86_INS_UD1)
+def ud2(d: Decoded):
+    def ud2_(c):
+        raise Fault(6)
+    return ud2_
+
+
+# ---------------------------------------------------------------- I/O
+def _io_check(c, port: int, size: int) -> None:
+    if not _iopl_ok(c):
+        # No I/O permission bitmap support beyond IOPL: CPL > IOPL faults.
+        raise Fault(13, 0)
+
+
+@translates(X.X86_INS_IN)
+def in_(d: Decoded):
+    size = d.size(0)
+    nxt = d.next
+    fixed = d.ops[1].imm & 0xFF if d.is_imm(1) else None
+    wr = d.writer(0)
+
+    def in__(c):
+        port = fixed if fixed is not None else c.regs[2] & 0xFFFF
+        _io_check(c, port, size)
+        wr(c, c.hooks.io_in(c, port, size, nxt) & MASK[size])
+    return in__
+
+
+@translates(X.X86_INS_OUT)
+def out(d: Decoded):
+    size = d.size(1)
+    nxt = d.next
+    fixed = d.ops[0].imm & 0xFF if d.is_imm(0) else None
+    rd = d.reader(1)
+
+    def out_(c):
+        port = fixed if fixed is not None else c.regs[2] & 0xFFFF
+        _io_check(c, port, size)
+        c.hooks.io_out(c, port, size, rd(c), nxt)
+    return out_
+
+
+# ---------------------------------------------------------------- CPUID, TSC, MSRs
+CPUID_VENDOR = b"AuthenticAMD"
+
+
+def cpuid_values(c, leaf: int, sub: int) -> tuple[int, int, int, int]:
+    v = CPUID_VENDOR
+    b_, d_, c_ = (int.from_bytes(v[i:i + 4], "little") for i in (0, 4, 8))
+    if leaf == 0:
+        return 0xD, b_, c_, d_
+    if leaf == 1:
+        # family 0x17-like; EDX: FPU TSC MSR PAE APIC SEP PGE CMOV; ECX: x2APIC (21)
+        apic_id = c.vcpu_id & 0xFF
+        return 0x00800F12, (apic_id << 24) | 0x00020800, 1 << 21, 0x0789A3F9 & ~(1 << 23)
+    if leaf == 0x8000_0000:
+        return 0x8000_0008, b_, c_, d_
+    if leaf == 0x8000_0001:
+        # EDX: NX (20), LM (29), SYSCALL (11); ECX: SVM (2)
+        return 0, 0, 1 << 2, (1 << 29) | (1 << 20) | (1 << 11)
+    if leaf == 0x8000_0008:
+        return 0x3030, 0, 0, 0
+    return 0, 0, 0, 0
+
+
+@translates(X.X86_INS_CPUID)
+def cpuid(d: Decoded):
+    nxt = d.next
+
+    def cpuid_(c):
+        c.hooks.insn(c, "cpuid", nxt)
+        a, b, cc, dd = cpuid_values(c, c.regs[0] & 0xFFFF_FFFF, c.regs[1] & 0xFFFF_FFFF)
+        c.regs[0], c.regs[3], c.regs[1], c.regs[2] = a, b, cc, dd
+    return cpuid_
+
+
+@translates(X.X86_INS_RDTSC)
+def rdtsc(d: Decoded):
+    nxt = d.next
+
+    def rdtsc_(c):
+        c.hooks.insn(c, "rdtsc", nxt)
+        t = c.now()
+        c.regs[0], c.regs[2] = t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF
+    return rdtsc_
+
+
+def _msr_read(c, msr: int, nxt: int) -> int:
+    if msr == MSR_EFER:
+        return c.efer
+    own = {MSR_STAR: "star", MSR_LSTAR: "lstar", MSR_CSTAR: "cstar", MSR_SFMASK: "sfmask",
+           MSR_KERNEL_GS_BASE: "kernel_gs_base", MSR_TSC_AUX: "tsc_aux"}
+    if msr in own:
+        return getattr(c, own[msr])
+    if msr == MSR_FS_BASE:
+        return c.seg[FS].base
+    if msr == MSR_GS_BASE:
+        return c.seg[GS].base
+    if msr == MSR_TSC:
+        return c.now()
+    v = c.hooks.rdmsr(c, msr, nxt)
+    if v is None:
+        raise Fault(13, 0)
+    return v
+
+
+def _msr_write(c, msr: int, v: int, nxt: int) -> None:
+    if msr == MSR_EFER:
+        # LMA is read-only; LME may not change while paging is on (SDM 9.8.5).
+        new = (v & ~EFER_LMA) | (c.efer & EFER_LMA)
+        if (new ^ c.efer) & EFER_LME and c.cr0 & CR0_PG:
+            raise Fault(13, 0)
+        c.efer = new
+        c.flush_tlb()
+        c.update_mode()
+        return
+    own = {MSR_STAR: "star", MSR_LSTAR: "lstar", MSR_CSTAR: "cstar", MSR_SFMASK: "sfmask",
+           MSR_KERNEL_GS_BASE: "kernel_gs_base", MSR_TSC_AUX: "tsc_aux"}
+    if msr in own:
+        setattr(c, own[msr], v)
+        return
+    if msr == MSR_FS_BASE:
+        c.seg[FS].base = v
+        return
+    if msr == MSR_GS_BASE:
+        c.seg[GS].base = v
+        return
+    if not c.hooks.wrmsr(c, msr, v, nxt):
+        raise Fault(13, 0)
+
+
+@translates(X.X86_INS_RDMSR)
+def rdmsr(d: Decoded):
+    nxt = d.next
+
+    def rdmsr_(c):
+        _cpl0(c)
+        v = _msr_read(c, c.regs[1] & 0xFFFF_FFFF, nxt)
+        c.regs[0], c.regs[2] = v & 0xFFFF_FFFF, (v >> 32) & 0xFFFF_FFFF
+    return rdmsr_
+
+
+@translates(X.X86_INS_WRMSR)
+def wrmsr(d: Decoded):
+    nxt = d.next
+
+    def wrmsr_(c):
+        _cpl0(c)
+        v = ((c.regs[2] & 0xFFFF_FFFF) << 32) | (c.regs[0] & 0xFFFF_FFFF)
+        _msr_write(c, c.regs[1] & 0xFFFF_FFFF, v, nxt)
+    return wrmsr_
+
+
+MSR_APIC = MSR_APIC_BASE
+
+
+# ---------------------------------------------------------------- control/debug registers
+def write_cr(c, n: int, v: int) -> None:
+    if n == 0:
+        old = c.cr0
+        if v & CR0_PG and not v & CR0_PE:
+            raise Fault(13, 0)
+        c.cr0 = (v & 0xFFFF_FFFF) | 0x10
+        if (old ^ c.cr0) & CR0_PG:
+            # Long mode activates when paging turns on with EFER.LME=1 (SDM 9.8.5).
+            if c.cr0 & CR0_PG and c.efer & EFER_LME:
+                if not c.cr4 & CR4_PAE:
+                    c.cr0 = old
+                    raise Fault(13, 0)
+                c.efer |= EFER_LMA
+            elif not c.cr0 & CR0_PG:
+                c.efer &= ~EFER_LMA
+        c.flush_tlb()
+        c.update_mode()
+    elif n == 2:
+        c.cr2 = v
+    elif n == 3:
+        c.cr3 = v
+        c.flush_tlb()
+    elif n == 4:
+        c.cr4 = v
+        c.flush_tlb()
+    elif n == 8:
+        c.cr8 = v & 0xF
+    else:
+        raise Fault(6)
+
+
+def read_cr(c, n: int) -> int:
+    if n in (0, 2, 3, 4):
+        return (c.cr0, 0, c.cr2, c.cr3, c.cr4)[n]
+    if n == 8:
+        return c.cr8
+    raise Fault(6)
+
+
+def mov_cr_dr(d: Decoded):
+    """MOV to/from CRn/DRn: capstone reports them as MOV with a CR/DR register operand."""
+    r0, r1 = d.ops[0].reg, d.ops[1].reg
+    m = 0xFFFF_FFFF if d.mode != 64 else M64
+    if r0 in CRMAP or r1 in CRMAP:
+        if r0 in CRMAP:
+            n, rd = CRMAP[r0], d.reader(1)
+
+            def to_cr(c):
+                _cpl0(c)
+                write_cr(c, n, rd(c) & m)
+            return to_cr
+        n, wr = CRMAP[r1], d.writer(0)
+
+        def from_cr(c):
+            _cpl0(c)
+            wr(c, read_cr(c, n) & m)
+        return from_cr
+    if r0 in DRMAP:
+        n, rd = DRMAP[r0], d.reader(1)
+
+        def to_dr(c):
+            _dr_access(c)
+            write_dr(c, n, rd(c) & m)
+        return to_dr
+    n, wr = DRMAP[r1], d.writer(0)
+
+    def from_dr(c):
+        _dr_access(c)
+        wr(c, read_dr(c, n) & m)
+    return from_dr
+
+
+def _dr_access(c) -> None:
+    _cpl0(c)
+    if c.dr[7] & DR7_GD:
+        # General detect: a #DB fault before the MOV DR executes; GD is cleared so the
+        # handler can use the debug registers (SDM 17.2.4).
+        c.dr[7] &= ~DR7_GD
+        c.dr[6] |= DR6_BD
+        raise Fault(1)
+
+
+def write_dr(c, n: int, v: int) -> None:
+    if n in (4, 5):
+        n += 2
+    if n == 6:
+        c.dr[6] = (v & 0xE00F) | 0xFFFF0FF0
+    elif n == 7:
+        c.dr[7] = (v & 0xFFFF_2BFF) | 0x400
+        c.update_debug()
+    else:
+        c.dr[n] = v
+        c.update_debug()
+
+
+def read_dr(c, n: int) -> int:
+    if n in (4, 5):
+        n += 2
+    return c.dr[n]
+
+
+# ---------------------------------------------------------------- segments and tables
+def load_data_seg(c, idx: int, sel: int) -> None:
+    """MOV/POP to a data segment register (SDM vol 2 MOV, 3.4.3)."""
+    if sel & 0xFFFC == 0:
+        if idx == SS and not (c.mode == 64 and c.cpl < 3):
+            raise Fault(13, 0)
+        c.seg[idx].load(Segment(sel, 0, 0, 0))
+        return
+    table = c.ldtr if sel & 4 else c.gdtr
+    if (sel & 0xFFF8) + 7 > table.limit:
+        raise Fault(13, sel & 0xFFFC)
+    seg = decode_descriptor(c.rd_sys(table.base + (sel & 0xFFF8), 8))
+    if not seg.present:
+        raise Fault(12 if idx == SS else 11, sel & 0xFFFC)
+    seg.sel = sel
+    c.seg[idx].load(seg)
+
+
+def mov_sreg(d: Decoded):
+    if d.ops[0].reg in SEGMAP:
+        idx, rd = SEGMAP[d.ops[0].reg], d.reader(1)
+        if idx == CS:
+            def bad(c):
+                raise Fault(6)
+            return bad
+
+        def to_sreg(c):
+            load_data_seg(c, idx, rd(c) & 0xFFFF)
+            if idx == SS:
+                # MOV SS inhibits interrupts and debug traps until the next instruction
+                # completes (SDM 6.8.3).
+                c.shadow = SHADOW_MOVSS
+                c.attention = True
+        return to_sreg
+    idx, wr = SEGMAP[d.ops[1].reg], d.writer(0)
+    size = d.size(0)
+    return lambda c: wr(c, c.seg[idx].sel & MASK[size])
+
+
+@translates(X.X86_INS_LGDT, X.X86_INS_LIDT)
+def lgdt(d: Decoded):
+    ea = d.ea(0)
+    is_gdt = d.id == X.X86_INS_LGDT
+    bsize = 8 if d.mode == 64 else 4
+
+    def lgdt_(c):
+        _cpl0(c)
+        a = ea(c)
+        limit = c.rd(a, 2)
+        base = c.rd(a + 2, bsize)
+        if bsize == 4 and d.opsz:
+            base &= 0xFFFFFF
+        t = c.gdtr if is_gdt else c.idtr
+        t.base, t.limit = base, limit
+    return lgdt_
+
+
+@translates(X.X86_INS_SGDT, X.X86_INS_SIDT)
+def sgdt(d: Decoded):
+    ea = d.ea(0)
+    is_gdt = d.id == X.X86_INS_SGDT
+    bsize = 8 if d.mode == 64 else 4
+
+    def sgdt_(c):
+        a = ea(c)
+        t = c.gdtr if is_gdt else c.idtr
+        c.wr(a, 2, t.limit)
+        c.wr(a + 2, bsize, t.base & MASK[bsize])
+    return sgdt_
+
+
+def _system_descriptor(c, sel: int) -> Segment:
+    if sel & 4 or sel & 0xFFFC == 0:
+        raise Fault(13, sel & 0xFFFC)
+    if (sel & 0xFFF8) + 7 > c.gdtr.limit:
+        raise Fault(13, sel & 0xFFFC)
+    lo = c.rd_sys(c.gdtr.base + (sel & 0xFFF8), 8)
+    hi = c.rd_sys(c.gdtr.base + (sel & 0xFFF8) + 8, 8) if c.efer & EFER_LMA else 0
+    seg = decode_descriptor(lo, hi)
+    seg.sel = sel
+    return seg
+
+
+@translates(X.X86_INS_LTR)
+def ltr(d: Decoded):
+    rd = d.reader(0, 2)
+
+    def ltr_(c):
+        _cpl0(c)
+        sel = rd(c) & 0xFFFF
+        seg = _system_descriptor(c, sel)
+        if seg.type not in (0x1, 0x9):   # available TSS (16- or 32/64-bit)
+            raise Fault(13, sel & 0xFFFC)
+        if not seg.present:
+            raise Fault(11, sel & 0xFFFC)
+        # mark it busy in the GDT (SDM 7.2.2)
+        a = c.gdtr.base + (sel & 0xFFF8) + 5
+        c.wr_sys(a, 1, c.rd_sys(a, 1) | 0x2)
+        seg.attrib |= 0x2
+        c.tr.load(seg)
+    return ltr_
+
+
+@translates(X.X86_INS_LLDT)
+def lldt(d: Decoded):
+    rd = d.reader(0, 2)
+
+    def lldt_(c):
+        _cpl0(c)
+        sel = rd(c) & 0xFFFF
+        if sel & 0xFFFC == 0:
+            c.ldtr.load(Segment(sel, 0, 0, 0))
+            return
+        seg = _system_descriptor(c, sel)
+        if seg.type != 0x2:
+            raise Fault(13, sel & 0xFFFC)
+        c.ldtr.load(seg)
+    return lldt_
+
+
+@translates(X.X86_INS_SWAPGS)
+def swapgs(d: Decoded):
+    def swapgs_(c):
+        if c.mode != 64:
+            raise Fault(6)
+        _cpl0(c)
+        c.seg[GS].base, c.kernel_gs_base = c.kernel_gs_base, c.seg[GS].base
+    return swapgs_
+
+
+@translates(X.X86_INS_INVLPG)
+def invlpg(d: Decoded):
+    nxt = d.next
+
+    def invlpg_(c):
+        _cpl0(c)
+        c.hooks.insn(c, "invlpg", nxt)
+        c.flush_tlb()
+    return invlpg_
+
+
+@translates(X.X86_INS_CLTS)
+def clts(d: Decoded):
+    def clts_(c):
+        _cpl0(c)
+        c.cr0 &= ~CR0_TS
+    return clts_
+
+
+@translates(X.X86_INS_VMMCALL)
+def vmmcall(d: Decoded):
+    nxt = d.next
+
+    def vmmcall_(c):
+        c.hooks.insn(c, "vmmcall", nxt)
+        raise Fault(6)   # not intercepted: #UD (APM vol 3 VMMCALL)
+    return vmmcall_
+
+
+@translates(X.X86_INS_VMRUN)
+def vmrun(d: Decoded):
+    nxt = d.next
+
+    def vmrun_(c):
+        c.hooks.insn(c, "vmrun", nxt)
+        raise Fault(6)   # nested SVM is not modelled: without an intercept, #UD
+    return vmrun_
+
+
+__all__ = ["mov_cr_dr", "mov_sreg", "write_cr", "read_cr", "write_dr", "read_dr",
+           "load_data_seg", "cpuid_values", "AC", "ID", "NT"]
