@@ -16,6 +16,7 @@ or in one call: ``run_script(kernel, [("serial", "help"), ("monitor", "nmi")])``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -190,10 +191,8 @@ class QemuSerial:
     def _died_message(self, waiting_for: str) -> str:
         err = b""
         if self._proc is not None and self._proc.stderr is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 err = self._proc.stderr.read() or b""
-            except (OSError, ValueError):
-                pass
         rc = self._proc.returncode if self._proc is not None else None
         return (
             f"qemu exited (status {rc}) while waiting for {waiting_for!r}: "

@@ -121,6 +121,7 @@ void panic(const char *fmt, ...) __attribute__((noreturn));
 extern volatile uint32_t ticks;
 extern volatile uint32_t nmi_count;
 extern int kdb_on_nmi;
+extern uint32_t physmem;
 extern const int hz;
 
 /* cons.c */

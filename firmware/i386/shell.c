@@ -35,6 +35,8 @@ static const struct sysctl_oid sysctls[] = {
 	  "NMIs handled through the interrupt gate", NULL },
 	{ "debug.tsnmi", CTLTYPE_UINT, CTLFLAG_RD, (void *)&debug_tsnmi, 0,
 	  "NMIs handled by the tsnmi task", NULL },
+	{ "hw.physmem", CTLTYPE_UINT, CTLFLAG_RD, &physmem, 0,
+	  "physical memory (multiboot mem_upper + 1 MiB)", NULL },
 	{ "kern.hz", CTLTYPE_INT, CTLFLAG_RD, (void *)&hz, 0, "clock tick rate", NULL },
 	{ "kern.ostype", CTLTYPE_STRING, CTLFLAG_RW, ostype, sizeof(ostype),
 	  "operating system type", NULL },
