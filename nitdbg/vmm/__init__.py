@@ -1,0 +1,1 @@
+"""The bhyve-like hypervisor: vCPU loop, NMI blocking policies, devices, KTR, stats, sysctl."""
