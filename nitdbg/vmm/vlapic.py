@@ -648,9 +648,10 @@ class Vlapic:
         its vector into IRR; NMI -> ``on_nmi()``; ExtINT is ignored (there is no
         8259 PIC on this platform); SMI/INIT/reserved are ignored.  Timer and
         error entries always deliver as fixed.  While the APIC is globally
-        disabled, LINT1 is the processor's NMI pin and LINT0 its INTR pin
-        (SDM 11.4.3; bhyve vlapic_trigger_lvt): LINT1 raises an NMI, LINT0 is
-        ignored.  Returns True if an interrupt or NMI resulted.
+        disabled the processor behaves as one without an APIC (SDM 11.4.3), whose
+        LINT1 pin is plain NMI and LINT0 plain INTR -- bhyve's vlapic_trigger_lvt
+        does the same: LINT1 raises an NMI, LINT0 is ignored (no PIC).  Returns
+        True if an interrupt or NMI resulted.
         """
         if pin not in LVT_PIN_OFFSETS:
             raise VlapicError(f"LVT pin {pin} unknown (0 LINT0, 1 LINT1, 2 timer, 3 error, "
@@ -708,8 +709,9 @@ class Vlapic:
     def next_deadline(self) -> int | None:
         """Virtual ns at which the count next reaches zero, or None if stopped.
 
-        The timer counts even when its LVT is masked (the mask only stops the
-        interrupt, SDM 11.5.4), so a masked timer still has a deadline.
+        The timer counts even when its LVT is masked (the mask bit inhibits the
+        interrupt, not the count, SDM 11.5.1), so a masked timer still has a
+        deadline; ``fire`` then sets nothing.
         """
         return self._timer_deadline
 
