@@ -40,10 +40,11 @@ ATTR_DATA = 0xC93  # G, D/B, P, S, type 0x3 (read/write, accessed)
 ATTR_LDT = 0x082  # P, system type 2: after reset, as KVM's init_vmcb sets it
 ATTR_TSS_BUSY16 = 0x083  # P, system type 3
 
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 31
 CR4_PAE = 0x20
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 0x1, 0x100, 0x400, 0x800
-CR0_LONG = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG  # 0x80050033
+# The contract's 0x80050033 also has AM (bit 18), as a running FreeBSD/amd64 kernel does.
+CR0_LONG = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG  # 0x80050033
 EFER_LONG = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE  # 0xD01
 
 
