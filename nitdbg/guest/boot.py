@@ -12,12 +12,21 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from nitdbg.guest.elf import BadImage, LoadError, Source, elf_class, parse_elf, read_source
+from nitdbg.guest.elf import (
+    BadImage,
+    LoadError,
+    Source,
+    elf_class,
+    elf_machine,
+    parse_elf,
+    read_source,
+)
 from nitdbg.guest.symbols import SymbolTable
 
 DEFAULT_RAM_SIZE = 64 << 20
 MAX_VCPUS = 16  # boot stacks below 0x80000 leave room for 28; bhyve's old VM_MAXCPU was 16
 KERNBASE = 0xFFFF_FFFF_8000_0000
+EM_X86_64 = 62
 
 # Loader-built structures in low guest-physical memory (all identity mapped).
 PML4_ADDR = 0x1000
@@ -208,10 +217,10 @@ def load_kernel(
 ) -> BootImage:
     """Boot whatever kernel `path` is.
 
-    boot="auto": a valid multiboot v1 header in the first 8 KiB -> `load_multiboot`
-    (one vCPU only); otherwise an ELF64 x86-64 kernel -> `load_amd64`. boot="amd64"
-    or "multiboot" forces a path (e.g. the direct boot of an ELF64 kernel that also
-    carries a multiboot header for QEMU).
+    boot="auto": an ELF64 x86-64 kernel -> `load_amd64` (nitdbg's own direct boot,
+    even when the kernel also carries a multiboot header so that QEMU can boot it);
+    otherwise a valid multiboot v1 header in the first 8 KiB -> `load_multiboot`
+    (one vCPU only). boot="amd64" or "multiboot" forces a path.
     """
     from nitdbg.guest.multiboot import find_header, load_multiboot
 
@@ -219,9 +228,14 @@ def load_kernel(
     if boot not in ("auto", "amd64", "multiboot"):
         raise BadBootConfig(f"unknown boot path {boot!r}: want auto, amd64 or multiboot")
     if boot == "auto":
-        boot = "multiboot" if find_header(raw) is not None else "amd64"
-        if boot == "amd64" and elf_class(raw) == 32:
+        if elf_class(raw) == 64 and elf_machine(raw) == EM_X86_64:
+            boot = "amd64"
+        elif find_header(raw) is not None:
+            boot = "multiboot"
+        elif elf_class(raw) == 32:
             raise BadImage(f"{name}: ELF32 kernel without a multiboot header: cannot boot it")
+        else:
+            boot = "amd64"  # load_amd64 says what is wrong with the file
     if boot == "multiboot":
         if ncpus != 1:
             raise BadBootConfig(
