@@ -116,14 +116,17 @@ class VmmStats:
 
     def incr(self, vcpu: int, key: str, n: int = 1, index: int = 0) -> None:
         """vmm_stat_incr() / vmm_stat_array_incr()."""
-        self._counts[vcpu][self._slot(vcpu, key, index)] += n
+        slot = self._slot(vcpu, key, index)   # validates vcpu before indexing
+        self._counts[vcpu][slot] += n
 
     def set(self, vcpu: int, key: str, value: int, index: int = 0) -> None:
         """vmm_stat_set(), for counters that are computed rather than counted."""
-        self._counts[vcpu][self._slot(vcpu, key, index)] = value
+        slot = self._slot(vcpu, key, index)
+        self._counts[vcpu][slot] = value
 
     def get(self, vcpu: int, key: str, index: int = 0) -> int:
-        return self._counts[vcpu][self._slot(vcpu, key, index)]
+        slot = self._slot(vcpu, key, index)
+        return self._counts[vcpu][slot]
 
     def counters(self, vcpu: int) -> list[int]:
         """vm_get_stats(): every counter of one vcpu in table order."""

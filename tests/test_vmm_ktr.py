@@ -1,0 +1,258 @@
+"""KTR ring and ktrdump(8) output (usr.bin/ktrdump/ktrdump.c formats), and the virtual clock
+that stamps its entries."""
+
+import sys
+
+import pytest
+
+from nitdbg.vmm.ktr import (
+    KTRDUMP_USAGE,
+    Ktr,
+    KtrdumpUsage,
+    KtrError,
+    c_format,
+    parse_ktrdump_args,
+    register_ktr_sysctls,
+)
+from nitdbg.vmm.sysctl import SysctlTree
+from nitdbg.vmm.vclock import NS_PER_INSN, ClockError, VirtualClock
+
+HEADER_CT = ("index  cpu timestamp        trace\n"
+             "------ --- ---------------- ----- \n")
+
+
+def sample_ring():
+    k = Ktr()
+    k.vcpu_log("vm2", 0, 1500, "Injecting vNMI")
+    k.vcpu_log("vm2", 0, 1510, "vNMI blocking enabled")
+    k.vcpu_log("vm2", 0, 2000, "%s %s vmexit at %#lx/%d", "handled", "iret",
+               0xFFFFFFFF80201234, 0)
+    return k
+
+
+def test_ktrdump_ct_exact_columns_newest_first():
+    # header: "%-6s " "%-3s " "%-16s " "trace"; lines "%6d " "%3d " "%16ju " message
+    assert sample_ring().ktrdump(cpu_col=True, time_col=True, quiet=False) == (
+        HEADER_CT
+        + "     2   0             2000 vm vm2[0]: handled iret vmexit at 0xffffffff80201234/0\n"
+        + "     1   0             1510 vm vm2[0]: vNMI blocking enabled\n"
+        + "     0   0             1500 vm vm2[0]: Injecting vNMI\n")
+
+
+def test_ktrdump_without_columns_and_quiet():
+    k = sample_ring()
+    assert k.ktrdump().splitlines()[:2] == ["index  trace", "------ ----- "]
+    assert k.ktrdump(quiet=True).splitlines()[0] == "     2 vm vm2[0]: handled iret vmexit " \
+                                                    "at 0xffffffff80201234/0"
+
+
+def test_ktrdump_live_mode_runs_oldest_to_newest():
+    lines = sample_ring().ktrdump(quiet=True, newest_first=False).splitlines()
+    assert [ln[:6] for ln in lines] == ["     0", "     1", "     2"]
+
+
+def test_ktrdump_relative_timestamps_count_back_from_the_newest():
+    out = sample_ring().ktrdump(time_col=True, quiet=True, relative=True).splitlines()
+    assert [ln.split()[1] for ln in out] == ["0", "490", "10"]
+
+
+def test_ktrdump_file_column_names_the_logging_source_line():
+    k = Ktr()
+    where = f"test_vmm_ktr.py:{sys._getframe().f_lineno + 1}"
+    k.log(0, 5, "here")
+    assert k.ktrdump(file_col=True, quiet=True) == f"     0 {where:<40} here\n"
+    assert k.ktrdump(file_col=True).splitlines()[0] == "index  " + "file and line".ljust(41) \
+        + "trace"
+
+
+def test_ktrdump_thread_column_prints_p():
+    k = Ktr()
+    k.log(0, 5, "x")
+    assert k.ktrdump(thread_col=True, quiet=True) == "     0 0x0 x\n"
+
+
+def test_ring_wraps_and_keeps_the_newest_entries_with_slot_indices():
+    k = Ktr(entries=4)
+    for i in range(6):
+        k.log(i % 2, 100 * i, f"event {i}")
+    assert len(k) == 4 and k.total_logged == 6
+    out = k.ktrdump(cpu_col=True, time_col=True, quiet=True).splitlines()
+    assert out == [
+        "     1   1              500 event 5",
+        "     0   0              400 event 4",
+        "     3   1              300 event 3",
+        "     2   0              200 event 2",
+    ]
+    assert k.messages() == ["event 2", "event 3", "event 4", "event 5"]
+
+
+def test_clear_empties_the_ring_and_restarts_at_slot_0():
+    k = sample_ring()
+    k.clear()
+    assert k.ktrdump(quiet=True) == ""
+    assert k.ktrdump() == "index  trace\n------ ----- \n"
+    k.log(0, 7, "after")
+    assert k.ktrdump(quiet=True) == "     0 after\n"
+
+
+def test_debug_ktr_clear_sysctl_reads_zero_and_clears():
+    k = sample_ring()
+    tree = SysctlTree()
+    register_ktr_sysctls(tree, k)
+    assert tree.set("debug.ktr.clear", "1") == "debug.ktr.clear: 0 -> 0"
+    assert len(k) == 0
+    assert tree.get("debug.ktr.entries") == f"debug.ktr.entries: {k.entries}"
+
+
+def test_vcpu_log_prefix():
+    k = Ktr()
+    k.vcpu_log("vm2", 1, 0, "Delaying %d usecs", 800000)
+    assert k.messages() == ["vm vm2[1]: Delaying 800000 usecs"]
+    assert next(k.iter_entries()).cpu == 1
+
+
+def test_vcpu_log_allows_four_parameters_like_vcpu_ctr4():
+    k = Ktr()
+    k.vcpu_log("vm2", 0, 0, "%d %d %d %d", 1, 2, 3, 4)
+    with pytest.raises(KtrError):
+        k.vcpu_log("vm2", 0, 0, "%d %d %d %d %d", 1, 2, 3, 4, 5)
+    assert len(k) == 1
+
+
+def test_mismatched_parameters_are_refused_and_leave_the_ring_unchanged():
+    k = Ktr()
+    with pytest.raises(KtrError):
+        k.logf(0, 0, "Injecting %s at vector %d", "nmi")
+    with pytest.raises(KtrError):
+        k.logf(0, -1, "bad time")
+    assert len(k) == 0
+
+
+@pytest.mark.parametrize(("fmt", "args", "out"), [
+    ("%#lx", (0,), "0"),                               # C: no 0x prefix for zero
+    ("%#x", (13,), "0xd"),
+    ("%#lx", (0xFFFFFFFF80200000,), "0xffffffff80200000"),
+    ("%lx", (-1,), "ffffffffffffffff"),
+    ("%x", (-1,), "ffffffff"),
+    ("%d", (0xFFFFFFFF,), "-1"),                        # int is 32 bits
+    ("%ld", (-5,), "-5"),
+    ("%lu", (-1,), "18446744073709551615"),
+    ("%jd/%zu", (3, 4), "3/4"),
+    ("%5d|%-5d|%05d", (42, 42, -42), "   42|42   |-0042"),
+    ("%s=%s", ("a", "b"), "a=b"),
+    ("%.3s", ("abcdef",), "abc"),
+    ("%#o", (8,), "010"),
+    ("%c%%", (65,), "A%"),
+    ("%p", (0x1000,), "0x1000"),
+    ("Reflecting exception %d/%#x into the guest", (13, 0),
+     "Reflecting exception 13/0 into the guest"),
+    ("nested page fault on gpa %#lx/%#lx at rip %#lx", (0x1000, 0x100000004, 0xffffffff80201000),
+     "nested page fault on gpa 0x1000/0x100000004 at rip 0xffffffff80201000"),
+])
+def test_c_format_matches_printf(fmt, args, out):
+    assert c_format(fmt, args) == out
+
+
+@pytest.mark.parametrize(("argv", "expect"), [
+    (["-cto", "/tmp/x"], dict(cpu=True, timestamp=True, outfile="/tmp/x")),
+    (["-c", "-t", "-q", "-o", "FILE"], dict(cpu=True, timestamp=True, quiet=True,
+                                             outfile="FILE")),
+    (["-ofile"], dict(outfile="file")),
+    (["-lrH"], dict(live=True, relative=True, thread=True)),
+    (["-f", "-i", "in.ktr"], dict(file_and_line=True, infile="in.ktr")),
+    ([], {}),
+])
+def test_ktrdump_argv_like_bsd_getopt(argv, expect):
+    opts = parse_ktrdump_args(argv)
+    for k, v in expect.items():
+        assert getattr(opts, k) == v
+    others = {"cpu", "timestamp", "quiet", "live", "relative", "thread", "file_and_line"} \
+        - set(expect)
+    assert not any(getattr(opts, k) for k in others)
+
+
+def test_ktrdump_illegal_option_message():
+    with pytest.raises(KtrdumpUsage) as ei:
+        parse_ktrdump_args(["-ctx"])
+    assert str(ei.value) == "ktrdump: illegal option -- x\n" + KTRDUMP_USAGE
+
+
+def test_ktrdump_missing_option_argument():
+    with pytest.raises(KtrdumpUsage, match="option requires an argument -- o"):
+        parse_ktrdump_args(["-ct", "-o"])
+
+
+def test_ktrdump_extra_operand_prints_usage_only():
+    with pytest.raises(KtrdumpUsage) as ei:
+        parse_ktrdump_args(["-c", "stray"])
+    assert str(ei.value) == KTRDUMP_USAGE
+
+
+def test_dump_with_parsed_options():
+    k = sample_ring()
+    assert k.dump(parse_ktrdump_args(["-cto", "/tmp/x"])) == k.ktrdump(True, True, False)
+
+
+def test_snapshot_excludes_source_positions_and_tracks_contents():
+    k = sample_ring()
+    d = k.digest()
+    assert k.snapshot()["entries"][0] == (0, 0, 0, 1500, "vm vm2[0]: Injecting vNMI")
+    k.log(0, 1, "more")
+    assert k.digest() != d
+
+
+# --- the virtual clock ------------------------------------------------------------------------
+
+
+def test_one_retired_instruction_is_ten_ns():
+    c = VirtualClock()
+    assert NS_PER_INSN == 10
+    c.retire(3)
+    assert c.now() == 30
+
+
+def test_clock_never_runs_backwards():
+    c = VirtualClock()
+    c.advance(100)
+    with pytest.raises(ClockError):
+        c.advance_to(50)
+    with pytest.raises(ClockError):
+        c.advance(-1)
+    assert c.now() == 100
+
+
+def test_timers_fire_in_deadline_then_registration_order():
+    c = VirtualClock()
+    fired = []
+    c.add_timer(200, lambda now: fired.append("b"), "b")
+    c.add_timer(100, lambda now: fired.append("a"), "a")
+    c.add_timer(200, lambda now: fired.append("c"), "c")
+    c.add_timer(300, lambda now: fired.append("late"), "late")
+    assert c.next_deadline() == 100
+    c.advance_to(c.next_deadline())
+    assert c.run_due() == 1 and fired == ["a"]
+    assert c.run_due(250) == 2 and fired == ["a", "b", "c"]
+    assert c.pending() == [(300, 3, "late")]
+
+
+def test_cancelled_timer_does_not_fire():
+    c = VirtualClock()
+    fired = []
+    t = c.add_timer(10, lambda now: fired.append(1))
+    c.cancel(t)
+    assert c.next_deadline() is None
+    assert c.run_due(100) == 0 and fired == []
+
+
+def test_timer_rearmed_into_the_past_waits_for_the_next_run():
+    c = VirtualClock()
+    fired = []
+
+    def periodic(now):
+        fired.append(now)
+        c.add_timer(now, periodic)
+
+    c.add_timer(10, periodic)
+    assert c.run_due(10) == 1
+    assert c.run_due(10) == 1
+    assert fired == [10, 10]
