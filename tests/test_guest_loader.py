@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nitdbg.guest import (
     BadBootConfig,
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 RAM = 64 << 20
+KINDS = ["func", "notype"]
 
 AMD64_ASM = r"""
 	.text
@@ -539,3 +542,28 @@ def test_resolve_expressions() -> None:
 def test_symbol_not_found_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         SymbolTable().address("x")
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0x40), st.sampled_from(KINDS)),
+        min_size=1,
+        max_size=30,
+    ),
+    st.lists(st.integers(0, 0x11000), min_size=1, max_size=20),
+)
+@settings(max_examples=200, deadline=None)
+def test_lookup_agrees_with_a_linear_scan(entries: list, probes: list[int]) -> None:
+    syms = [Symbol(a, f"s{i}", size, kind) for i, (a, size, kind) in enumerate(entries)]
+    table = SymbolTable(syms, max_offset=0x100)
+    rank = {"func": 0, "notype": 2}
+    for addr in probes:
+        below = [s for s in syms if s.addr <= addr]
+        want = None
+        if below:
+            top = max(s.addr for s in below)
+            best = min((s for s in below if s.addr == top), key=lambda s: (rank[s.kind], s.name))
+            limit = best.size or 0x100
+            if addr - best.addr < limit:
+                want = (best.name, addr - best.addr)
+        assert table.lookup(addr) == want
