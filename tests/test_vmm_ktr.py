@@ -13,6 +13,7 @@ from nitdbg.vmm.ktr import (
     c_format,
     parse_ktrdump_args,
     register_ktr_sysctls,
+    run_ktrdump,
 )
 from nitdbg.vmm.sysctl import SysctlTree
 from nitdbg.vmm.vclock import NS_PER_INSN, ClockError, VirtualClock
@@ -191,6 +192,17 @@ def test_ktrdump_extra_operand_prints_usage_only():
 def test_dump_with_parsed_options():
     k = sample_ring()
     assert k.dump(parse_ktrdump_args(["-cto", "/tmp/x"])) == k.ktrdump(True, True, False)
+
+
+def test_run_ktrdump_hands_the_text_to_the_caller_for_o():
+    k = sample_ring()
+    r = run_ktrdump(k, ["-cto", "/tmp/ktrdump.out"])
+    assert (r.stdout, r.status, r.outfile) == ("", 0, "/tmp/ktrdump.out")
+    assert r.text == k.ktrdump(True, True, False)
+    r = run_ktrdump(k, ["-q"])
+    assert r.stdout == r.text == k.ktrdump(quiet=True)
+    r = run_ktrdump(k, ["-k"])
+    assert r.status == 1 and r.stderr.startswith("ktrdump: illegal option -- k\n")
 
 
 def test_snapshot_excludes_source_positions_and_tracks_contents():

@@ -430,6 +430,30 @@ def parse_ktrdump_args(argv: list[str]) -> KtrdumpOptions:
     return opts
 
 
+@dataclass(frozen=True, slots=True)
+class KtrdumpResult:
+    stdout: str           # the dump, when no -o was given
+    stderr: str
+    status: int
+    outfile: str | None   # -o: the caller writes `text` there (file I/O stays with the caller)
+    text: str             # the dump itself, wherever it goes
+
+
+def run_ktrdump(ktr: Ktr, argv: list[str]) -> KtrdumpResult:
+    """ktrdump(8) over the live ring; argv excludes the program name."""
+    try:
+        opts = parse_ktrdump_args(argv)
+    except KtrdumpUsage as e:
+        return KtrdumpResult("", f"{e}\n", 1, None, "")
+    if opts.infile is not None:
+        return KtrdumpResult("", f"ktrdump: {opts.infile}: reading a saved KTR buffer is not "
+                                 "supported\n", 1, None, "")
+    text = ktr.dump(opts)
+    if opts.outfile is not None:
+        return KtrdumpResult("", "", 0, opts.outfile, text)
+    return KtrdumpResult(text, "", 0, None, text)
+
+
 # --- sysctls the ring owns ------------------------------------------------------------------
 
 
