@@ -567,3 +567,22 @@ def test_lookup_agrees_with_a_linear_scan(entries: list, probes: list[int]) -> N
             if addr - best.addr < limit:
                 want = (best.name, addr - best.addr)
         assert table.lookup(addr) == want
+
+
+def test_corrupted_images_raise_only_load_errors(images: dict[str, bytes]) -> None:
+    """Bytes flipped in headers and tables: a LoadError with one line, or a clean load."""
+    for which in ("amd64", "mb32"):
+        raw = images[which]
+        for i in range(250):
+            h = hashlib.sha256(f"{which}-{i}".encode()).digest()
+            b = bytearray(raw)
+            for j in range(0, 8, 2):
+                span = 256 if i % 3 == 0 else len(b)
+                pos = int.from_bytes(h[j : j + 2], "little") % span
+                if i % 3 == 1:
+                    pos = len(b) - 1 - pos % min(len(b), 600)  # section headers, symtab
+                b[pos] = h[16 + j]
+            try:
+                load_kernel(bytes(b), 1, RAM, name="k.elf")
+            except LoadError as e:
+                assert str(e).startswith("k.elf: ") and "\n" not in str(e)

@@ -160,8 +160,10 @@ def parse_elf(
         entry = header["e_entry"]
     except BadImage:
         raise
-    except (ELFError, ELFParseError, struct.error, EOFError, ValueError) as e:
-        # pyelftools raises these when a table points past the end of the file.
+    except (ELFError, ELFParseError, struct.error, EOFError, ValueError, OverflowError,
+            KeyError, IndexError) as e:  # fmt: skip
+        # pyelftools raises these when a table points past the end of the file or a
+        # header field is out of range.
         raise BadImage(f"{name}: truncated or malformed ELF ({_first_line(e)})") from None
     return ElfImage(
         name=name,

@@ -69,8 +69,8 @@ class SymbolTable:
     def from_elffile(cls, elf: Any) -> SymbolTable:
         """Functions, objects and assembler labels from a pyelftools ELFFile's .symtab."""
         symtab = elf.get_section_by_name(".symtab")
-        if symtab is None:
-            return cls()
+        if symtab is None or not hasattr(symtab, "iter_symbols"):
+            return cls()  # stripped, or a .symtab whose header says it is something else
         out = []
         for sym in symtab.iter_symbols():
             kind = _ELF_KIND.get(sym["st_info"]["type"])
