@@ -11,7 +11,7 @@ from pathlib import Path
 
 import capstone
 import pytest
-from qemu_serial import QemuSerial, find_qemu
+from qemu_serial import QemuSerial, find_qemu, run_script
 
 from nitdbg.guest import load_elf, load_kernel
 from nitdbg.guest.multiboot import find_header
@@ -162,3 +162,25 @@ def test_qemu_nmi_through_interrupt_gate_then_through_the_tsnmi_task_gate() -> N
         q.monitor("nmi")
         out = q.send_line("sysctl debug")
         assert (_value(out, "debug.tsnmi"), _value(out, "debug.nmi_count")) == ("2", "2")
+
+
+@needs_qemu
+def test_qemu_run_script_transcript_of_the_seed_tsnmi_sequence() -> None:
+    transcript = run_script(
+        KERNEL,
+        [
+            ("serial", "kldload tsnmi"),
+            ("monitor", "nmi"),
+            ("serial", "sysctl debug.tsnmi"),
+            ("monitor", "nmi"),
+            ("serial", "sysctl debug.tsnmi"),
+        ],
+        timeout=15,
+    )
+    after_banner = transcript[transcript.index("# ") :]
+    assert re.fullmatch(
+        r"# kldload tsnmi\ntsnmi: loaded[^\n]*\n"
+        r"# sysctl debug.tsnmi\ndebug.tsnmi: 1\n"
+        r"# sysctl debug.tsnmi\ndebug.tsnmi: 2\n# ",
+        after_banner,
+    ), after_banner
