@@ -195,7 +195,7 @@ static void cpu_load_tables(int cpu)
 	    : "rax", "memory");
 }
 
-static void smp_wait_started(uint32_t mask)
+static __attribute__((noinline)) void smp_wait_started(uint32_t mask)
 {
 	while ((started_cpus_mask & mask) != mask)
 		cpu_spinwait();

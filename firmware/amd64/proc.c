@@ -18,14 +18,15 @@ struct proc {
 	uint64_t p_sigint_handler;	/* user address, 0 = default action */
 	int p_idle;			/* blocked in read: the CPU runs the idle loop */
 };
-static struct proc proc0 = { 9, "sh", 0, 0 };
+#define	PID_FIRST_SH	10
+static struct proc proc0 = { 0, "sh", 0, 0 };
 extern char user_image_start[], user_start[];
 
 const char *curproc_name(int cpu, int *pid)
 {
 	static char idle_name[] = "idle: cpu0";
 
-	if (cpu == 0 && proc0.p_pid > 9 && !proc0.p_idle) {
+	if (cpu == 0 && proc0.p_pid != 0 && !proc0.p_idle) {
 		*pid = proc0.p_pid;
 		return proc0.p_comm;
 	}
@@ -46,7 +47,7 @@ void exec_shell(struct trapframe *tf)
 	tf->tf_rflags = PSL_USER;
 	tf->tf_flags = TF_HASSEGS;
 	tf->tf_trapno = IDT_SYSCALL;
-	proc0.p_pid++;
+	proc0.p_pid = proc0.p_pid == 0 ? PID_FIRST_SH : proc0.p_pid + 1;
 	proc0.p_sigint_handler = 0;
 	proc0.p_idle = 0;
 	tty_sigint = 0;
