@@ -154,7 +154,7 @@ void panic(const char *msg)
 
 /* ---- NMI (FreeBSD isa_nmi + the kdb_on_nmi hook) ------------------------- */
 
-static void isa_nmi(void)
+static __attribute__((noinline)) void isa_nmi(void)
 {
 	(void)inb(0x61);	/* NMI status and control: the reason for the NMI */
 }
