@@ -124,3 +124,73 @@ class LongModeMachine:
         if c.rip != target:
             raise AssertionError(f"did not reach {label}: rip={c.rip:#x} "
                                  f"stop={c.stop_reason}")
+
+
+TSS2 = 0xA800    # a second 32-bit TSS for task-switch tests (ProtectedModeMachine)
+
+
+class ProtectedModeMachine:
+    """A bare 32-bit protected-mode machine, paging off, code at CODE.
+
+    GDT: 0x08 code32, 0x10 data32, 0x1b user data, 0x23 user code32, 0x28 TSS (the running
+    task, busy), 0x30 a second available TSS at TSS2 whose state you fill with `set_task`.
+    IDT: 32-bit interrupt gates to `handlers` labels (`trap_gates` makes trap gates, `dpl`
+    sets a gate DPL), and task gates {vector: tss selector} from `task_gates`.
+    """
+
+    def __init__(self, src: str, handlers: dict[int, str] | None = None,
+                 task_gates: dict[int, int] | None = None, trap_gates: tuple[int, ...] = (),
+                 dpl: dict[int, int] | None = None, hooks: Hooks | None = None):
+        self.code, self.syms = asm(src, bits=32)
+        self.mem = m = PhysMem(64 << 20)
+        self.cpu = c = Cpu(m, hooks or Hooks())
+        ents = [0, _gdt_entry(0, 0xFFFFF, 0xC9B), _gdt_entry(0, 0xFFFFF, 0xC93),
+                _gdt_entry(0, 0xFFFFF, 0xCF3), _gdt_entry(0, 0xFFFFF, 0xCFB),
+                _gdt_entry(TSS, 0x67, 0x8B), _gdt_entry(TSS2, 0x67, 0x89)]
+        for i, e in enumerate(ents):
+            m.write(GDT + i * 8, 8, e)
+        m.write(TSS + 4, 4, STACK_TOP - 0x8000)     # ESP0
+        m.write(TSS + 8, 4, 0x10)                   # SS0
+        m.write(TSS + 0x66, 2, 0x68)                # I/O map base beyond the limit
+        m.write_bytes(CODE, self.code)
+        handlers = handlers or {}
+        dpl = dpl or {}
+        for v in range(256):
+            label = handlers.get(v, "unexpected" if "unexpected" in self.syms else None)
+            if v in (task_gates or {}):
+                m.write(IDT + v * 8, 8, ((task_gates[v] << 16) | ((0x85 | dpl.get(v, 0) << 5)
+                                                                  << 40)))
+                continue
+            if label is None:
+                continue
+            off = self.syms[label]
+            typ = 0x8F if v in trap_gates else 0x8E
+            m.write(IDT + v * 8, 8, (off & 0xFFFF) | (0x08 << 16)
+                    | ((typ | dpl.get(v, 0) << 5) << 40) | ((off >> 16) << 48))
+        c.cr0 = 0x11
+        c.gdtr.base, c.gdtr.limit = GDT, len(ents) * 8 - 1
+        c.idtr.base, c.idtr.limit = IDT, 256 * 8 - 1
+        c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, 0xC9B))
+        for i in (0, 2, 3, 4, 5):
+            c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
+        c.tr.load(Segment(0x28, TSS, 0x67, 0x8B))
+        c.regs[4] = STACK_TOP
+        c.rip = self.syms["_start"]
+        c.update_mode()
+
+    def set_task(self, base: int, eip: int, esp: int, eflags: int = 0x2, cs: int = 0x08,
+                 ds: int = 0x10, cr3: int = 0, trap: bool = False) -> None:
+        """Fill a 32-bit TSS (SDM figure 7-2) with a runnable ring-0 task."""
+        m = self.mem
+        m.write(base + 0x1C, 4, cr3)
+        m.write(base + 0x20, 4, eip)
+        m.write(base + 0x24, 4, eflags)
+        m.write(base + 0x38, 4, esp)
+        for off in (0x48, 0x50, 0x54, 0x58, 0x5C):
+            m.write(base + off, 2, ds)
+        m.write(base + 0x4C, 2, cs)
+        m.write(base + 0x64, 2, 1 if trap else 0)
+        m.write(base + 0x66, 2, 0x68)
+
+    def run_until(self, label: str, limit: int = 100000) -> None:
+        LongModeMachine.run_until(self, label, limit)   # type: ignore[arg-type]

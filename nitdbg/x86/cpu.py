@@ -65,7 +65,7 @@ class Cpu:
         self.cr0 = 0x6000_0010
         self.cr2 = self.cr3 = self.cr4 = self.efer = 0
         self.cr8 = 0
-        self.dr = [0, 0, 0, 0, DR6_INIT, DR6_INIT, DR7_INIT, DR7_INIT]
+        self.dr = [0, 0, 0, 0, DR6_INIT, DR7_INIT, DR6_INIT, DR7_INIT]   # DR4/5 alias DR6/7
         self.star = self.lstar = self.cstar = self.sfmask = 0
         self.kernel_gs_base = 0
         self.tsc_aux = 0
@@ -84,6 +84,11 @@ class Cpu:
         self.stop_requested = False
         self.stop_reason = ""
         self.delivering: tuple[str, int, int | None] | None = None  # (kind, vector, errcode)
+        # the task switch being made when hooks.insn(c, "task_switch", ...) is called:
+        # reason "iret" / "jmp" / "call" / "gate", the new TSS selector, the error code
+        self.task_switch_reason = ""
+        self.task_switch_sel = 0
+        self.task_switch_errcode: int | None = None
         self.last_unsupported: tuple[int, bytes, str] | None = None
         # time and the retirement log
         self.icount = 0
@@ -442,7 +447,6 @@ class Cpu:
         """One instruction boundary with every event check, then at most one instruction.
 
         Returns 1 if an instruction retired, 0 if only an event was handled, -1 to stop.
-        Priorities: SDM vol 3 table 6-2, APM vol 2 8.5.
         """
         if self.shutdown:
             self.stop_reason = "shutdown"
@@ -453,48 +457,26 @@ class Cpu:
             return -1
         shadow = self.shadow
         try:
-            # Traps from the previous instruction: single-step and data breakpoints. After
-            # MOV SS / POP SS they wait until the next instruction completes (SDM 6.8.3).
-            if self.pending_db and shadow != SHADOW_MOVSS:
-                self.dr[6] |= self.pending_db
-                self.pending_db = 0
-                self.halted = False
-                self.deliver_exception(1, None)
-                return 0
-            # NMI, then INTR; both held off by an interrupt shadow (APM 15.21.5).
-            if self.nmi_pending and not self.nmi_blocked and not shadow:
-                self.hooks.nmi(self)
-                self.nmi_pending = False
-                self.nmi_blocked = True
-                self.halted = False
-                interrupts.deliver(self, 2, "nmi", None)
-                return 0
-            if self.intr_pending and self.rflags & IF and not shadow:
-                self.hooks.intr(self)
-                vector = self.intr_ack()
-                if vector is not None:
-                    self.halted = False
-                    interrupts.deliver(self, vector, "intr", None)
-                    return 0
+            r = self._boundary_event(shadow)
         except Fault as f:
             return 0 if self._fault(f) >= 0 else -1
         except Intercepted:
             self.stop_reason = "intercept"
             return -1
-        if self.halted:
-            self.stop_reason = "hlt"
-            return -1
+        if r:
+            return r if r < 0 else 0
         self.shadow = 0
         rip = self.rip
         rflags = self.rflags
+        pending = self.pending_db
         try:
             insn = self.icache.get(rip)
             if insn is None:
                 insn = self.fetch_insn(rip)
-            # Instruction breakpoints are faults checked before execution, ignored when
+            # 7. Instruction breakpoints are faults checked before execution, ignored when
             # RF=1 (SDM 17.3.1.1, APM 13.1.3.1).
             if self.exec_bps and not rflags & RF:
-                lin = rip if self.mode == 64 else rip + self.seg[CS].base
+                lin = rip if self.mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
                 hit = 0
                 for addr, i in self.exec_bps:
                     if addr == lin:
@@ -506,10 +488,14 @@ class Cpu:
             self.rip = insn.next
             insn.fn(self)
         except Fault as f:
+            # The instruction did not complete: no single-step trap for it, and data
+            # breakpoints it hit before faulting are dropped (SDM 17.3.1.2).
+            self.pending_db = pending
             self.rip = rip
-            self.shadow = shadow if f.vector == 1 else 0
+            self.shadow = 0
             return 0 if self._fault(f) >= 0 else -1
         except Intercepted:
+            self.pending_db = pending
             self.rip = rip
             self.shadow = shadow
             self.stop_reason = "intercept"
@@ -527,6 +513,55 @@ class Cpu:
         self._recompute_attention()
         return 1
 
+    def wake_event(self) -> bool:
+        """An event that ends HLT: an unblocked NMI or an unmasked INTR (SDM vol 2 HLT)."""
+        return bool((self.nmi_pending and not self.nmi_blocked)
+                    or (self.intr_pending and self.rflags & IF))
+
+    def _boundary_event(self, shadow: int) -> int:
+        """Take the highest-priority event pending at this instruction boundary.
+
+        Returns 0 when the next instruction may execute, 1 when an event was delivered,
+        -1 to stop (halted). The order is SDM vol 3 table 6-2 (APM vol 2 8.5):
+          4. traps on the previous instruction: single-step, data breakpoints, task-switch T
+          5. NMI
+          6. maskable interrupts (INTR)
+          7. code breakpoints (in _slow_step, with the instruction fetch)
+        A halted CPU takes nothing until a wake event arrives: a single-step trap from the
+        HLT itself is delivered first after wake-up, with RIP after the HLT (REFERENCE.md,
+        checked on QEMU and Bochs).
+        """
+        if self.halted and not self.wake_event():
+            self.stop_reason = "hlt"
+            return -1
+        # 4. Traps from the previous instruction. After MOV SS / POP SS they wait until the
+        # next instruction completes (SDM 6.8.3).
+        if self.pending_db and shadow != SHADOW_MOVSS:
+            self.dr[6] |= self.pending_db
+            self.pending_db = 0
+            self.halted = False
+            self.deliver_exception(1, None)
+            return 1
+        # 5, 6. NMI, then INTR; both held off by an interrupt shadow (APM 15.21.5).
+        if self.nmi_pending and not self.nmi_blocked and not shadow:
+            self.hooks.nmi(self)
+            self.nmi_pending = False
+            self.nmi_blocked = True     # until the next IRET (SDM 6.7.1)
+            self.halted = False
+            interrupts.deliver(self, 2, "nmi", None)
+            return 1
+        if self.intr_pending and self.rflags & IF and not shadow:
+            self.hooks.intr(self)
+            vector = self.intr_ack()
+            if vector is not None:
+                self.halted = False
+                interrupts.deliver(self, vector, "intr", None)
+                return 1
+        if self.halted:
+            self.stop_reason = "hlt"
+            return -1
+        return 0
+
     def _recompute_attention(self) -> None:
         self.attention = bool(
             self.rflags & (TF | RF) or self.pending_db or self.shadow or self.nmi_pending
@@ -539,6 +574,7 @@ class Cpu:
 
     # ------------------------------------------------------------------ events
     def _fault(self, f: Fault) -> int:
+        """Deliver an exception raised by an instruction or an event delivery."""
         try:
             if isinstance(f, Unsupported):
                 self.last_unsupported = self.last_unsupported or (self.rip, b"", f.text)
@@ -550,8 +586,8 @@ class Cpu:
 
     def deliver_exception(self, vector: int, error_code: int | None, fault: bool = False,
                           cr2: int | None = None) -> None:
-        """Raise an exception at the current RIP: escalate, offer it to the layer above, and
-        deliver it through the IDT. A fault during delivery escalates (SDM 6.15 table 6-5)."""
+        """Raise an exception at the current RIP: offer it to the layer above, and deliver it
+        through the IDT. A fault during delivery escalates (SDM 6.15 table 6-5)."""
         if cr2 is not None:
             self.cr2 = cr2
         self.hooks.exception(self, vector, error_code)
@@ -560,42 +596,71 @@ class Cpu:
         except Fault as f2:
             self._escalate(vector, f2)
 
+    # Exception classes for double-fault detection (SDM vol 3 table 6-4, APM vol 2 8.2.9).
+    CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
+
     def _escalate(self, first: int, f2: Fault) -> None:
+        """A second exception `f2` arose while delivering `first` (-1: NMI or INTR, benign).
+
+        SDM table 6-5: benign first -> the second is handled serially; contributory then
+        contributory, or #PF then contributory/#PF -> #DF; anything while delivering #DF ->
+        shutdown (triple fault)."""
+        self.delivering = None
         second = f2.vector
         if first == 8:
-            self.triple_fault(f"fault {second} while delivering #DF")
+            self.triple_fault(f"exception {second} while delivering #DF")
             return
-        contributory = {0, 10, 11, 12, 13}
-        double = (first in contributory and second in contributory) or (
-            first == 14 and (second in contributory or second == 14))
         if f2.cr2 is not None:
             self.cr2 = f2.cr2
-        if double:
+        contributory = self.CONTRIBUTORY
+        if (first in contributory and second in contributory) or (
+                first == 14 and (second in contributory or second == 14)):
             self.hooks.exception(self, 8, 0)
             try:
                 interrupts.deliver(self, 8, "fault", 0)
-            except Fault:
-                self.triple_fault("fault while delivering #DF")
+            except Fault as f3:
+                self.delivering = None
+                self.triple_fault(f"exception {f3.vector} while delivering #DF")
             return
         self.deliver_exception(second, f2.error_code, fault=True)
 
     def triple_fault(self, reason: str) -> None:
+        """Shutdown (SDM 6.15 #DF, APM 8.2.9): the vCPU stops; never an exception to Python."""
         self.shutdown = True
+        self.halted = False
         self.attention = True
+        self.stop_reason = "shutdown"
         self.hooks.shutdown(self, reason)
 
     def inject(self, kind: str, vector: int, error_code: int | None = None) -> None:
         """Deliver an event now, at the current RIP (SVM EVENTINJ). kind: intr, nmi,
-        exception, softint."""
-        if kind == "exception":
-            self.hooks.exception(self, vector, error_code)
-            try:
+        exception, softint. A fault while delivering it is delivered (or escalated) in turn;
+        NMI blocking is the injector's business (the hypervisor tracks virtual NMIs)."""
+        try:
+            if kind == "exception":
+                self.hooks.exception(self, vector, error_code)
                 interrupts.deliver(self, vector, "fault", error_code)
-            except Fault as f2:
-                self._escalate(vector, f2)
-        else:
-            interrupts.deliver(self, vector, kind, error_code)
+            else:
+                interrupts.deliver(self, vector, "soft" if kind == "softint" else kind,
+                                   error_code)
+        except Fault as f2:
+            self._escalate(vector if kind == "exception" else -1, f2)
         self.halted = False
+        self.attention = True
+
+    # ------------------------------------------------------------------ input pins
+    def raise_nmi(self) -> None:
+        """Assert the NMI input. While NMIs are blocked one NMI is held pending; further ones
+        merge into it (SDM 6.7.1)."""
+        self.nmi_pending = True
+        self.attention = True
+
+    def set_intr_line(self, pending: bool, ack: Callable[[], int | None] | None = None) -> None:
+        """Drive the INTR input. `ack` is the interrupt-acknowledge cycle: it returns the
+        vector (or None if the request went away) when the CPU takes the interrupt."""
+        self.intr_pending = pending
+        if ack is not None:
+            self.intr_ack = ack
         self.attention = True
 
     def record_event(self, kind: int, vector: int, error_code: int | None, rip: int,

@@ -48,18 +48,20 @@ def load_code_descriptor(cpu: Cpu, sel: int, vector: int, kind: str) -> Segment:
 
 
 def deliver(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:
-    cpu.delivering = (kind, vector, error_code)
     if kind == "fault" and vector not in HAS_ERRCODE:
         error_code = None
     if kind in ("nmi", "intr", "soft", "icebp"):
         error_code = None
-    if cpu.mode == 64 or cpu.efer & 0x400:
-        _deliver64(cpu, vector, kind, error_code)
-    elif cpu.cr0 & 1:
-        _deliver32(cpu, vector, kind, error_code)
-    else:
-        _deliver_real(cpu, vector, kind)
-    cpu.delivering = None
+    cpu.delivering = (kind, vector, error_code)
+    try:
+        if cpu.mode == 64 or cpu.efer & 0x400:
+            _deliver64(cpu, vector, kind, error_code)
+        elif cpu.cr0 & 1:
+            _deliver32(cpu, vector, kind, error_code)
+        else:
+            _deliver_real(cpu, vector, kind)
+    finally:
+        cpu.delivering = None
     cpu.attention = True
 
 
@@ -78,7 +80,7 @@ def _deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None
         raise Fault(13, gate_err)
     lo = cpu.rd_sys(cpu.idtr.base + vector * 16, 8)
     hi = cpu.rd_sys(cpu.idtr.base + vector * 16 + 8, 8)
-    gtype = (lo >> 40) & 0xF
+    gtype = (lo >> 40) & 0x1F     # only 64-bit interrupt and trap gates (SDM 6.14.1)
     if gtype not in (0xE, 0xF):
         raise Fault(13, gate_err)
     dpl = (lo >> 45) & 3
@@ -137,7 +139,11 @@ def _deliver32(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None
     if vector * 8 + 7 > cpu.idtr.limit:
         raise Fault(13, gate_err)
     lo = cpu.rd_sys(cpu.idtr.base + vector * 8, 8)
-    gtype = (lo >> 40) & 0x1F
+    gtype = (lo >> 40) & 0x1F     # S bit included: only system gates are valid
+    # Checks in the order of SDM vol 2 INT n "PROTECTED-MODE": gate type, DPL (software
+    # interrupts only), present.
+    if gtype not in (0x5, 0x6, 0x7, 0xE, 0xF):
+        raise Fault(13, gate_err)
     dpl = (lo >> 45) & 3
     if kind == "soft" and dpl < cpu.cpl:
         raise Fault(13, gate_err)
@@ -148,8 +154,6 @@ def _deliver32(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None
         from . import tasks
         tasks.task_gate(cpu, sel, vector, kind, error_code)
         return
-    if gtype not in (0x6, 0x7, 0xE, 0xF):
-        raise Fault(13, gate_err)
     offset = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000)
     size = 4 if gtype & 0x8 else 2
     if size == 2:

@@ -7,6 +7,7 @@ import capstone.x86_const as X
 
 from ..decode import F_NO_SSTEP, Decoded, translates
 from ..faults import Fault
+from ..interrupts import canonical
 from ..regs import (
     AC,
     CR0_PE,
@@ -16,10 +17,13 @@ from ..regs import (
     CRMAP,
     CS,
     DR6_BD,
+    DR6_BS,
     DR7_GD,
     DRMAP,
     EFER_LMA,
     EFER_LME,
+    EFER_SCE,
+    EFER_SVME,
     FS,
     GS,
     ID,
@@ -44,6 +48,7 @@ from ..regs import (
     SHADOW_MOVSS,
     SHADOW_STI,
     SS,
+    TF,
     VM,
 )
 from ..segments import Segment, decode_descriptor
@@ -171,14 +176,16 @@ def popf(d: Decoded):
     def popf_(c):
         c.hooks.insn(c, "popf", nxt)
         v = pop(c, size)
-        writable = RFLAGS_WRITABLE & ~RF   # POPF never sets RF; RF is cleared after it
+        # POPF never sets RF and clears it (SDM vol 2 POPF); IOPL only at CPL 0, IF only at
+        # CPL <= IOPL; the instruction's own TF decides its single step (loop, SDM 17.3.1.4).
+        writable = RFLAGS_WRITABLE & ~RF
         if c.cpl > 0:
             writable &= ~IOPL
         if not _iopl_ok(c):
             writable &= ~IF
         if size == 2:
             writable &= 0xFFFF
-        c.rflags = (c.rflags & ~writable) | (v & writable) | 0x2
+        c.rflags = (c.rflags & ~writable & ~RF) | (v & writable) | 0x2
         c.attention = True
     return popf_
 
@@ -190,8 +197,9 @@ def _softint(vector: int, kind: str, name: str, nxt: int, check):
             check(c)
         if name:
             c.hooks.insn(c, name, nxt)
-        if kind == "exc":
-            # INT3/INTO are reported to the layer above as the #BP/#OF exception.
+        if kind in ("exc", "icebp"):
+            # INT3/INTO/INT1 are reported to the layer above as the #BP/#OF/#DB exception
+            # (the SVM exception intercepts), after the ICEBP intercept for INT1.
             c.hooks.exception(c, vector, None)
         from ..interrupts import deliver
         deliver(c, vector, "soft" if kind in ("int", "exc") else "icebp", None)
@@ -222,6 +230,11 @@ def into(d: Decoded):
     def into_(c):
         if c.rflags & 0x800:
             inner(c)
+        elif c.rflags & TF:
+            # Not taken, INTO is an ordinary instruction and is single-stepped (F_NO_SSTEP
+            # covers only the taken case, where the handler starts with TF=0).
+            c.pending_db |= DR6_BS
+            c.attention = True
     return into_
 
 
@@ -241,8 +254,19 @@ def ud2(d: Decoded):
 
 # ---------------------------------------------------------------- I/O
 def _io_check(c, port: int, size: int) -> None:
-    if not _iopl_ok(c):
-        # No I/O permission bitmap support beyond IOPL: CPL > IOPL faults.
+    """Protected mode with CPL > IOPL: every bit of the port range in the TSS I/O permission
+    bitmap must be 0, else #GP(0) (SDM vol 1 19.5.2, APM vol 2 13.3.2)."""
+    if not c.cr0 & CR0_PE or _iopl_ok(c):
+        return
+    tr = c.tr
+    if tr.type not in (0x9, 0xB) or tr.limit < 0x67:
+        raise Fault(13, 0)
+    iomap = c.rd_sys(tr.base + 0x66, 2)
+    first, last = iomap + (port >> 3), iomap + ((port + size - 1) >> 3)
+    if last + 1 > tr.limit:
+        raise Fault(13, 0)
+    bits = c.rd_sys(tr.base + first, 2 if last > first else 1)
+    if (bits >> (port & 7)) & ((1 << size) - 1):
         raise Fault(13, 0)
 
 
@@ -338,7 +362,13 @@ def _msr_read(c, msr: int, nxt: int) -> int:
     return v
 
 
+_CANONICAL_MSRS = frozenset({MSR_LSTAR, MSR_CSTAR, MSR_FS_BASE, MSR_GS_BASE,
+                             MSR_KERNEL_GS_BASE})
+
+
 def _msr_write(c, msr: int, v: int, nxt: int) -> None:
+    if msr in _CANONICAL_MSRS and not canonical(v):
+        raise Fault(13, 0)     # address MSRs must hold canonical addresses (APM vol 2 4.8)
     if msr == MSR_EFER:
         # LMA is read-only; LME may not change while paging is on (SDM 9.8.5).
         new = (v & ~EFER_LMA) | (c.efer & EFER_LMA)
@@ -654,9 +684,112 @@ def vmrun(d: Decoded):
     nxt = d.next
 
     def vmrun_(c):
+        # #UD without EFER.SVME or outside protected mode, #GP at CPL > 0, then the
+        # intercept (APM vol 3 VMRUN, 15.5).
+        if not c.efer & EFER_SVME or not c.cr0 & CR0_PE:
+            raise Fault(6)
+        _cpl0(c)
         c.hooks.insn(c, "vmrun", nxt)
         raise Fault(6)   # nested SVM is not modelled: without an intercept, #UD
     return vmrun_
+
+
+# ---------------------------------------------------------------- SYSCALL / SYSRET
+@translates(X.X86_INS_SYSCALL)
+def syscall(d: Decoded):
+    """SYSCALL in 64-bit mode (APM vol 3 SYSCALL): RCX = next RIP, R11 = RFLAGS, CS/SS from
+    STAR[47:32], RIP = LSTAR, RFLAGS &= ~SFMASK (and RF cleared)."""
+    nxt = d.next
+
+    def syscall_(c):
+        if not c.efer & EFER_SCE or c.mode != 64:
+            raise Fault(6)
+        sel = (c.star >> 32) & 0xFFFC
+        c.regs[1] = nxt
+        c.regs[11] = c.rflags & ~RF
+        c.seg[CS].load(Segment(sel, 0, 0xFFFF_FFFF, 0xA9B))
+        c.seg[SS].load(Segment(sel + 8, 0, 0xFFFF_FFFF, 0xC93))
+        c.rflags = (c.rflags & ~c.sfmask & ~RF & ~VM) | 0x2
+        c.rip = c.lstar
+        c.set_cpl(0)
+        c.update_mode()
+    return syscall_
+
+
+@translates(X.X86_INS_SYSRET)
+def sysret(d: Decoded):
+    """SYSRET to 64-bit (REX.W) or compatibility mode (APM vol 3 SYSRET): CS from
+    STAR[63:48] (+16 for 64-bit), SS = STAR[63:48] + 8, RFLAGS = R11, RIP = RCX."""
+    to64 = d.rex_w
+
+    def sysret_(c):
+        if not c.efer & EFER_SCE or c.mode != 64:
+            raise Fault(6)
+        _cpl0(c)
+        base = (c.star >> 48) & 0xFFFF
+        rip = c.regs[1] if to64 else c.regs[1] & 0xFFFF_FFFF
+        if to64 and not canonical(rip):
+            raise Fault(13, 0)
+        cs_sel = ((base + 16) if to64 else base) | 3
+        c.seg[CS].load(Segment(cs_sel, 0, 0xFFFF_FFFF, 0xAFB if to64 else 0xCFB))
+        c.seg[SS].load(Segment((base + 8) | 3, 0, 0xFFFF_FFFF, 0xCF3))
+        c.rflags = (c.regs[11] & (RFLAGS_WRITABLE | 0x3F_0000) & ~(RF | VM)) | 0x2
+        c.rip = rip
+        c.set_cpl(3)
+        c.update_mode()
+    return sysret_
+
+
+# ---------------------------------------------------------------- small system instructions
+@translates(X.X86_INS_SMSW)
+def smsw(d: Decoded):
+    wr = d.writer(0)
+    size = d.size(0) if d.is_reg(0) else 2
+    return lambda c: wr(c, c.cr0 & MASK[size])
+
+
+@translates(X.X86_INS_LMSW)
+def lmsw(d: Decoded):
+    rd = d.reader(0, 2)
+
+    def lmsw_(c):
+        # LMSW loads PE, MP, EM, TS and can set but never clear PE (SDM vol 2 LMSW).
+        _cpl0(c)
+        v = rd(c) & 0xF
+        write_cr(c, 0, (c.cr0 & ~0xE) | v | (c.cr0 & CR0_PE))
+    return lmsw_
+
+
+@translates(X.X86_INS_STR, X.X86_INS_SLDT)
+def str_sldt(d: Decoded):
+    wr = d.writer(0)
+    size = d.size(0) if d.is_reg(0) else 2
+    is_tr = d.id == X.X86_INS_STR
+
+    def str_(c):
+        if not c.cr0 & CR0_PE:
+            raise Fault(6)
+        wr(c, (c.tr.sel if is_tr else c.ldtr.sel) & MASK[size])
+    return str_
+
+
+@translates(X.X86_INS_WBINVD, X.X86_INS_INVD)
+def wbinvd(d: Decoded):
+    def wbinvd_(c):
+        _cpl0(c)     # caches are not modelled
+    return wbinvd_
+
+
+@translates(X.X86_INS_RDTSCP)
+def rdtscp(d: Decoded):
+    nxt = d.next
+
+    def rdtscp_(c):
+        c.hooks.insn(c, "rdtscp", nxt)
+        t = c.now()
+        c.regs[0], c.regs[2] = t & 0xFFFF_FFFF, (t >> 32) & 0xFFFF_FFFF
+        c.regs[1] = c.tsc_aux & 0xFFFF_FFFF
+    return rdtscp_
 
 
 __all__ = ["mov_cr_dr", "mov_sreg", "write_cr", "read_cr", "write_dr", "read_dr",
