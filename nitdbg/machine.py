@@ -1,0 +1,223 @@
+"""The facade every front end uses: build a VM, run it, talk to its console, and the host
+commands of the seed (bhyvectl, sysctl, ktrdump, sleep, cat, grep).
+
+Scheduling is deterministic: the runnable vCPU with the smallest virtual time runs next for
+one quantum of instructions; a halted vCPU waits at its next timer deadline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .guest.boot import BootImage, VcpuBootState, load_kernel
+from .guest.elf import LoadError
+from .guest.symbols import SymbolTable
+from .vmm.vcpu import UserExit, Vcpu
+from .vmm.vm import Vm
+from .x86.regs import GPR_NAMES, RAX
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+DEFAULT_KERNEL = FIRMWARE_DIR / "amd64" / "kernel.elf"
+I386_KERNEL = FIRMWARE_DIR / "i386" / "kernel.elf"
+QUANTUM = 20_000
+INF = float("inf")
+
+
+class MachineError(Exception):
+    """A one-line error for the user (bad option, bad file, bad state)."""
+
+
+@dataclass
+class StopEvent:
+    """Why run() returned."""
+
+    reason: str                 # budget, kdb, shutdown, debug_exit, idle, panic, unhandled,
+    vcpu: int | None = None     # time, until, stopped
+    info: dict = field(default_factory=dict)
+
+
+class Machine:
+    def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int = 2,
+                 ram_size: int = 64 << 20, policy: str = "iret-tracing", name: str = "vm2",
+                 tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
+                 retire_order: int = 18):
+        path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
+        try:
+            image = load_kernel(str(path), vcpus, ram_size)
+        except LoadError as e:
+            raise MachineError(str(e)) from None
+        except OSError as e:
+            raise MachineError(f"{path}: {e.strerror or e}") from None
+        try:
+            self.vm = Vm(name, len(image.vcpus), ram_size, policy, retire_order)
+        except ValueError as e:
+            raise MachineError(str(e)) from None
+        self.kernel_path = path
+        self.image = image
+        self.symbols: SymbolTable = image.symbols
+        self.quantum = quantum
+        for oid, value in (tunables or {}).items():
+            res = self.vm.sysctl.run([f"{oid}={value}"])
+            if res.status:
+                raise MachineError(res.stderr.strip().splitlines()[0])
+        self.vm.boot()
+        self._load(image)
+        self.in_kdb: dict[int, dict] = {}       # vcpu -> hypercall info while in the debugger
+        self.stopped: set[int] = set()          # vCPUs the front end holds
+        self.shutdown: str | None = None
+        self.exit_status: int | None = None
+        self.listeners: list[Callable[[StopEvent], None]] = []
+        self.total_retired = 0
+
+    # ------------------------------------------------------------------ boot
+    def _load(self, image: BootImage) -> None:
+        for gpa, data in image.memory:
+            self.vm.mem.write_bytes(gpa, data)
+        for v, st in zip(self.vm.vcpus, image.vcpus, strict=True):
+            apply_boot_state(v, st)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def vcpus(self) -> list[Vcpu]:
+        return self.vm.vcpus
+
+    def now(self) -> int:
+        """Virtual time of the machine: the least advanced running vCPU."""
+        return min(v.now() for v in self.vm.vcpus)
+
+    def console_output(self) -> bytes:
+        return bytes(self.vm.console_out)
+
+    def console_input(self, data: bytes) -> None:
+        self.vm.com1.feed(data)
+
+    # ------------------------------------------------------------------ running
+    def _wake_time(self, v: Vcpu) -> float:
+        if v.id in self.in_kdb or v.id in self.stopped:
+            return INF
+        if v.halted and not v.wake_pending():
+            d = self.vm.next_deadline(v)
+            return INF if d is None else max(d, v.now())
+        return v.now()
+
+    def pick(self) -> Vcpu | None:
+        best, bt = None, INF
+        for v in self.vm.vcpus:
+            t = self._wake_time(v)
+            if t < bt:
+                best, bt = v, t
+        return best
+
+    def run(self, max_insns: int | None = None, until_ns: int | None = None,
+            until: Callable[[], bool] | None = None) -> StopEvent:
+        """Run the vCPUs until a stop: the debugger is entered, the budget of instructions or
+        virtual time is used up, `until()` holds, or nothing can run."""
+        if self.shutdown is not None:
+            return StopEvent("shutdown", None, {"reason": self.shutdown})
+        if self.in_kdb:
+            return StopEvent("kdb", next(iter(self.in_kdb)), {})
+        retired = 0
+        while True:
+            if max_insns is not None and retired >= max_insns:
+                return StopEvent("budget")
+            if until is not None and until():
+                return StopEvent("until")
+            v = self.pick()
+            if v is None:
+                return StopEvent("idle")
+            if until_ns is not None and self._wake_time(v) >= until_ns:
+                # everyone has reached the target time
+                for w in self.vm.vcpus:
+                    if w.halted and w.now() < until_ns and w.id not in self.in_kdb:
+                        w.cpu.advance_time(until_ns - w.now())
+                return StopEvent("time")
+            if v.halted and not v.wake_pending():
+                self.vm.sleep_until_event(v)
+            q = self.quantum
+            if max_insns is not None:
+                q = min(q, max_insns - retired)
+            before = v.cpu.icount
+            ux = v.run(q)
+            retired += v.cpu.icount - before
+            self.total_retired += v.cpu.icount - before
+            ev = self._userspace(ux)
+            if ev is not None:
+                for cb in self.listeners:
+                    cb(ev)
+                return ev
+
+    def _userspace(self, ux: UserExit) -> StopEvent | None:
+        """bhyve's userspace half: act on exits the kernel part could not handle."""
+        kind = ux.kind
+        if kind in ("quantum", "hlt", "bogus"):
+            return None
+        if kind == "kdb":
+            self.in_kdb[ux.vcpu] = dict(ux.info)
+            return StopEvent("kdb", ux.vcpu, dict(ux.info))
+        if kind == "debug_exit":
+            self.exit_status = ux.info["status"]
+            return StopEvent("debug_exit", ux.vcpu, dict(ux.info))
+        if kind == "shutdown":
+            self.shutdown = ux.info.get("reason", "triple fault")
+            return StopEvent("shutdown", ux.vcpu, dict(ux.info))
+        return StopEvent(kind, ux.vcpu, dict(ux.info))
+
+    def leave_kdb(self, vcpu: int) -> None:
+        self.in_kdb.pop(vcpu, None)
+
+    # ------------------------------------------------------------------ convenience
+    def run_until_output(self, text: bytes, max_insns: int = 50_000_000) -> bool:
+        start = len(self.vm.console_out)
+        ev = self.run(max_insns=max_insns,
+                      until=lambda: text in self.vm.console_out[start:])
+        return ev.reason == "until"
+
+    def boot_to_prompt(self, prompt: bytes = b"# ", max_insns: int = 50_000_000) -> None:
+        if not self.run_until_output(prompt, max_insns):
+            raise MachineError(f"the guest did not reach its prompt {prompt!r}")
+
+    def type_line(self, line: str, max_insns: int = 50_000_000, wait_prompt: bool = True
+                  ) -> str:
+        """Type a line at the guest console and run until the prompt comes back."""
+        start = len(self.vm.console_out)
+        self.console_input(line.encode() + b"\r")
+        if wait_prompt:
+            self.run(max_insns=max_insns,
+                     until=lambda: self.vm.console_out[start:].rstrip(b" ").endswith(b"\n#")
+                     or self.vm.console_out[start:].endswith(b"# "))
+        return self.vm.console_out[start:].decode(errors="replace")
+
+    def regs(self, vcpu: int) -> dict[str, int]:
+        """The guest registers as the hypervisor sees them (VMCB + saved GPRs)."""
+        v = self.vm.vcpus[vcpu]
+        d = {n: v.cpu.regs[i] for i, n in enumerate(GPR_NAMES)}
+        d["rax"] = v.vmcb.rax
+        d["rsp"] = v.vmcb.rsp
+        d["rip"] = v.vmcb.rip
+        d["rflags"] = v.vmcb.rflags
+        return d
+
+
+def apply_boot_state(v: Vcpu, st: VcpuBootState) -> None:
+    """Put a loader's start state into the VMCB save area and the saved GPRs."""
+    vmcb = v.vmcb
+    for name, s in st.segs.items():
+        vmcb.seg(name).set(s.selector, s.attrib, s.limit, s.base)
+    vmcb.seg("gdtr").set(0, 0, st.gdtr[1], st.gdtr[0])
+    vmcb.seg("idtr").set(0, 0, st.idtr[1], st.idtr[0])
+    vmcb.cr0, vmcb.cr3, vmcb.cr4, vmcb.efer = st.cr0, st.cr3, st.cr4, st.efer
+    vmcb.rflags = st.rflags | 2
+    vmcb.rip = st.rip
+    vmcb.rsp = st.rsp
+    vmcb.dr6, vmcb.dr7 = 0xFFFF0FF0, 0x400
+    vmcb.cpl = 0
+    for name, val in st.gprs.items():
+        i = GPR_NAMES.index(name)
+        if i == RAX:
+            vmcb.rax = val
+        else:
+            v.cpu.regs[i] = val
+    v.nextrip = st.rip

@@ -1,0 +1,282 @@
+"""VMRUN and #VMEXIT: the SVM processor extension around one x86 vCPU (AMD APM vol 2 ch. 15).
+
+`Svm` is the x86 layer's hook object while the guest runs: at every architectural point where
+SVM can intercept, it checks the VMCB's intercept bits and, when one is set, fills EXITCODE,
+EXITINFO1/2, EXITINTINFO and nRIP, stores the guest state into the VMCB save area and ends
+guest execution (#VMEXIT). Between runs the VMCB is the truth: the hypervisor edits it, and
+VMRUN loads it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..x86.cpu import Cpu
+from ..x86.faults import Intercepted
+from ..x86.hooks import ACC_FETCH, ACC_WRITE, Hooks
+from ..x86.regs import CS, DS, ES, FS, GS, RAX, RSP, SHADOW_STI, SS
+from ..x86.retire import EV_INJECT, EV_VMEXIT, EV_VMRUN
+from ..x86.segments import Segment
+from . import exitcodes as ec
+from .intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, TYPE_SOFT_INT, IntInfo
+from .npt import NestedPageFault, NestedPageTable
+from .vmcb import Iopm, Msrpm, Vmcb
+
+_INSN_INTERCEPTS = {
+    "iret": ("IRET", ec.VMEXIT_IRET), "hlt": ("HLT", ec.VMEXIT_HLT),
+    "pause": ("PAUSE", ec.VMEXIT_PAUSE), "cpuid": ("CPUID", ec.VMEXIT_CPUID),
+    "rdtsc": ("RDTSC", ec.VMEXIT_RDTSC), "invlpg": ("INVLPG", ec.VMEXIT_INVLPG),
+    "vmmcall": ("VMMCALL", ec.VMEXIT_VMMCALL), "vmrun": ("VMRUN", ec.VMEXIT_VMRUN),
+    "icebp": ("ICEBP", ec.VMEXIT_ICEBP), "intn": ("INTn", ec.VMEXIT_SWINT),
+    "pushf": ("PUSHF", ec.VMEXIT_PUSHF), "popf": ("POPF", ec.VMEXIT_POPF),
+    "task_switch": ("TASK_SWITCH", ec.VMEXIT_TASK_SWITCH),
+}
+_SEGS = (("es", ES), ("cs", CS), ("ss", SS), ("ds", DS), ("fs", FS), ("gs", GS))
+_TYPE_KIND = {TYPE_INTR: "intr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception",
+              TYPE_SOFT_INT: "soft"}
+
+
+@dataclass
+class Exit:
+    """What the last #VMEXIT reported (also in the VMCB; this is a convenience copy)."""
+
+    code: int
+    info1: int
+    info2: int
+    intinfo: int
+    nrip: int
+    rip: int
+
+
+class Svm(Hooks):
+    """One vCPU's SVM state: its VMCB, the VM's nested page table and permission maps."""
+
+    def __init__(self, cpu: Cpu, vmcb: Vmcb, npt: NestedPageTable, iopm: Iopm, msrpm: Msrpm):
+        super().__init__()
+        self.cpu = cpu
+        self.vmcb = vmcb
+        self.npt = npt
+        self.iopm = iopm
+        self.msrpm = msrpm
+        self.exit: Exit | None = None
+        self.in_guest = False
+        self._pending = None
+        cpu.hooks = self
+
+    # ------------------------------------------------------------------ state transfer
+    def load_guest(self) -> None:
+        """VMRUN: load the guest state from the save area (APM 15.5.1)."""
+        v, c = self.vmcb, self.cpu
+        for name, idx in _SEGS:
+            s = v.seg(name)
+            c.seg[idx].load(Segment(s.selector, s.base, s.limit, s.attrib))
+        for name, seg in (("ldtr", c.ldtr), ("tr", c.tr)):
+            s = v.seg(name)
+            seg.load(Segment(s.selector, s.base, s.limit, s.attrib))
+        c.gdtr.base, c.gdtr.limit = v.seg("gdtr").base, v.seg("gdtr").limit
+        c.idtr.base, c.idtr.limit = v.seg("idtr").base, v.seg("idtr").limit
+        paging_changed = (c.cr0, c.cr3, c.cr4, c.efer) != (v.cr0, v.cr3, v.cr4, v.efer)
+        c.cr0, c.cr2, c.cr3, c.cr4 = v.cr0, v.cr2, v.cr3, v.cr4
+        c.efer = v.efer
+        c.dr[6], c.dr[7] = v.dr6, v.dr7
+        c.rflags = v.rflags | 0x2
+        c.rip = v.rip
+        c.regs[RSP] = v.rsp
+        c.regs[RAX] = v.rax
+        c.star, c.lstar, c.cstar, c.sfmask = v.star, v.lstar, v.cstar, v.sfmask
+        c.kernel_gs_base = v.kernel_gs_base
+        c.cpl = v.cpl
+        c.shadow = SHADOW_STI if v.interrupt_shadow else 0
+        if paging_changed:
+            c.flush_tlb()
+        c.update_mode()
+        c.update_debug()
+
+    def save_guest(self) -> None:
+        """#VMEXIT: store the guest state into the save area (APM 15.6)."""
+        v, c = self.vmcb, self.cpu
+        for name, idx in _SEGS:
+            s = c.seg[idx]
+            v.seg(name).set(s.sel, s.attrib, s.limit, s.base)
+        v.seg("ldtr").set(c.ldtr.sel, c.ldtr.attrib, c.ldtr.limit, c.ldtr.base)
+        v.seg("tr").set(c.tr.sel, c.tr.attrib, c.tr.limit, c.tr.base)
+        v.seg("gdtr").set(0, 0, c.gdtr.limit, c.gdtr.base)
+        v.seg("idtr").set(0, 0, c.idtr.limit, c.idtr.base)
+        v.cr0, v.cr2, v.cr3, v.cr4, v.efer = c.cr0, c.cr2, c.cr3, c.cr4, c.efer
+        v.dr6, v.dr7 = c.dr[6], c.dr[7]
+        v.rflags = c.rflags
+        v.rip = c.rip
+        v.rsp = c.regs[RSP]
+        v.rax = c.regs[RAX]
+        v.star, v.lstar, v.cstar, v.sfmask = c.star, c.lstar, c.cstar, c.sfmask
+        v.kernel_gs_base = c.kernel_gs_base
+        v.cpl = c.cpl
+        v.interrupt_shadow = 1 if c.shadow else 0
+
+    # ------------------------------------------------------------------ VMRUN
+    def vmrun(self, budget: int) -> Exit:
+        """Enter the guest, run until an intercept (or `budget` instructions, reported as a
+        physical-interrupt exit, as the host timer would cause) and return the exit."""
+        c = self.cpu
+        self.load_guest()
+        self.vmcb.exitintinfo = 0
+        self._pending = None
+        self._rip_override = None
+        self.in_guest = True
+        c.record_event(EV_VMRUN, 0, None, c.rip, c.rflags)
+        try:
+            self._inject_eventinj()
+            self._virq_setup()
+            c.run(budget)
+            if self._pending is None:
+                reason = c.stop_reason
+                # Out of budget: the host's timer interrupt ends the run. A HLT that is not
+                # intercepted sleeps in guest mode until the host takes the CPU back.
+                self._exit(ec.VMEXIT_SHUTDOWN if reason == "shutdown" else ec.VMEXIT_INTR)
+        except Intercepted:
+            pass
+        self.in_guest = False
+        return self._finish_exit()
+
+    def _inject_eventinj(self) -> None:
+        """Deliver EVENTINJ before the first guest instruction (APM 15.20). An intercepted
+        exception during delivery exits with EXITINTINFO = the event being injected."""
+        v, c = self.vmcb, self.cpu
+        raw = v.eventinj
+        if not raw & (1 << 31):
+            return
+        v.eventinj = 0
+        info = IntInfo.decode(raw)
+        kind = _TYPE_KIND.get(info.type)
+        if kind is None:
+            self._exit(ec.VMEXIT_INVALID)
+            raise Intercepted
+        c.record_event(EV_INJECT, info.vector, info.errcode if info.errcode_valid else None,
+                       c.rip, c.rflags, raw)
+        self._injecting = raw
+        try:
+            c.inject(kind, info.vector, info.errcode if info.errcode_valid else None)
+        finally:
+            self._injecting = 0
+
+    _injecting = 0
+
+    def _virq_setup(self) -> None:
+        v, c = self.vmcb, self.cpu
+        # V_IRQ: a virtual interrupt the guest takes when RFLAGS.IF=1 outside a shadow and
+        # above V_TPR (APM 15.21.4). bhyve only uses it with the VINTR intercept to learn
+        # when the window opens, so taking it without the intercept is modelled simply.
+        c.intr_pending = bool(v.v_irq) and (
+            bool(v.v_ign_tpr) or v.v_intr_prio > (v.v_tpr & 0xF))
+        c.intr_ack = self._virq_ack
+        c.attention = True
+
+    def _virq_ack(self) -> int | None:
+        self.vmcb.v_irq = 0
+        self.cpu.intr_pending = False
+        return self.vmcb.v_intr_vector
+
+    # ------------------------------------------------------------------ #VMEXIT
+    def _exit(self, code: int, info1: int = 0, info2: int = 0, nrip: int | None = None) -> None:
+        """Record the #VMEXIT; the state is stored once the vCPU has stopped (the step loop
+        rewinds RIP to the intercepted instruction first)."""
+        c = self.cpu
+        intinfo = 0
+        if self._injecting:
+            intinfo = self._injecting
+        elif c.delivering is not None:
+            kind, vec, err = c.delivering
+            t = {"nmi": TYPE_NMI, "intr": TYPE_INTR, "soft": TYPE_SOFT_INT}.get(kind,
+                                                                               TYPE_EXCEPTION)
+            intinfo = IntInfo(vec, t, True, err is not None, err or 0).encode()
+        c.delivering = None
+        self._pending = (code, info1, info2, intinfo, nrip)
+
+    def _finish_exit(self) -> Exit:
+        v, c = self.vmcb, self.cpu
+        assert self._pending is not None
+        code, info1, info2, intinfo, nrip = self._pending
+        if self._rip_override is not None:
+            c.rip = self._rip_override
+        self.save_guest()
+        v.exitcode = ec.exitcode_to_u64(code)
+        v.exitinfo1 = info1 & 0xFFFF_FFFF_FFFF_FFFF
+        v.exitinfo2 = info2 & 0xFFFF_FFFF_FFFF_FFFF
+        v.exitintinfo = intinfo
+        v.nrip = nrip if nrip is not None else 0
+        self.exit = Exit(code, info1, info2, intinfo, v.nrip, c.rip)
+        c.record_event(EV_VMEXIT, 0, None, c.rip, c.rflags, code & 0xFFFF_FFFF)
+        return self.exit
+
+    _pending: tuple[int, int, int, int, int | None] | None = None
+    _rip_override: int | None = None
+
+    def _intercept(self, code: int, info1: int = 0, info2: int = 0,
+                   nrip: int | None = None) -> None:
+        self._exit(code, info1, info2, nrip)
+        raise Intercepted
+
+    # ------------------------------------------------------------------ hooks
+    def exception(self, cpu: Cpu, vector: int, error_code: int | None) -> None:
+        if vector < 32 and self.vmcb.exception_intercepted(vector):
+            # For #DB, DR6/DR7 were already updated (APM 15.12.2). For #PF, EXITINFO2 is
+            # the faulting address. INT3/INTO report nRIP = the next instruction.
+            info2 = cpu.cr2 if vector == 14 else 0
+            nrip = None
+            if vector in (3, 4) and cpu.delivering is None:
+                # INT3/INTO: trap-like, the saved RIP and nRIP are the next instruction
+                nrip = self._rip_override = cpu.rip
+            self._intercept(ec.vmexit_excp(vector), error_code or 0, info2, nrip)
+
+    def intr(self, cpu: Cpu) -> None:
+        if self.vmcb.intercepted("VINTR") and self.vmcb.v_irq:
+            self._intercept(ec.VMEXIT_VINTR)
+
+    def nmi(self, cpu: Cpu) -> None:
+        if self.vmcb.intercepted("NMI"):
+            self._intercept(ec.VMEXIT_NMI)
+
+    def shutdown(self, cpu: Cpu, reason: str) -> None:
+        self.shutdown_reason = reason
+        if self.vmcb.intercepted("SHUTDOWN"):
+            self._intercept(ec.VMEXIT_SHUTDOWN)
+
+    def insn(self, cpu: Cpu, name: str, next_rip: int) -> None:
+        ent = _INSN_INTERCEPTS.get(name)
+        if ent is not None and self.vmcb.intercepted(ent[0]):
+            self._intercept(ent[1], 0, 0, next_rip)
+
+    def io_in(self, cpu: Cpu, port: int, size: int, next_rip: int) -> int:
+        self._io(port, size, True, next_rip)
+        return (1 << (8 * size)) - 1
+
+    def io_out(self, cpu: Cpu, port: int, size: int, value: int, next_rip: int) -> None:
+        self._io(port, size, False, next_rip)
+
+    def _io(self, port: int, size: int, is_in: bool, next_rip: int) -> None:
+        if self.vmcb.intercepted("IOIO_PROT") and self.iopm.io_intercepted(port, size):
+            info = ec.IoioInfo(port=port, size=size, is_in=is_in)
+            self._intercept(ec.VMEXIT_IOIO, info.encode(), next_rip, next_rip)
+
+    def rdmsr(self, cpu: Cpu, msr: int, next_rip: int) -> int | None:
+        if self.vmcb.intercepted("MSR_PROT") and self.msrpm.msr_intercepted(msr, False):
+            self._intercept(ec.VMEXIT_MSR, 0, 0, next_rip)
+        return None
+
+    def wrmsr(self, cpu: Cpu, msr: int, value: int, next_rip: int) -> bool:
+        if self.vmcb.intercepted("MSR_PROT") and self.msrpm.msr_intercepted(msr, True):
+            self._intercept(ec.VMEXIT_MSR, 1, 0, next_rip)
+        return False
+
+    def gpa(self, cpu: Cpu, gpa: int, access: int, walk: bool) -> int:
+        if not self.vmcb.np_enable:
+            return gpa
+        try:
+            return self.npt.translate(gpa, access & (ACC_WRITE | ACC_FETCH), walk)
+        except NestedPageFault as f:
+            # The instruction restarts after the hypervisor maps the page (APM 15.25.6).
+            self._intercept(ec.VMEXIT_NPF, f.exitinfo1, f.gpa)
+            raise AssertionError("unreachable") from None
+
+    def unsupported(self, cpu: Cpu, rip: int, code: bytes, text: str) -> None:
+        cpu.last_unsupported = (rip, code, text)

@@ -1,0 +1,364 @@
+"""One vCPU of the bhyve-like hypervisor: event injection, VMRUN, the exit-handler table.
+
+`Vcpu.run()` is bhyve's vm_run for one vCPU: inject pending events (svm_inj_interrupts), enter
+the guest, handle the #VMEXIT in the kernel when it can, and return to "userspace" (the
+machine layer) with a `UserExit` when it cannot: the debugger hypercall, a bounce, a halted
+vCPU with nothing to wake it, a triple fault, the end of the scheduling quantum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..svm import exitcodes as ec
+from ..svm.intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, IntInfo
+from ..svm.svm import Exit, Svm
+from ..svm.vmcb import Vmcb
+from ..x86.cpu import Cpu
+from ..x86.regs import IF
+from .nmi_policy import NMI_IDLE, NMI_TRACING
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+HYPERCALL_PORT = 0xE0
+INTR_TYPE_NAMES = {TYPE_INTR: "hwintr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception", 4: "swintr"}
+EXC_WITH_ERRCODE = frozenset({8, 10, 11, 12, 13, 14, 17})
+
+
+@dataclass
+class UserExit:
+    """An exit the hypervisor hands to userspace (bhyve's VM_EXITCODE_*)."""
+
+    kind: str                # kdb, panic, hlt, bogus, shutdown, debug_exit, quantum, unhandled
+    vcpu: int
+    info: dict = field(default_factory=dict)
+
+
+class Vcpu:
+    def __init__(self, vm: Vm, vcpuid: int, cpu: Cpu):
+        self.vm = vm
+        self.id = vcpuid
+        self.cpu = cpu
+        self.vmcb = Vmcb()
+        self.svm = Svm(cpu, self.vmcb, vm.npt, vm.iopm, vm.msrpm)
+        # bhyve's per-vcpu state
+        self.nmi_pending = False
+        self.exitintinfo = 0          # an event whose delivery an exit interrupted
+        self.exception_pending: IntInfo | None = None
+        self.nextrip = 0
+        self.halted = False
+        self.intr_window = False
+        # NMI blocking as the policy tracks it
+        self.nmi_state = NMI_IDLE
+        self.last_unblock = ""
+        self.saved_tf_rf = 0
+        self.saved_dr6_bs = 0
+        self.saved_exc_bitmap = 0
+        self.recursive_nmi_armed = False
+        self.bounce_pending = False
+        self.last_exit: Exit | None = None
+        self.exit_count = 0
+        self.pause_spin: tuple[int, int] | None = None   # (rip, consecutive PAUSE exits)
+        self.handlers: dict[int, Callable[[Exit], UserExit | None]] = {
+            ec.VMEXIT_INTR: self._exit_intr,
+            ec.VMEXIT_VINTR: self._exit_vintr,
+            ec.VMEXIT_IRET: self._exit_iret,
+            ec.VMEXIT_HLT: self._exit_hlt,
+            ec.VMEXIT_PAUSE: self._exit_pause,
+            ec.VMEXIT_IOIO: self._exit_inout,
+            ec.VMEXIT_MSR: self._exit_msr,
+            ec.VMEXIT_NPF: self._exit_npf,
+            ec.VMEXIT_SHUTDOWN: self._exit_shutdown,
+            ec.VMEXIT_VMMCALL: self._exit_vmmcall,
+        }
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def policy(self):
+        return self.vm.policy
+
+    def now(self) -> int:
+        return self.cpu.now()
+
+    def log(self, fmt: str, *args: object) -> None:
+        self.vm.ktr.vcpu_log(self.vm.name, self.id, self.now(), fmt, *args)
+
+    def stat(self, key: str, n: int = 1, index: int = 0) -> None:
+        self.vm.stats.incr(self.id, key, n, index)
+
+    def set_intr_shadow(self, val: int) -> None:
+        self.log("Setting intr_shadow to %d", val)
+        self.vmcb.interrupt_shadow = val
+
+    def eventinject(self, info: IntInfo) -> None:
+        """svm_eventinject: program EVENTINJ."""
+        assert not self.vmcb.eventinj & (1 << 31), "eventinj already valid"
+        self.vmcb.eventinj = info.encode()
+        self.log("Injecting %s at vector %d errcode %#x", INTR_TYPE_NAMES.get(info.type, "?"),
+                 info.vector, info.errcode)
+
+    def reflect_exception(self, vector: int, errcode: int | None) -> None:
+        """vm_inject_exception: queue an exception for the next entry."""
+        if vector in EXC_WITH_ERRCODE and errcode is None:
+            errcode = 0
+        if vector not in EXC_WITH_ERRCODE:
+            errcode = None
+        self.exception_pending = IntInfo.exception(vector, errcode)
+
+    def inject_nmi(self) -> None:
+        """vm_inject_nmi: mark an NMI pending and wake the vCPU."""
+        self.nmi_pending = True
+        self.halted = False
+
+    def guest_can_take_intr(self) -> bool:
+        return bool(self.vmcb.rflags & IF) and not self.vmcb.interrupt_shadow
+
+    def wake_pending(self) -> bool:
+        """Would a halted vCPU wake up (vm_handle_hlt)?"""
+        if self.nmi_pending or self.exception_pending or self.exitintinfo:
+            return True
+        vec = self.vm.vlapics[self.id].pending_intr()
+        return vec is not None and bool(self.vmcb.rflags & IF)
+
+    # ------------------------------------------------------------------ injection
+    def inj_interrupts(self) -> None:
+        """svm_inj_interrupts: what to put in EVENTINJ / V_IRQ before the next VMRUN."""
+        vmcb = self.vmcb
+        need_window = False
+        if self.nextrip != vmcb.rip and vmcb.interrupt_shadow:
+            vmcb.interrupt_shadow = 0
+            self.log("Guest interrupt blocking cleared due to rip change: %#lx/%#lx",
+                     self.nextrip, vmcb.rip)
+        # an event an exit interrupted, then an exception the hypervisor queued
+        if self.exitintinfo:
+            info = IntInfo.decode(self.exitintinfo)
+            self.exitintinfo = 0
+            self.stat("VCPU_INTINFO_INJECTED")
+            self.log("Injecting intinfo: %#lx", info.encode())
+            self.eventinject(info)
+        elif self.exception_pending is not None:
+            info = self.exception_pending
+            self.exception_pending = None
+            self.eventinject(info)
+        allowed = self.policy.injection_allowed(self)
+        if self.nmi_pending:
+            if self.policy.nmi_blocked(self):
+                self.log("Cannot inject NMI due to NMI-blocking")
+            elif vmcb.interrupt_shadow:
+                self.log("Cannot inject NMI due to interrupt shadow")
+                need_window = True
+            elif vmcb.eventinj & (1 << 31):
+                self.log("Cannot inject NMI due to eventinj %#lx", vmcb.eventinj)
+            else:
+                self.nmi_pending = False
+                self.stat("VCPU_NMI_COUNT")
+                self.eventinject(IntInfo.nmi())
+                self.policy.enable_nmi_blocking(self)
+                self.log("Injecting vNMI")
+        vlapic = self.vm.vlapics[self.id]
+        vector = vlapic.pending_intr()
+        if vector is not None:
+            if not vmcb.rflags & IF:
+                self.log("Cannot inject vector %d due to rflags %#lx", vector, vmcb.rflags)
+                need_window = True
+            elif vmcb.interrupt_shadow:
+                self.log("Cannot inject vector %d due to interrupt shadow", vector)
+                need_window = True
+            elif vmcb.eventinj & (1 << 31):
+                self.log("Cannot inject vector %d due to eventinj %#lx", vector, vmcb.eventinj)
+                need_window = True
+            elif not allowed:
+                self.log("Cannot inject vector %d due to iret tracing", vector)
+            else:
+                self.eventinject(IntInfo.interrupt(vector))
+                vlapic.intr_accepted(vector)
+                need_window = True
+        vmcb.v_tpr = vlapic.cr8 if hasattr(vlapic, "cr8") else 0
+        if need_window:
+            self._enable_intr_window()
+        else:
+            self._disable_intr_window()
+
+    def _enable_intr_window(self) -> None:
+        if not self.vmcb.v_irq:
+            self.log("Enable intr window exiting")
+            self.vmcb.v_irq = 1
+            self.vmcb.v_ign_tpr = 1
+            self.vmcb.v_intr_vector = 0
+            self.vmcb.set_intercept("VINTR", True)
+
+    def _disable_intr_window(self) -> None:
+        if self.vmcb.v_irq:
+            self.log("Disable intr window exiting")
+            self.vmcb.v_irq = 0
+            self.vmcb.set_intercept("VINTR", False)
+
+    # ------------------------------------------------------------------ the run loop
+    def run(self, budget: int) -> UserExit:
+        """Run the vCPU for at most `budget` guest instructions or until userspace is
+        needed."""
+        cpu = self.cpu
+        start = cpu.icount
+        while True:
+            self.vm.fire_timers(self)
+            if self.halted:
+                if not self.wake_pending():
+                    return UserExit("hlt", self.id)
+                self.halted = False
+            if self.bounce_pending:
+                self.bounce_pending = False
+                self.stat("VMEXIT_USERSPACE")
+                return UserExit("bogus", self.id)
+            left = budget - (cpu.icount - start)
+            if left <= 0:
+                return UserExit("quantum", self.id)
+            self.inj_interrupts()
+            deadline = self.vm.next_deadline(self)
+            if deadline is not None:
+                left = max(1, min(left, (deadline - cpu.now()) // cpu.retire.ns_per_insn + 1))
+            self.vm.current_vcpu = self.id
+            exit_ = self.svm.vmrun(left)
+            self.last_exit = exit_
+            self.nextrip = self.vmcb.rip
+            self.exit_count += 1
+            self.stat("VMEXIT_COUNT")
+            if self.vmcb.exitintinfo & (1 << 31):
+                self.exitintinfo = self.vmcb.exitintinfo
+                self.stat("VCPU_EXITINTINFO")
+            ux = self.vmexit(exit_)
+            if ux is not None:
+                return ux
+
+    def vmexit(self, e: Exit) -> UserExit | None:
+        """svm_vmexit: dispatch by exit code, then log the exit as bhyve does."""
+        code = e.code
+        inst_length = (e.nrip - e.rip) if e.nrip else 0
+        if code in _ADVANCE and e.nrip:
+            # the intercepted instruction is emulated here: resume after it
+            self.vmcb.rip = e.nrip
+        if ec.is_exception_exit(code):
+            ux = self._exit_exception(e)
+        else:
+            handler = self.handlers.get(code)
+            if handler is None:
+                self.stat("VMEXIT_UNKNOWN")
+                ux = UserExit("unhandled", self.id, {"exitcode": code, "rip": e.rip})
+            else:
+                ux = handler(e)
+        if code not in _ADVANCE:
+            inst_length = 0
+        handled = ux is None or ux.kind in ("hlt", "quantum")
+        self.log("%s %s vmexit at %#lx/%d", "handled" if handled else "unhandled",
+                 ec.ktr_name(code), e.rip, inst_length)
+        return ux
+
+    # ------------------------------------------------------------------ exit handlers
+    def _exit_intr(self, e: Exit) -> UserExit | None:
+        self.stat("VMEXIT_EXTINT")
+        return None
+
+    def _exit_vintr(self, e: Exit) -> UserExit | None:
+        self.stat("VMEXIT_VINTR")
+        self._disable_intr_window()
+        return None
+
+    def _exit_iret(self, e: Exit) -> UserExit | None:
+        # The exit comes before the IRET executes; it restarts at the same RIP.
+        self.policy.iret_exit(self)
+        return None
+
+    def _exit_hlt(self, e: Exit) -> UserExit | None:
+        self.stat("VMEXIT_HLT")
+        self.halted = True
+        return None
+
+    def _exit_pause(self, e: Exit) -> UserExit | None:
+        self.stat("VMEXIT_PAUSE")
+        rip, n = self.pause_spin or (0, 0)
+        self.pause_spin = (e.rip, n + 1 if rip == e.rip else 1)
+        return None
+
+    def _exit_exception(self, e: Exit) -> UserExit | None:
+        vector = e.code - ec.VMEXIT_EXCP_BASE
+        self.stat("VMEXIT_EXCEPTION")
+        if self.policy.exception_exit(self, vector, e.info1, e.info2):
+            return None
+        errcode = e.info1 if vector in EXC_WITH_ERRCODE else None
+        if vector == 14:
+            self.vmcb.cr2 = e.info2
+        if vector in (3, 4) and e.nrip:
+            # INT3/INTO: the guest RIP is already past the instruction (trap-like).
+            self.vmcb.rip = e.nrip
+        self.log("Reflecting exception %d/%#x into the guest", vector, e.info1 & 0xFFFF_FFFF)
+        self.reflect_exception(vector, errcode)
+        return None
+
+    def _exit_inout(self, e: Exit) -> UserExit | None:
+        self.stat("VMEXIT_INOUT")
+        io = ec.IoioInfo.decode(e.info1)
+        vm = self.vm
+        if io.port == HYPERCALL_PORT and not io.is_in:
+            return vm.hypercall(self)
+        if io.is_in:
+            value = vm.iobus.read(io.port, io.size, self.id)
+            mask = (1 << (8 * io.size)) - 1
+            rax = self.vmcb.rax
+            # IN to EAX zero-extends into RAX in 64-bit mode; AL/AX merge.
+            self.vmcb.rax = value & mask if io.size == 4 else (rax & ~mask) | (value & mask)
+        else:
+            value = self.vmcb.rax & ((1 << (8 * io.size)) - 1)
+            vm.iobus.write(io.port, io.size, value, self.id)
+            if vm.debug_exit.exit_status is not None:
+                return UserExit("debug_exit", self.id, {"status": vm.debug_exit.exit_status})
+        return None
+
+    def _exit_msr(self, e: Exit) -> UserExit | None:
+        write = e.info1 == 1
+        self.stat("VMEXIT_WRMSR" if write else "VMEXIT_RDMSR")
+        ecx = self.cpu.regs[1] & 0xFFFF_FFFF
+        vlapic = self.vm.vlapics[self.id]
+        from .vlapic import ApicGP
+        try:
+            if not vlapic.handles_msr(ecx):
+                raise ApicGP(f"msr {ecx:#x}")
+            if write:
+                val = ((self.cpu.regs[2] & 0xFFFF_FFFF) << 32) | (self.vmcb.rax & 0xFFFF_FFFF)
+                vlapic.wrmsr(ecx, val)
+            else:
+                val = vlapic.rdmsr(ecx)
+                self.vmcb.rax = val & 0xFFFF_FFFF
+                self.cpu.regs[2] = (val >> 32) & 0xFFFF_FFFF
+        except ApicGP:
+            # the WRMSR/RDMSR faults: #GP at the instruction itself
+            self.vmcb.rip = e.rip
+            self.reflect_exception(13, 0)
+        return None
+
+    def _exit_npf(self, e: Exit) -> UserExit | None:
+        self.stat("VMEXIT_NESTED_FAULT")
+        self.log("nested page fault on gpa %#lx/%#lx at rip %#lx", e.info2, e.info1, e.rip)
+        if not self.vm.npt.fault_in(e.info2):
+            return UserExit("unhandled", self.id, {"exitcode": e.code, "gpa": e.info2,
+                                                   "rip": e.rip})
+        self.cpu.flush_tlb()
+        if self.nmi_state == NMI_TRACING and self.vm.knobs.bounce_to_userspace \
+                and self.vm.knobs.invalidate_nested_mappings:
+            self.log("Bouncing to userspace")
+            self.stat("VMEXIT_USERSPACE")
+            return UserExit("bogus", self.id, {"rip": e.rip})
+        return None
+
+    def _exit_shutdown(self, e: Exit) -> UserExit | None:
+        return UserExit("shutdown", self.id, {"reason": self.svm.shutdown_reason or "triple fault"})
+
+    def _exit_vmmcall(self, e: Exit) -> UserExit | None:
+        self.reflect_exception(6, None)
+        return None
+
+
+# Exits for instructions the hypervisor completes itself: the guest resumes at nRIP.
+_ADVANCE = frozenset({ec.VMEXIT_HLT, ec.VMEXIT_PAUSE, ec.VMEXIT_IOIO, ec.VMEXIT_MSR,
+                      ec.VMEXIT_CPUID})
