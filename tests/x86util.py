@@ -194,3 +194,63 @@ class ProtectedModeMachine:
 
     def run_until(self, label: str, limit: int = 100000) -> None:
         LongModeMachine.run_until(self, label, limit)   # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- helpers for either machine
+PD32 = 0x20000        # 32-bit paging: page directory, page tables follow it
+LM_PML4 = 0x30000     # long-mode identity tables a 32-bit guest can switch to
+
+
+def set_gdt_entry(m: LongModeMachine | ProtectedModeMachine, sel: int, base: int, limit: int,
+                  attrib: int) -> None:
+    """Write a code/data descriptor at selector `sel` and grow the GDT limit to cover it."""
+    m.mem.write(GDT + (sel & 0xFFF8), 8, _gdt_entry(base, limit, attrib))
+    g = m.cpu.gdtr
+    g.limit = max(g.limit, (sel & 0xFFF8) + 7)
+
+
+def paging32(m: ProtectedModeMachine, mib: int = 16) -> None:
+    """Turn on 32-bit paging (SDM 4.3) with 4 KiB pages identity-mapping the first `mib` MiB;
+    `unmap32` clears single pages for fault tests."""
+    mem, c = m.mem, m.cpu
+    for t in range((mib + 3) // 4):
+        pt = PD32 + 0x1000 * (t + 1)
+        mem.write(PD32 + t * 4, 4, pt | 7)
+        for i in range(1024):
+            mem.write(pt + i * 4, 4, ((t << 22) | (i << 12)) | 7)
+    c.cr3 = PD32
+    c.cr0 |= 0x8000_0000
+    c.flush_tlb()
+    c.update_mode()
+
+
+def unmap32(m: ProtectedModeMachine, lin: int) -> None:
+    """Clear the 32-bit PTE of page `lin` (paging32 must be on)."""
+    m.mem.write(PD32 + 0x1000 * ((lin >> 22) + 1) + ((lin >> 12) & 0x3FF) * 4, 4, 0)
+    m.cpu.flush_tlb()
+
+
+def long_mode_tables(m: LongModeMachine | ProtectedModeMachine, at: int = LM_PML4) -> int:
+    """4-level identity tables of the first 1 GiB (2 MiB pages) at `at`; returns the CR3."""
+    mem = m.mem
+    mem.write(at, 8, (at + 0x1000) | 3)
+    mem.write(at + 0x1000, 8, (at + 0x2000) | 3)
+    for i in range(512):
+        mem.write(at + 0x2000 + i * 8, 8, (i << 21) | 0x83)
+    return at
+
+
+def halt_label(m: LongModeMachine | ProtectedModeMachine, limit: int = 200000) -> str:
+    """Run until the vCPU halts; return the label of the HLT it stopped on (the label whose
+    address is RIP - 1), e.g. a fault handler's name, or the address if no label matches."""
+    c = m.cpu
+    done = 0
+    while done < limit:
+        done += c.run(limit - done)
+        if c.stop_reason in ("hlt", "shutdown") or c.halted:
+            break
+        if c.stop_reason != "budget":
+            break
+    at = c.rip - 1
+    names = [k for k, v in m.syms.items() if v == at and k != "_start"]
+    return names[0] if names else hex(c.rip)
