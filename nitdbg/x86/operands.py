@@ -61,53 +61,68 @@ def _canonical(a: int) -> bool:
     return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
-def mem_ea(mem: X.X86OpMem, mode: int, addr_size: int, next_rip: int) -> Reader:
-    """Effective linear address of a memory operand (segment base included)."""
+def mem_segment(mem: X.X86OpMem) -> int:
+    """The effective segment of a memory operand: the override, else SS for an rSP/rBP base
+    (SDM vol 1 3.7.4), else DS."""
+    seg = SEGMAP.get(mem.segment)
+    if seg is not None:
+        return seg
+    if mem.base in (X.X86_REG_RIP, X.X86_REG_EIP):
+        return 3
+    b = REGMAP[mem.base][0] if mem.base else None
+    return SS if b in (RSP, 5) else 3
+
+
+def mem_offset(mem: X.X86OpMem, addr_size: int, next_rip: int) -> Reader:
+    """Effective address (the offset within the segment), truncated to the address size.
+    This is what LEA stores: no segment base is added."""
     base_reg, index_reg, scale, disp = mem.base, mem.index, mem.scale, mem.disp
     am = MASK[addr_size]
-    seg = SEGMAP.get(mem.segment)
-    if base_reg == X.X86_REG_RIP or base_reg == X.X86_REG_EIP:
-        const = (next_rip + disp) & am
-        base_reg = 0
-    else:
-        const = None
+    if base_reg in (X.X86_REG_RIP, X.X86_REG_EIP):
+        return _const_ea((next_rip + disp) & am)
     b = REGMAP[base_reg][0] if base_reg else None
     ix = REGMAP[index_reg][0] if index_reg else None
-    stack = b in (RSP, 5)
-    if seg is None:
-        seg = SS if stack else 3
+    if b is not None and ix is not None:
+        return _bisd(b, ix, scale, disp, am)
+    if b is not None:
+        return _bd(b, disp, am)
+    if ix is not None:
+        return _isd(ix, scale, disp, am)
+    return _const_ea(disp & am)
+
+
+def mem_ea(mem: X.X86OpMem, mode: int, addr_size: int, next_rip: int) -> Reader:
+    """Linear address of a memory operand: offset plus segment base.
+
+    In 64-bit mode only FS and GS have a base (SDM vol 1 3.3.7.1); elsewhere every segment's
+    base is added and the sum wraps at 4 GiB. A non-canonical reference through SS raises
+    #SS(0) instead of the #GP(0) that translation raises for the others (SDM vol 3 6.15,
+    "Interrupt 12"; APM vol 2 8.4.2).
+    """
+    ea = mem_offset(mem, addr_size, next_rip)
+    seg = mem_segment(mem)
     if mode == 64:
-        segadd = seg in (FS, GS)
-    else:
-        segadd = True
-    if const is not None:
-        ea = _const_ea(const)
-    elif b is not None and ix is not None:
-        ea = _bisd(b, ix, scale, disp, am)
-    elif b is not None:
-        ea = _bd(b, disp, am)
-    elif ix is not None:
-        ea = _isd(ix, scale, disp, am)
-    else:
-        ea = _const_ea(disp & am)
-    if segadd:
-        inner = ea
-        wrap = M64 if mode == 64 else 0xFFFF_FFFF
+        if seg in (FS, GS):
+            off = ea
 
-        def ea_seg(c: Cpu) -> int:
-            return (inner(c) + c.seg[seg].base) & wrap
-        ea = ea_seg
-    if mode == 64 and stack:
-        # Stack references with a non-canonical address raise #SS rather than #GP (SDM 6.15).
-        inner2 = ea
+            def ea_fsgs(c: Cpu) -> int:
+                return (off(c) + c.seg[seg].base) & M64
+            ea = ea_fsgs
+        if seg == SS and addr_size == 8:
+            inner = ea
 
-        def ea_stack(c: Cpu) -> int:
-            a = inner2(c)
-            if not _canonical(a):
-                raise Fault(12, 0)
-            return a
-        ea = ea_stack
-    return ea
+            def ea_stack(c: Cpu) -> int:
+                a = inner(c)
+                if not _canonical(a):
+                    raise Fault(12, 0)
+                return a
+            ea = ea_stack
+        return ea
+    off32 = ea
+
+    def ea_seg(c: Cpu) -> int:
+        return (off32(c) + c.seg[seg].base) & 0xFFFF_FFFF
+    return ea_seg
 
 
 def _const_ea(v: int) -> Reader:

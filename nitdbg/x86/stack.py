@@ -1,4 +1,10 @@
-"""Stack pushes and pops in the current mode (SDM vol 1 6.2)."""
+"""Stack pushes and pops in the current mode (SDM vol 1 6.2, APM vol 1 2.4).
+
+The stack address size is 64 bits in 64-bit mode, else SS.B chooses ESP (B=1) or SP (B=0);
+in legacy and compatibility mode the SS base is added. Every push writes memory before it
+commits RSP, so a push that faults leaves RSP unchanged. In 64-bit mode a non-canonical stack
+address raises #SS(0), not #GP(0) (SDM vol 3 6.15 "Interrupt 12", APM vol 2 8.4.2).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,30 @@ def _canon(a: int) -> bool:
     return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
+def stack_mask(c: Cpu) -> int:
+    """Width of the stack pointer: RSP, ESP or SP."""
+    if c.mode == 64:
+        return M64
+    return 0xFFFF_FFFF if c.seg[SS].attrib & ATTR_DB else 0xFFFF
+
+
+def stack_lin(c: Cpu, sp: int) -> int:
+    """Linear address of stack offset `sp` (already masked to the stack width)."""
+    if c.mode == 64:
+        if not _canon(sp):
+            raise Fault(12, 0)
+        return sp
+    return (c.seg[SS].base + sp) & 0xFFFF_FFFF
+
+
+def set_sp(c: Cpu, sp: int) -> None:
+    """Write the stack pointer with the stack width: SP merges into RSP, ESP/RSP replace."""
+    if c.mode == 64 or c.seg[SS].attrib & ATTR_DB:
+        c.regs[RSP] = sp
+    else:
+        c.regs[RSP] = (c.regs[RSP] & ~0xFFFF) | (sp & 0xFFFF)
+
+
 def push(c: Cpu, value: int, size: int) -> None:
     """Write first, then commit RSP, so a faulting push leaves RSP unchanged."""
     if c.mode == 64:
@@ -27,14 +57,21 @@ def push(c: Cpu, value: int, size: int) -> None:
         c.wr(sp, size, value)
         c.regs[RSP] = sp
         return
-    if c.seg[SS].attrib & ATTR_DB:
-        sp = (c.regs[RSP] - size) & 0xFFFF_FFFF
-        c.wr((c.seg[SS].base + sp) & 0xFFFF_FFFF, size, value)
-        c.regs[RSP] = sp
-    else:
-        sp = (c.regs[RSP] - size) & 0xFFFF
-        c.wr((c.seg[SS].base + sp) & 0xFFFF_FFFF, size, value)
-        c.regs[RSP] = (c.regs[RSP] & ~0xFFFF) | sp
+    m = stack_mask(c)
+    sp = (c.regs[RSP] - size) & m
+    c.wr((c.seg[SS].base + sp) & 0xFFFF_FFFF, size, value)
+    set_sp(c, sp)
+
+
+def push_frame(c: Cpu, values: list[int] | tuple[int, ...], size: int) -> None:
+    """Push several values as one access (far CALL, ENTER): all are written before RSP moves,
+    so a fault on any of them leaves RSP as it was."""
+    m = stack_mask(c)
+    sp = c.regs[RSP] & m
+    for v in values:
+        sp = (sp - size) & m
+        c.wr(stack_lin(c, sp), size, v)
+    set_sp(c, sp)
 
 
 def peek(c: Cpu, size: int, offset: int = 0) -> int:

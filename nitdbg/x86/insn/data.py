@@ -5,10 +5,11 @@ from __future__ import annotations
 import capstone.x86_const as X
 
 from ..decode import Decoded, translates
+from ..faults import Fault
 from ..flags import COND_FUNCS
-from ..operands import reg_writer
-from ..regs import CRMAP, DRMAP, MASK, REGMAP, SEGMAP, SIGN, SS
-from ..stack import pop, push
+from ..operands import mem_offset, reg_writer
+from ..regs import CRMAP, DRMAP, MASK, REGMAP, SEGMAP, SHADOW_MOVSS, SIGN, SS
+from ..stack import adjust, peek, pop, push
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -62,28 +63,25 @@ def movsx(d: Decoded):
 
 @translates(X.X86_INS_LEA)
 def lea(d: Decoded):
-    # LEA computes the offset only: no segment base (the EA helper adds FS/GS bases only
-    # for those overrides, which LEA ignores), truncated to the destination size.
-    op = d.ops[1].mem
-    saved = op.segment
-    ea = d.ea(1) if saved in (0, X.X86_REG_DS, X.X86_REG_SS, X.X86_REG_CS, X.X86_REG_ES) \
-        else _lea_noseg(d)
+    """LEA stores the offset only: no segment base, whatever the override; the address is
+    computed in the address size (0x67 selects it) and then truncated or zero-extended to the
+    operand size (SDM vol 2 LEA, table 3-53)."""
+    ea = mem_offset(d.ops[1].mem, d.addr_size, d.next)
     wr, m = d.writer(0), MASK[d.size(0)]
+    if d.is_reg(0) and d.size(0) == 8 and d.addr_size == 8:
+        dst = REGMAP[d.ops[0].reg][0]
+
+        def lea64(c):
+            c.regs[dst] = ea(c)
+        return lea64
     return lambda c: wr(c, ea(c) & m)
-
-
-def _lea_noseg(d: Decoded):
-    from ..operands import mem_ea
-
-    class _M:  # the same memory operand without its segment override
-        base, index, scale, disp = (d.ops[1].mem.base, d.ops[1].mem.index, d.ops[1].mem.scale,
-                                    d.ops[1].mem.disp)
-        segment = 0
-    return mem_ea(_M, d.mode, d.addr_size, d.next)  # type: ignore[arg-type]
 
 
 @translates(X.X86_INS_PUSH)
 def push_(d: Decoded):
+    """PUSH r/m, imm, sreg in the stack operand size (64-bit mode: 8, or 2 with 0x66).
+    An rSP-based source is read before rSP is decremented; an immediate is sign-extended;
+    a segment selector is zero-extended (AMD; recent Intel parts write only 16 bits)."""
     size = d.stack_size()
     if d.is_reg(0) and d.ops[0].reg in SEGMAP:
         idx = SEGMAP[d.ops[0].reg]
@@ -91,6 +89,9 @@ def push_(d: Decoded):
     if d.is_imm(0):
         v = d.ops[0].imm & MASK[size]
         return lambda c: push(c, v, size)
+    if d.is_reg(0) and size == 8:
+        r = REGMAP[d.ops[0].reg][0]
+        return lambda c: push(c, c.regs[r], 8)
     rd = d.reader(0, size)
     return lambda c: push(c, rd(c), size)
 
@@ -100,11 +101,9 @@ def pop_(d: Decoded):
     size = d.stack_size()
     if d.is_reg(0) and d.ops[0].reg in SEGMAP:
         idx = SEGMAP[d.ops[0].reg]
+        from .system import load_data_seg
 
         def pop_sreg(c):
-            from ..regs import SHADOW_MOVSS
-            from ..stack import adjust, peek
-            from .system import load_data_seg
             load_data_seg(c, idx, peek(c, size) & 0xFFFF)
             adjust(c, size)
             if idx == SS:   # POP SS opens the same shadow as MOV SS (SDM 6.8.3)
@@ -115,19 +114,20 @@ def pop_(d: Decoded):
         wr = d.writer(0)
 
         def pop_r(c):
-            # pop first, then write: POP RSP ends with the popped value in RSP
+            # pop first, then write: POP rSP ends with the popped value in rSP
             v = pop(c, size)
             wr(c, v)
         return pop_r
     wr = d.writer(0)
 
     def pop_m(c):
-        from ..stack import adjust, peek
         v = peek(c, size)
-        adjust(c, size)    # the destination address is computed after RSP is incremented
+        # An rSP-based destination address is computed after rSP is incremented (SDM vol 2
+        # POP); if the store faults, rSP goes back so the instruction changed nothing.
+        adjust(c, size)
         try:
             wr(c, v)
-        except Exception:
+        except Fault:
             adjust(c, -size)
             raise
     return pop_m
@@ -246,8 +246,10 @@ def cqo(d: Decoded):
     return _sext_dx(8)
 
 
-@translates(X.X86_INS_NOP)
+@translates(X.X86_INS_NOP, X.X86_INS_ENDBR64, X.X86_INS_ENDBR32)
 def nop(d: Decoded):
+    """NOP, the multi-byte NOP r/m (0F 1F /0: no memory access), 66 90 (xchg %ax,%ax) and,
+    without CET, ENDBR64/ENDBR32 (hint NOPs in the 0F 1E space)."""
     def nop_(c):
         pass
     return nop_
