@@ -5,8 +5,6 @@ accumulator sign extensions and the NOP forms."""
 from __future__ import annotations
 
 import pytest
-
-from nitdbg.x86.regs import CF, OF, SF, ZF
 from x86util import (
     STACK_TOP,
     LongModeMachine,
@@ -14,6 +12,8 @@ from x86util import (
     halt_label,
     set_gdt_entry,
 )
+
+from nitdbg.x86.regs import CF, OF, SF, ZF
 
 TAIL = """
 unexpected: hlt
