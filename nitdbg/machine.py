@@ -15,6 +15,7 @@ from pathlib import Path
 from .guest.boot import BootImage, VcpuBootState, load_kernel
 from .guest.elf import LoadError
 from .guest.symbols import SymbolTable
+from .hostcmds import HostShell
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
 from .x86.regs import GPR_NAMES, RAX
@@ -24,6 +25,11 @@ DEFAULT_KERNEL = FIRMWARE_DIR / "amd64" / "kernel.elf"
 I386_KERNEL = FIRMWARE_DIR / "i386" / "kernel.elf"
 QUANTUM = 20_000
 INF = float("inf")
+# The deadlock watchdog: every running vCPU has taken this many PAUSE exits in a row at the
+# same spin-loop RIP, with nothing else happening.
+SPIN_EXITS = 2000
+SETTLE_NS = 100_000_000          # settle(): at most 100 ms of virtual time ...
+SETTLE_INSNS = 3_000_000         # ... or this many instructions
 
 
 class MachineError(Exception):
@@ -71,6 +77,18 @@ class Machine:
         self.exit_status: int | None = None
         self.listeners: list[Callable[[StopEvent], None]] = []
         self.total_retired = 0
+        self.shell = HostShell(self)
+
+    # ------------------------------------------------------------------ host side
+    def host(self, line: str) -> str:
+        """A host command line (bhyvectl, sysctl, ktrdump, sleep, cat, | grep)."""
+        return self.shell.run(line)
+
+    def assert_lapic_lvt(self, vcpu: int, pin: int = 1) -> None:
+        self.vm.assert_lapic_lvt(vcpu, pin)
+
+    def inject_nmi(self, vcpu: int) -> None:
+        self.vm.inject_nmi(vcpu)
 
     # ------------------------------------------------------------------ boot
     def _load(self, image: BootImage) -> None:
@@ -144,10 +162,28 @@ class Machine:
             retired += v.cpu.icount - before
             self.total_retired += v.cpu.icount - before
             ev = self._userspace(ux)
+            if ev is None:
+                ev = self._watchdog()
             if ev is not None:
                 for cb in self.listeners:
                     cb(ev)
                 return ev
+
+    def _watchdog(self) -> StopEvent | None:
+        running = [v for v in self.vm.vcpus if v.id not in self.in_kdb and not v.halted]
+        if not running or self.in_kdb:
+            return None
+        if all(v.pause_spin is not None and v.pause_spin[1] >= SPIN_EXITS for v in running):
+            spins = {v.id: self.symbols.format(v.pause_spin[0]) for v in running}
+            for v in running:
+                v.pause_spin = None
+            return StopEvent("deadlock", None, {"spins": spins})
+        return None
+
+    def settle(self, max_insns: int = SETTLE_INSNS, ns: int = SETTLE_NS) -> StopEvent:
+        """Let the guest react to an input: run until the debugger is entered, a stop, or
+        `ns` of virtual time / `max_insns` instructions have passed."""
+        return self.run(max_insns=max_insns, until_ns=self.now() + ns)
 
     def _userspace(self, ux: UserExit) -> StopEvent | None:
         """bhyve's userspace half: act on exits the kernel part could not handle."""
