@@ -204,6 +204,54 @@ class Machine:
     def leave_kdb(self, vcpu: int) -> None:
         self.in_kdb.pop(vcpu, None)
 
+    # ------------------------------------------------------------------ the debugger
+    @property
+    def ddb(self):
+        """The guest debugger (created on first use)."""
+        if self._ddb is None:
+            from .ddb import Ddb
+            self._ddb = Ddb(self.vm, self.symbols)
+        return self._ddb
+
+    _ddb = None
+
+    @property
+    def surface(self) -> str:
+        """Which surface has the input: "ddb" while a vCPU is in the debugger, else "guest"."""
+        return "ddb" if self.in_kdb else "guest"
+
+    def enter_debugger(self, ev: StopEvent, max_insns: int = 50_000_000) -> str:
+        """A kdb stop: let ddb take it (and follow `s,N` / step-over resumes)."""
+        res = self.ddb.enter(ev.vcpu, ev.info)
+        out = res.output
+        if res.resume:
+            out += self._resume(ev.vcpu, max_insns)
+        return out
+
+    def debugger(self, line: str, max_insns: int = 50_000_000) -> str:
+        """One line typed at the db> prompt; if it resumes the guest, run until the next
+        stop and return what the debugger printed along the way."""
+        if not self.in_kdb:
+            return "db: the guest is not in the debugger\n"
+        res = self.ddb.command(line)
+        out = res.output
+        if res.resume:
+            out += self._resume(self.ddb.vcpu, max_insns)
+        return out
+
+    def _resume(self, vcpu: int, max_insns: int) -> str:
+        out = ""
+        while True:
+            self.leave_kdb(vcpu)
+            ev = self.run(max_insns=max_insns)
+            if ev.reason != "kdb":
+                return out + describe_stop(self, ev)
+            res = self.ddb.enter(ev.vcpu, ev.info)
+            out += res.output
+            vcpu = ev.vcpu
+            if not res.resume:
+                return out
+
     # ------------------------------------------------------------------ convenience
     def run_until_output(self, text: bytes, max_insns: int = 50_000_000) -> bool:
         start = len(self.vm.console_out)
@@ -235,6 +283,22 @@ class Machine:
         d["rip"] = v.vmcb.rip
         d["rflags"] = v.vmcb.rflags
         return d
+
+
+def describe_stop(m: Machine, ev: StopEvent) -> str:
+    """One line for a stop that is not a debugger entry (empty when there is nothing to say)."""
+    if ev.reason == "deadlock":
+        spins = ", ".join(f"vCPU {c} spins in {sym}" for c, sym in ev.info["spins"].items())
+        return f"watchdog: no vCPU makes progress: {spins}\n"
+    if ev.reason == "shutdown":
+        return f"vm {m.vm.name}: shutdown ({ev.info.get('reason', 'triple fault')})\n"
+    if ev.reason == "debug_exit":
+        return f"vm {m.vm.name}: isa-debug-exit, status {ev.info['status']}\n"
+    if ev.reason == "unhandled":
+        return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
+    if ev.reason == "panic":
+        return f"vm {m.vm.name}: guest panic\n"
+    return ""
 
 
 def apply_boot_state(v: Vcpu, st: VcpuBootState) -> None:
