@@ -1,4 +1,9 @@
-"""Near control transfer: jmp, jcc, call, ret, loop, jrcxz, leave, enter."""
+"""Near control transfer: jmp, jcc, call, ret, loop/loope/loopne, jrcxz/jecxz/jcxz, leave, enter.
+
+Far forms (FF /3, FF /5, EA, 9A, CA/CB) live in far.py. In 64-bit mode a near branch to a
+non-canonical target raises #GP(0) on the branch itself, with RIP still at the branch and
+nothing pushed or popped (SDM vol 2 JMP/CALL/RET "64-bit mode exceptions"; APM vol 2 8.4.2).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from ..decode import Decoded, translates
 from ..faults import Fault
 from ..flags import COND_FUNCS
 from ..regs import CF, MASK, OF, PF, RBP, RSP, SF, ZF
-from ..stack import adjust, peek, pop, push
+from ..stack import peek, push, push_frame, set_sp, stack_lin, stack_mask
 from .data import cc_from_mnemonic
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -30,17 +35,38 @@ def _check_target(c, t: int) -> None:
         raise Fault(13, 0)
 
 
+def _gp0(c) -> None:
+    raise Fault(13, 0)
+
+
+def _direct_target(d: Decoded) -> int | None:
+    """Target of a relative branch, or None when it is non-canonical (the taken branch
+    then raises #GP(0))."""
+    t = d.ops[0].imm & _ipmask(d)
+    if d.mode == 64 and not _canon(t):
+        return None
+    return t
+
+
+def _is_far(d: Decoded) -> bool:
+    # FF /3 is CALL FAR m16:xx, FF /5 JMP FAR; capstone reports some of them as plain
+    # call/jmp with a memory operand, so look at the ModRM reg field.
+    return d.ci.opcode[0] == 0xFF and (d.ci.modrm >> 3) & 7 in (3, 5)
+
+
 @translates(X.X86_INS_JMP)
 def jmp(d: Decoded):
+    if _is_far(d):
+        from .far import far_jmp_mem
+        return far_jmp_mem(d)
     if d.is_imm(0):
-        t = d.ops[0].imm & _ipmask(d)
+        t = _direct_target(d)
+        if t is None:
+            return _gp0
 
         def jmp_rel(c):
             c.rip = t
         return jmp_rel
-    if d.is_mem(0) and d.ops[0].size > (8 if d.mode == 64 else 4):
-        from .far import far_jmp_mem
-        return far_jmp_mem(d)
     rd = d.reader(0)
     m = _ipmask(d)
 
@@ -59,8 +85,15 @@ _JCCS = [getattr(X, f"X86_INS_J{s}") for s in
 
 @translates(*_JCCS)
 def jcc(d: Decoded):
-    t = d.ops[0].imm & _ipmask(d)
     cc = cc_from_mnemonic(d.mnemonic)
+    t = _direct_target(d)
+    if t is None:
+        cond0 = COND_FUNCS[cc]
+
+        def jcc_gp(c):
+            if cond0(c.rflags):
+                raise Fault(13, 0)
+        return jcc_gp
     if cc in _FAST_CC:
         bit = _FAST_CC[cc]
         if cc & 1:
@@ -83,29 +116,35 @@ def jcc(d: Decoded):
 
 @translates(X.X86_INS_JRCXZ, X.X86_INS_JECXZ, X.X86_INS_JCXZ)
 def jrcxz(d: Decoded):
-    t = d.ops[0].imm & _ipmask(d)
+    """The count register is rCX in the address size (0x67 selects ECX/CX)."""
+    t = _direct_target(d)
     m = MASK[d.addr_size]
 
     def jrcxz_(c):
         if not c.regs[1] & m:
+            if t is None:
+                raise Fault(13, 0)
             c.rip = t
     return jrcxz_
 
 
 @translates(X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE)
 def loop(d: Decoded):
-    t = d.ops[0].imm & _ipmask(d)
+    """rCX (address size) is decremented without touching the flags, then the branch is taken
+    when it is non-zero (and, for LOOPE/LOOPNE, ZF=1/ZF=0). A non-canonical target faults
+    before rCX changes."""
+    t = _direct_target(d)
     m = MASK[d.addr_size]
-    kind = d.id
+    need_zf = {X.X86_INS_LOOP: None, X.X86_INS_LOOPE: True, X.X86_INS_LOOPNE: False}[d.id]
 
     def loop_(c):
         n = (c.regs[1] - 1) & m
-        c.regs[1] = (c.regs[1] & ~0xFFFF) | n if m == 0xFFFF else n
         take = n != 0
-        if kind == X.X86_INS_LOOPE:
-            take = take and bool(c.rflags & ZF)
-        elif kind == X.X86_INS_LOOPNE:
-            take = take and not c.rflags & ZF
+        if take and need_zf is not None:
+            take = bool(c.rflags & ZF) == need_zf
+        if take and t is None:
+            raise Fault(13, 0)
+        c.regs[1] = (c.regs[1] & ~0xFFFF) | n if m == 0xFFFF else n
         if take:
             c.rip = t
     return loop_
@@ -113,24 +152,26 @@ def loop(d: Decoded):
 
 @translates(X.X86_INS_CALL)
 def call(d: Decoded):
+    if _is_far(d):
+        from .far import far_call_mem
+        return far_call_mem(d)
     size = d.stack_size()
     ret = d.next & MASK[size]
     if d.is_imm(0):
-        t = d.ops[0].imm & _ipmask(d)
+        t = _direct_target(d)
+        if t is None:
+            return _gp0
 
         def call_rel(c):
             push(c, ret, size)
             c.rip = t
         return call_rel
-    if d.is_mem(0) and d.ops[0].size > (8 if d.mode == 64 else 4):
-        from .far import far_call_mem
-        return far_call_mem(d)
     rd = d.reader(0)
     m = _ipmask(d)
 
     def call_ind(c):
         t = rd(c) & m
-        _check_target(c, t)
+        _check_target(c, t)   # before the push: a faulting call leaves RSP alone
         push(c, ret, size)
         c.rip = t
     return call_ind
@@ -143,50 +184,55 @@ def ret(d: Decoded):
 
     def ret_(c):
         t = peek(c, size)
-        _check_target(c, t)
-        adjust(c, size + extra)
+        _check_target(c, t)   # #GP(0) with RSP and RIP at the RET
+        sp = (c.regs[RSP] + size + extra) & stack_mask(c)
+        set_sp(c, sp)
         c.rip = t
     return ret_
 
 
 @translates(X.X86_INS_LEAVE)
 def leave(d: Decoded):
+    """rSP <- rBP in the stack width, then pop rBP in the operand size (SDM vol 2 LEAVE)."""
     size = d.stack_size()
     m = MASK[size]
 
     def leave_(c):
-        # RSP = RBP, then pop RBP; read before committing so a fault changes nothing
-        saved = c.regs[RSP]
-        c.regs[RSP] = c.regs[RBP] if size == 8 else c.regs[RBP] & 0xFFFF_FFFF
-        try:
-            v = pop(c, size)
-        except Fault:
-            c.regs[RSP] = saved
-            raise
-        c.regs[RBP] = v if size == 8 else (c.regs[RBP] & ~m) | v
+        sm = stack_mask(c)
+        sp = c.regs[RBP] & sm
+        v = c.rd(stack_lin(c, sp), size)   # read before committing anything
+        set_sp(c, (sp + size) & sm)
+        c.regs[RBP] = (c.regs[RBP] & ~m) | v if size == 2 else v
     return leave_
 
 
 @translates(X.X86_INS_ENTER)
 def enter(d: Decoded):
+    """ENTER alloc, level (SDM vol 2 ENTER): push rBP; for a nesting level L > 0 copy L-1
+    frame pointers from the enclosing frame ([rBP - size*i]) and push the new frame pointer;
+    rBP <- frame; rSP -= alloc. Everything is written before rSP/rBP change."""
     size = d.stack_size()
     alloc = d.ops[0].imm & 0xFFFF
     level = d.ops[1].imm & 0x1F
+    m = MASK[size]
 
     def enter_(c):
-        saved = (c.regs[RSP], c.regs[RBP])
-        try:
-            push(c, c.regs[RBP] & MASK[size], size)
-            frame = c.regs[RSP]
-            bp = c.regs[RBP]
-            for _ in range(1, level):
-                bp = (bp - size) & M64
-                push(c, c.rd(bp, size), size)
-            if level:
-                push(c, frame & MASK[size], size)
+        sm = stack_mask(c)
+        frame = (c.regs[RSP] - size) & sm
+        values = [c.regs[RBP] & m]
+        bp = c.regs[RBP] & sm
+        for _ in range(1, level):
+            bp = (bp - size) & sm
+            values.append(c.rd(stack_lin(c, bp), size))
+        if level:
+            values.append(frame & m)
+        new_sp = (frame - (len(values) - 1) * size - alloc) & sm
+        if c.mode == 64 and not _canon(new_sp):
+            raise Fault(12, 0)
+        push_frame(c, values, size)
+        set_sp(c, new_sp)
+        if sm == 0xFFFF:
+            c.regs[RBP] = (c.regs[RBP] & ~0xFFFF) | frame
+        else:
             c.regs[RBP] = frame
-            adjust(c, -alloc)
-        except Fault:
-            c.regs[RSP], c.regs[RBP] = saved
-            raise
     return enter_
