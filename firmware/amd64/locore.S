@@ -15,6 +15,7 @@
 #define	PHYS(x)		((x) - KERNBASE)
 #define	MB_MAGIC	0x1badb002
 #define	MB_FLAGS	0x00010000	/* bit 16: load addresses in the header */
+#define	MB_AP_PAGE	0x9000		/* QEMU AP start-up page (real mode) */
 
 	.section .text.boot, "ax"
 	.p2align 2
@@ -59,6 +60,29 @@ _start32:
 	cmpl	$0x7000, %edi
 	jb	2b
 
+	/*
+	 * QEMU starts only the BSP: wake the APs (INIT, SIPI, SIPI through the
+	 * xAPIC, paging still off) into mb_ap16, copied to phys MB_AP_PAGE.
+	 * They count themselves in; ncpus = 1 + how many arrived.
+	 */
+	movl	$PHYS(mb_ap16), %esi
+	movl	$MB_AP_PAGE, %edi
+3:	movb	(%esi), %al
+	movb	%al, (%edi)
+	incl	%esi
+	incl	%edi
+	cmpl	$PHYS(mb_ap16_end), %esi
+	jb	3b
+	movl	$0x000c4500, 0xfee00300	/* INIT, all excluding self */
+	call	mb_delay
+	movl	$(0x000c4600 | (MB_AP_PAGE >> 12)), 0xfee00300	/* SIPI */
+	call	mb_delay
+	movl	$(0x000c4600 | (MB_AP_PAGE >> 12)), 0xfee00300
+	call	mb_delay
+	xorl	%ebx, %ebx		/* BSP: cpu 0 */
+
+	/* Common to BSP and APs: EBX = cpu id. */
+mb_to_long:
 	lgdt	PHYS(mb_gdtdesc)
 	movl	$0x80000, %esp
 	movl	$0x20, %eax		/* CR4.PAE */
@@ -73,6 +97,40 @@ _start32:
 	movl	%eax, %cr0
 	ljmp	$0x08, $PHYS(mb_long)
 
+/* Bounded busy wait (QEMU only: no timer is set up yet). */
+mb_delay:
+	movl	$0x200000, %ecx
+4:	decl	%ecx
+	jnz	4b
+	ret
+
+/* An AP, in 32-bit protected mode: take the next cpu id, then as the BSP. */
+mb_ap32:
+	movl	$0x10, %eax
+	movw	%ax, %ds
+	movw	%ax, %es
+	movw	%ax, %ss
+	movl	$1, %ebx
+	lock xaddl %ebx, PHYS(mb_ncpus)
+	jmp	mb_to_long
+
+/* The AP start-up page (copied below 1 MiB): real mode -> protected mode. */
+	.code16
+mb_ap16:
+	cli
+	xorw	%ax, %ax
+	movw	%ax, %ds
+	lgdtl	MB_AP_PAGE + (mb_ap16_gdtdesc - mb_ap16)
+	movl	%cr0, %eax
+	orl	$1, %eax
+	movl	%eax, %cr0
+	ljmpl	$0x18, $PHYS(mb_ap32)
+	.p2align 2
+mb_ap16_gdtdesc:
+	.word	mb_gdtdesc - mb_gdt - 1
+	.long	PHYS(mb_gdt)
+mb_ap16_end:
+
 	.code64
 mb_long:
 	movl	$0x10, %eax
@@ -81,8 +139,12 @@ mb_long:
 	movw	%ax, %ss
 	movw	%ax, %fs
 	movw	%ax, %gs
-	xorl	%edi, %edi
-	movl	$1, %esi
+	movl	%ebx, %edi		/* cpu id */
+	movl	PHYS(mb_ncpus), %esi	/* final once the BSP gets here */
+	movq	%rdi, %rax		/* the loader's boot stacks: 16 KiB per CPU */
+	shlq	$14, %rax
+	movl	$0x80000, %esp
+	subq	%rax, %rsp
 	movabsq	$_start, %rax
 	jmp	*%rax
 
@@ -91,6 +153,7 @@ mb_gdt:
 	.quad	0
 	.quad	0x00af9b000000ffff	/* 0x08: code64, attrib 0xa9b */
 	.quad	0x00cf93000000ffff	/* 0x10: data, attrib 0xc93 */
+	.quad	0x00cf9b000000ffff	/* 0x18: code32, for the APs' way up */
 mb_gdtdesc:
 	.word	mb_gdtdesc - mb_gdt - 1
 	.long	PHYS(mb_gdt)
@@ -130,3 +193,4 @@ park:	cli
 	.globl	ap_go
 	.p2align 2
 ap_go:	.long	0
+mb_ncpus: .long	1	/* QEMU boot: CPUs that came up (BSP + APs) */
