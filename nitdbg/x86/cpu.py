@@ -382,7 +382,18 @@ class Cpu:
                 need = self.decoder.length(code, rip, self.mode)
                 if need is None or need > first:
                     raise
-        insn = self.decoder.translate(code, rip, self.mode)
+        try:
+            insn = self.decoder.translate(code, rip, self.mode)
+        except Exception as e:  # noqa: BLE001 - a translator bug must not crash the host:
+            # the guest gets #UD and the record names the instruction (DESIGN.md)
+            ci = self.decoder.decode(code, rip, self.mode)
+            n = ci.size if ci is not None else 1
+            text = (f"unsupported instruction {code[:n].hex(' ')} "
+                    f"({ci.mnemonic + ' ' + ci.op_str if ci else '(bad)'}) at {rip:#x}: "
+                    f"translator error {type(e).__name__}")
+            self.last_unsupported = (rip, bytes(code[:n]), text)
+            self.hooks.unsupported(self, rip, bytes(code[:n]), text)
+            raise Unsupported(text) from None
         if insn.fn is None:
             text = unsupported_text(insn)
             self.last_unsupported = (rip, insn.code, text)

@@ -716,11 +716,11 @@ def syscall(d: Decoded):
     return syscall_
 
 
-@translates(X.X86_INS_SYSRET)
+@translates(X.X86_INS_SYSRET, X.X86_INS_SYSRETQ)
 def sysret(d: Decoded):
     """SYSRET to 64-bit (REX.W) or compatibility mode (APM vol 3 SYSRET): CS from
     STAR[63:48] (+16 for 64-bit), SS = STAR[63:48] + 8, RFLAGS = R11, RIP = RCX."""
-    to64 = d.rex_w
+    to64 = d.rex_w or d.id == X.X86_INS_SYSRETQ
 
     def sysret_(c):
         if not c.efer & EFER_SCE or c.mode != 64:
