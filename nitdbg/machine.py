@@ -23,11 +23,16 @@ from .x86.regs import GPR_NAMES, RAX
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
 DEFAULT_KERNEL = FIRMWARE_DIR / "amd64" / "kernel.elf"
 I386_KERNEL = FIRMWARE_DIR / "i386" / "kernel.elf"
-QUANTUM = 20_000
+# Instructions a vCPU runs before the simulator turns to the next runnable one. Small, because
+# real vCPUs run in parallel and races like the broadcast-NMI deadlock depend on it; a lone
+# runnable vCPU runs in long slices.
+QUANTUM = 100
+SOLO_QUANTUM = 20_000
 INF = float("inf")
 # The deadlock watchdog: every running vCPU has taken this many PAUSE exits in a row at the
 # same spin-loop RIP, with nothing else happening.
-SPIN_EXITS = 2000
+SPIN_EXITS = 200
+SPIN_NS = 500_000   # ... and all of them have spun together for 0.5 ms of virtual time
 SETTLE_NS = 100_000_000          # settle(): at most 100 ms of virtual time ...
 SETTLE_INSNS = 3_000_000         # ... or this many instructions
 
@@ -85,9 +90,11 @@ class Machine:
         return self.shell.run(line)
 
     def assert_lapic_lvt(self, vcpu: int, pin: int = 1) -> None:
+        self._catch_up(vcpu)
         self.vm.assert_lapic_lvt(vcpu, pin)
 
     def inject_nmi(self, vcpu: int) -> None:
+        self._catch_up(vcpu)
         self.vm.inject_nmi(vcpu)
 
     # ------------------------------------------------------------------ boot
@@ -103,8 +110,16 @@ class Machine:
         return self.vm.vcpus
 
     def now(self) -> int:
-        """Virtual time of the machine: the least advanced running vCPU."""
-        return min(v.now() for v in self.vm.vcpus)
+        """Virtual time of the machine as the host sees it: the most advanced vCPU (a
+        halted vCPU's clock catches up when it wakes)."""
+        return max(v.now() for v in self.vm.vcpus)
+
+    def _catch_up(self, vcpu: int) -> None:
+        """A host event reaches a sleeping vCPU at the host's present time."""
+        v = self.vm.vcpus[vcpu]
+        t = self.now()
+        if v.halted and v.now() < t:
+            v.cpu.advance_time(t - v.now())
 
     def console_output(self) -> bytes:
         return bytes(self.vm.console_out)
@@ -120,6 +135,10 @@ class Machine:
             d = self.vm.next_deadline(v)
             return INF if d is None else max(d, v.now())
         return v.now()
+
+    def _runnable(self) -> int:
+        return sum(1 for v in self.vm.vcpus if v.id not in self.in_kdb
+                   and v.id not in self.stopped and not (v.halted and not v.wake_pending()))
 
     def pick(self) -> Vcpu | None:
         best, bt = None, INF
@@ -154,7 +173,7 @@ class Machine:
                 return StopEvent("time")
             if v.halted and not v.wake_pending():
                 self.vm.sleep_until_event(v)
-            q = self.quantum
+            q = self.quantum if self._runnable() > 1 else SOLO_QUANTUM
             if max_insns is not None:
                 q = min(q, max_insns - retired)
             before = v.cpu.icount
@@ -173,7 +192,8 @@ class Machine:
         running = [v for v in self.vm.vcpus if v.id not in self.in_kdb and not v.halted]
         if not running or self.in_kdb:
             return None
-        if all(v.pause_spin is not None and v.pause_spin[1] >= SPIN_EXITS for v in running):
+        starts = [v.spin_start(SPIN_EXITS) for v in running]
+        if None not in starts and max(starts) + SPIN_NS <= min(v.now() for v in running):
             spins = {v.id: self.symbols.format(v.pause_spin[0]) for v in running}
             for v in running:
                 v.pause_spin = None

@@ -9,14 +9,14 @@ VMRUN loads it back.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from ..x86.cpu import Cpu
 from ..x86.faults import Intercepted
 from ..x86.hooks import ACC_FETCH, ACC_WRITE, Hooks
-from ..x86.regs import CS, DS, ES, FS, GS, RAX, RSP, SHADOW_STI, SS
+from ..x86.regs import RAX, RSP, SHADOW_STI
 from ..x86.retire import EV_INJECT, EV_VMEXIT, EV_VMRUN
-from ..x86.segments import Segment
 from . import exitcodes as ec
 from .intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, TYPE_SOFT_INT, IntInfo
 from .npt import NestedPageFault, NestedPageTable
@@ -31,7 +31,13 @@ _INSN_INTERCEPTS = {
     "pushf": ("PUSHF", ec.VMEXIT_PUSHF), "popf": ("POPF", ec.VMEXIT_POPF),
     "task_switch": ("TASK_SWITCH", ec.VMEXIT_TASK_SWITCH),
 }
-_SEGS = (("es", ES), ("cs", CS), ("ss", SS), ("ds", DS), ("fs", FS), ("gs", GS))
+# Save-area layout (APM vol 2 table B-2): ten {u16 sel, u16 attrib, u32 limit, u64 base}
+# segments from offset 0, CR4..RIP from 0x148, RAX..KERNEL_GS_BASE from 0x1F8.
+STATE_OFF = 0x400
+_SEG_ALL = struct.Struct("<" + "HHIQ" * 10)
+_CTRL = struct.Struct("<7Q")
+_GPR = struct.Struct("<6Q")
+_Q = struct.Struct("<Q")
 _TYPE_KIND = {TYPE_INTR: "intr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception",
               TYPE_SOFT_INT: "soft"}
 
@@ -67,56 +73,67 @@ class Svm(Hooks):
     def load_guest(self) -> None:
         """VMRUN: load the guest state from the save area (APM 15.5.1)."""
         v, c = self.vmcb, self.cpu
-        for name, idx in _SEGS:
-            s = v.seg(name)
-            c.seg[idx].load(Segment(s.selector, s.base, s.limit, s.attrib))
-        for name, seg in (("ldtr", c.ldtr), ("tr", c.tr)):
-            s = v.seg(name)
-            seg.load(Segment(s.selector, s.base, s.limit, s.attrib))
-        c.gdtr.base, c.gdtr.limit = v.seg("gdtr").base, v.seg("gdtr").limit
-        c.idtr.base, c.idtr.limit = v.seg("idtr").base, v.seg("idtr").limit
-        paging_changed = (c.cr0, c.cr3, c.cr4, c.efer) != (v.cr0, v.cr3, v.cr4, v.efer)
-        c.cr0, c.cr2, c.cr3, c.cr4 = v.cr0, v.cr2, v.cr3, v.cr4
-        c.efer = v.efer
-        c.dr[6], c.dr[7] = v.dr6, v.dr7
-        c.rflags = v.rflags | 0x2
-        c.rip = v.rip
-        c.regs[RSP] = v.rsp
-        c.regs[RAX] = v.rax
-        c.star, c.lstar, c.cstar, c.sfmask = v.star, v.lstar, v.cstar, v.sfmask
-        c.kernel_gs_base = v.kernel_gs_base
-        c.cpl = v.cpl
+        buf = v.buf
+        segs = _SEG_ALL.unpack_from(buf, STATE_OFF)
+        for i, seg in enumerate((*c.seg, None, c.ldtr, None, c.tr)):
+            sel, attrib, limit, base = segs[4 * i:4 * i + 4]
+            if seg is None:
+                tbl = c.gdtr if i == 6 else c.idtr
+                tbl.base, tbl.limit = base, limit
+            else:
+                seg.sel, seg.attrib, seg.limit, seg.base = sel, attrib, limit, base
+        cpl = buf[STATE_OFF + 0xCB]
+        efer, = _Q.unpack_from(buf, STATE_OFF + 0xD0)
+        cr4, cr3, cr0, dr7, dr6, rflags, rip = _CTRL.unpack_from(buf, STATE_OFF + 0x148)
+        rsp, = _Q.unpack_from(buf, STATE_OFF + 0x1D8)
+        rax, c.star, c.lstar, c.cstar, c.sfmask, c.kernel_gs_base = _GPR.unpack_from(
+            buf, STATE_OFF + 0x1F8)
+        c.cr2, = _Q.unpack_from(buf, STATE_OFF + 0x240)
+        paging_changed = (c.cr0, c.cr3, c.cr4, c.efer) != (cr0, cr3, cr4, efer)
+        c.cr0, c.cr3, c.cr4, c.efer = cr0, cr3, cr4, efer
+        debug_changed = c.dr[7] != dr7
+        c.dr[6], c.dr[7] = dr6, dr7
+        c.rflags = rflags | 0x2
+        c.rip = rip
+        c.regs[RSP] = rsp
+        c.regs[RAX] = rax
+        c.cpl = cpl
         c.shadow = SHADOW_STI if v.interrupt_shadow else 0
         if paging_changed:
             c.flush_tlb()
         c.update_mode()
-        c.update_debug()
+        if debug_changed or c.exec_bps or c.data_bps:
+            c.update_debug()
 
     def save_guest(self) -> None:
         """#VMEXIT: store the guest state into the save area (APM 15.6)."""
         v, c = self.vmcb, self.cpu
-        for name, idx in _SEGS:
-            s = c.seg[idx]
-            v.seg(name).set(s.sel, s.attrib, s.limit, s.base)
-        v.seg("ldtr").set(c.ldtr.sel, c.ldtr.attrib, c.ldtr.limit, c.ldtr.base)
-        v.seg("tr").set(c.tr.sel, c.tr.attrib, c.tr.limit, c.tr.base)
-        v.seg("gdtr").set(0, 0, c.gdtr.limit, c.gdtr.base)
-        v.seg("idtr").set(0, 0, c.idtr.limit, c.idtr.base)
-        v.cr0, v.cr2, v.cr3, v.cr4, v.efer = c.cr0, c.cr2, c.cr3, c.cr4, c.efer
-        v.dr6, v.dr7 = c.dr[6], c.dr[7]
-        v.rflags = c.rflags
-        v.rip = c.rip
-        v.rsp = c.regs[RSP]
-        v.rax = c.regs[RAX]
-        v.star, v.lstar, v.cstar, v.sfmask = c.star, c.lstar, c.cstar, c.sfmask
-        v.kernel_gs_base = c.kernel_gs_base
-        v.cpl = c.cpl
+        buf = v.buf
+        vals: list[int] = []
+        for s in c.seg:
+            vals += (s.sel, s.attrib, s.limit & 0xFFFF_FFFF, s.base)
+        vals += (0, 0, c.gdtr.limit, c.gdtr.base)
+        vals += (c.ldtr.sel, c.ldtr.attrib, c.ldtr.limit & 0xFFFF_FFFF, c.ldtr.base)
+        vals += (0, 0, c.idtr.limit, c.idtr.base)
+        vals += (c.tr.sel, c.tr.attrib, c.tr.limit & 0xFFFF_FFFF, c.tr.base)
+        _SEG_ALL.pack_into(buf, STATE_OFF, *vals)
+        buf[STATE_OFF + 0xCB] = c.cpl
+        _Q.pack_into(buf, STATE_OFF + 0xD0, c.efer)
+        _CTRL.pack_into(buf, STATE_OFF + 0x148, c.cr4, c.cr3, c.cr0, c.dr[7], c.dr[6],
+                        c.rflags, c.rip)
+        _Q.pack_into(buf, STATE_OFF + 0x1D8, c.regs[RSP])
+        _GPR.pack_into(buf, STATE_OFF + 0x1F8, c.regs[RAX], c.star, c.lstar, c.cstar,
+                       c.sfmask, c.kernel_gs_base)
+        _Q.pack_into(buf, STATE_OFF + 0x240, c.cr2)
         v.interrupt_shadow = 1 if c.shadow else 0
 
     # ------------------------------------------------------------------ VMRUN
-    def vmrun(self, budget: int) -> Exit:
-        """Enter the guest, run until an intercept (or `budget` instructions, reported as a
-        physical-interrupt exit, as the host timer would cause) and return the exit."""
+    def vmrun(self, budget: int) -> Exit | None:
+        """VMRUN: load the guest, deliver EVENTINJ, run up to `budget` instructions.
+
+        Returns the #VMEXIT, or None when the budget ran out with the guest still in guest
+        mode: the simulator interleaves vCPUs that real hardware runs in parallel, and
+        pausing the simulation of one is not an architectural event. `resume()` goes on."""
         c = self.cpu
         self.load_guest()
         self.vmcb.exitintinfo = 0
@@ -127,15 +144,27 @@ class Svm(Hooks):
         try:
             self._inject_eventinj()
             self._virq_setup()
+        except Intercepted:
+            return self._finish_exit()
+        return self.resume(budget)
+
+    def resume(self, budget: int) -> Exit | None:
+        c = self.cpu
+        try:
             c.run(budget)
             if self._pending is None:
-                reason = c.stop_reason
-                # Out of budget: the host's timer interrupt ends the run. A HLT that is not
-                # intercepted sleeps in guest mode until the host takes the CPU back.
-                self._exit(ec.VMEXIT_SHUTDOWN if reason == "shutdown" else ec.VMEXIT_INTR)
+                if c.stop_reason == "shutdown":
+                    self._exit(ec.VMEXIT_SHUTDOWN)
+                else:
+                    return None
         except Intercepted:
             pass
-        self.in_guest = False
+        return self._finish_exit()
+
+    def kick(self) -> Exit:
+        """A host interrupt (the IPI bhyve's vcpu_notify_event sends, a timer callout) ends
+        guest execution with a physical-interrupt #VMEXIT at the current boundary."""
+        self._exit(ec.VMEXIT_INTR)
         return self._finish_exit()
 
     def _inject_eventinj(self) -> None:
@@ -195,6 +224,7 @@ class Svm(Hooks):
     def _finish_exit(self) -> Exit:
         v, c = self.vmcb, self.cpu
         assert self._pending is not None
+        self._injecting = 0
         code, info1, info2, intinfo, nrip = self._pending
         if self._rip_override is not None:
             c.rip = self._rip_override
@@ -205,6 +235,8 @@ class Svm(Hooks):
         v.exitintinfo = intinfo
         v.nrip = nrip if nrip is not None else 0
         self.exit = Exit(code, info1, info2, intinfo, v.nrip, c.rip)
+        self.in_guest = False
+        self._pending = None
         c.record_event(EV_VMEXIT, 0, None, c.rip, c.rflags, code & 0xFFFF_FFFF)
         return self.exit
 

@@ -59,9 +59,12 @@ class Vcpu:
         self.saved_exc_bitmap = 0
         self.recursive_nmi_armed = False
         self.bounce_pending = False
+        self.kicked = False
         self.last_exit: Exit | None = None
         self.exit_count = 0
-        self.pause_spin: tuple[int, int] | None = None   # (rip, consecutive PAUSE exits)
+        # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
+        # time of the first one)
+        self.pause_spin: tuple[int, int, int, int] | None = None
         self.handlers: dict[int, Callable[[Exit], UserExit | None]] = {
             ec.VMEXIT_INTR: self._exit_intr,
             ec.VMEXIT_VINTR: self._exit_vintr,
@@ -112,6 +115,15 @@ class Vcpu:
         """vm_inject_nmi: mark an NMI pending and wake the vCPU."""
         self.nmi_pending = True
         self.halted = False
+        self.kick()
+
+    def spin_start(self, min_exits: int) -> int | None:
+        """When the PAUSE spin loop this vCPU is in began (virtual ns), or None if it is not
+        spinning: many PAUSE exits at one RIP and nothing else in between."""
+        ps = self.pause_spin
+        if ps is None or ps[1] < min_exits or self.cpu.icount - ps[2] >= 64:
+            return None
+        return ps[3]
 
     def guest_can_take_intr(self) -> bool:
         return bool(self.vmcb.rflags & IF) and not self.vmcb.interrupt_shadow
@@ -199,28 +211,39 @@ class Vcpu:
     # ------------------------------------------------------------------ the run loop
     def run(self, budget: int) -> UserExit:
         """Run the vCPU for at most `budget` guest instructions or until userspace is
-        needed."""
+        needed. A vCPU whose budget runs out stays in guest mode (see Svm.vmrun)."""
         cpu = self.cpu
         start = cpu.icount
         while True:
-            self.vm.fire_timers(self)
-            if self.halted:
-                if not self.wake_pending():
-                    return UserExit("hlt", self.id)
-                self.halted = False
-            if self.bounce_pending:
-                self.bounce_pending = False
-                self.stat("VMEXIT_USERSPACE")
-                return UserExit("bogus", self.id)
             left = budget - (cpu.icount - start)
-            if left <= 0:
-                return UserExit("quantum", self.id)
-            self.inj_interrupts()
-            deadline = self.vm.next_deadline(self)
-            if deadline is not None:
-                left = max(1, min(left, (deadline - cpu.now()) // cpu.retire.ns_per_insn + 1))
-            self.vm.current_vcpu = self.id
-            exit_ = self.svm.vmrun(left)
+            if self.svm.in_guest:
+                deadline = self.vm.next_deadline(self)
+                if self.kicked or (deadline is not None and deadline <= cpu.now()):
+                    self.kicked = False
+                    exit_ = self.svm.kick()
+                elif left <= 0:
+                    return UserExit("quantum", self.id)
+                else:
+                    exit_ = self.svm.resume(self._limit(left))
+                    if exit_ is None:
+                        continue
+            else:
+                self.kicked = False
+                self.vm.fire_timers(self)
+                if self.halted:
+                    if not self.wake_pending():
+                        return UserExit("hlt", self.id)
+                    self.halted = False
+                if self.bounce_pending:
+                    self.bounce_pending = False
+                    return UserExit("bogus", self.id)
+                if left <= 0:
+                    return UserExit("quantum", self.id)
+                self.inj_interrupts()
+                self.vm.current_vcpu = self.id
+                exit_ = self.svm.vmrun(self._limit(left))
+                if exit_ is None:
+                    continue
             self.last_exit = exit_
             self.nextrip = self.vmcb.rip
             self.exit_count += 1
@@ -231,6 +254,20 @@ class Vcpu:
             ux = self.vmexit(exit_)
             if ux is not None:
                 return ux
+
+    def _limit(self, left: int) -> int:
+        """Run no further than the next timer deadline, where the host would interrupt."""
+        self.vm.current_vcpu = self.id
+        deadline = self.vm.next_deadline(self)
+        if deadline is None:
+            return left
+        per = self.cpu.retire.ns_per_insn
+        return max(1, min(left, (deadline - self.cpu.now() + per - 1) // per))
+
+    def kick(self) -> None:
+        """vcpu_notify_event: make a vCPU in guest mode exit so new events are seen."""
+        if self.svm.in_guest:
+            self.kicked = True
 
     def vmexit(self, e: Exit) -> UserExit | None:
         """svm_vmexit: dispatch by exit code, then log the exit as bhyve does."""
@@ -277,8 +314,10 @@ class Vcpu:
 
     def _exit_pause(self, e: Exit) -> UserExit | None:
         self.stat("VMEXIT_PAUSE")
-        rip, n = self.pause_spin or (0, 0)
-        self.pause_spin = (e.rip, n + 1 if rip == e.rip else 1)
+        rip, n, _, t0 = self.pause_spin or (0, 0, 0, 0)
+        if rip != e.rip or self.cpu.icount - _ > 64:
+            n, t0 = 0, self.now()
+        self.pause_spin = (e.rip, n + 1, self.cpu.icount, t0)
         return None
 
     def _exit_exception(self, e: Exit) -> UserExit | None:

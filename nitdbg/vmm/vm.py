@@ -170,6 +170,7 @@ class Vm:
             elif mode == "fixed":
                 self.vlapics[d].set_intr(vector)
                 target.halted = target.halted and not target.wake_pending()
+                target.kick()
             self.stats.incr(src, "IPIS_SENT", 1, d)
 
     def assert_lapic_lvt(self, vcpu: int, pin: int) -> None:
