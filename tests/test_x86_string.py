@@ -259,6 +259,47 @@ def test_scas_compares_accumulator_minus_memory():
     assert m.cpu.rflags & ARITH == _sub_flags(0x8000_0000, 1, 32)
 
 
+def test_repe_cmpsb_long_run_across_pages_stops_at_the_difference():
+    n = 9000
+    a = bytes((i * 7) & 0xFF for i in range(n))
+    b = bytearray(a)
+    b[6001] ^= 0x40
+    m = lm("repe cmpsb\nhlt\n", regs={RCX: n, RSI: SRC + 0x321, RDI: DST + 0x987})
+    fill(m, SRC + 0x321, a)
+    fill(m, DST + 0x987, bytes(b))
+    halt_label(m)
+    r = m.cpu.regs
+    assert (r[RCX], r[RSI], r[RDI]) == (n - 6002, SRC + 0x321 + 6002, DST + 0x987 + 6002)
+    assert m.cpu.rflags & ARITH == _sub_flags(a[6001], b[6001], 8)
+
+
+def test_repe_cmpsq_count_exhausted_leaves_the_flags_of_an_equal_compare():
+    m = lm("repe cmpsq\nhlt\n", regs={RCX: 700, RSI: SRC, RDI: DST}, rflags=CF | SF)
+    fill(m, SRC, PATTERN[:5600])
+    fill(m, DST, PATTERN[:5600])
+    halt_label(m)
+    assert m.cpu.regs[RCX] == 0 and m.cpu.rflags & ARITH == ZF | PF
+
+
+def test_repne_scasw_ignores_a_match_at_an_odd_byte_offset():
+    words = [0x1111] * 3000 + [0x3412, 0x7856] + [0x2222] * 10 + [0x5634] + [0] * 10
+    m = lm("repne scasw\nhlt\n", regs={RCX: 5000, RDI: SRC, RAX: 0x5634})
+    fill(m, SRC, b"".join(w.to_bytes(2, "little") for w in words))
+    halt_label(m)
+    found = words.index(0x5634)         # the aligned one, not bytes 12 34 | 56 78
+    assert m.cpu.regs[RDI] == SRC + 2 * (found + 1)
+    assert m.cpu.regs[RCX] == 5000 - (found + 1)
+    assert m.cpu.rflags & ZF
+
+
+def test_repne_scasb_without_a_match_ends_with_the_flags_of_the_last_compare():
+    m = lm("repne scasb\nhlt\n", regs={RCX: 3000, RDI: SRC, RAX: 0})
+    fill(m, SRC, b"\x01" * 2999 + b"c")
+    halt_label(m)
+    assert m.cpu.regs[RCX] == 0
+    assert m.cpu.rflags & ARITH == _sub_flags(0, ord("c"), 8)
+
+
 # ---------------------------------------------------------------- faults mid-way
 def _pf_frame(m) -> tuple[int, int]:
     rsp = m.cpu.regs[RSP]
@@ -314,6 +355,17 @@ def test_repe_cmpsb_fault_midway_keeps_flags_of_the_last_completed_iteration():
     assert (r[RCX], r[RSI], r[RDI]) == (8, SRC + 2, EDGE)
     rflags = m.mem.read(m.cpu.regs[RSP] + 8 + 16, 8)
     assert rflags & ZF
+
+
+def test_repe_scasb_fault_after_a_long_equal_run_keeps_zf_and_progress():
+    m = lm("br: repe scasb\nhlt\n", regs={RCX: 5000, RDI: EDGE - 3000, RAX: 0x61},
+           rflags=CF)
+    fill(m, EDGE - 3000, b"a" * 3000)
+    assert halt_label(m) == "pf"
+    r = m.cpu.regs
+    assert (r[RCX], r[RDI]) == (2000, EDGE)
+    rflags = m.mem.read(m.cpu.regs[RSP] + 8 + 16, 8)
+    assert rflags & ARITH == ZF | PF
 
 
 def test_non_canonical_string_address_raises_gp_stack_segment_raises_ss():

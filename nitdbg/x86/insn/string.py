@@ -291,6 +291,9 @@ def _compare(d: Decoded, size: int, scas: bool):
         return cmp1
     addr = s.addr
     stop_on_zf = s.repne    # REPNE ends when ZF=1, REPE when ZF=0
+    # Bulk scanning (forward only): REPE runs of equal elements for both, REPNE SCAS up to
+    # the first equal element; REPNE CMPS has no cheap bulk form.
+    bulk_ok = scas or not s.repne
 
     def rep_cmp(c):
         n = c.regs[RCX] & am
@@ -304,8 +307,19 @@ def _compare(d: Decoded, size: int, scas: bool):
         fl = -1
         n0 = n
         acc = c.regs[0] & m
+        acc_bytes = acc.to_bytes(size, "little")
         try:
             while n:
+                if n > 1 and not (stepping or delta < 0) and bulk_ok:
+                    j = _cmp_skip(c, s, src(c, si) if not scas else -1, dst(c, di), n - 1,
+                                  si, di, acc_bytes if scas else None)
+                    if j:
+                        fl = _cmp_last_flags(c, s, si, di, j, acc if scas else None)
+                        n -= j
+                        if not scas:
+                            si = (si + j * size) & am
+                        di = (di + j * size) & am
+                        continue
                 a = acc if scas else c.rd(src(c, si), size)
                 b = c.rd(dst(c, di), size)
                 fl = sub(a, b, (a - b) & m, size)
@@ -324,6 +338,58 @@ def _compare(d: Decoded, size: int, scas: bool):
                 _progress(c, s, n, None if scas else si, di)
                 c.rflags = (c.rflags & NA) | fl
     return rep_cmp
+
+
+def _first_diff(x: bytes, y: bytes) -> int:
+    """Index of the first byte where x and y differ (len if none), by halving with C-level
+    slice compares."""
+    if x == y:
+        return len(x)
+    lo, hi = 0, len(x)
+    while hi - lo > 32:
+        mid = (lo + hi) // 2
+        if x[lo:mid] == y[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while x[lo] == y[lo]:
+        lo += 1
+    return lo
+
+
+def _cmp_skip(c, s: _Str, sl: int, dl: int, limit: int, si: int, di: int,
+              pattern: bytes | None) -> int:
+    """How many leading elements (at most `limit`, within the current pages, all already in
+    the TLB) continue a forward REPE CMPS / REPE SCAS / REPNE SCAS. 0: use the slow path."""
+    size, am = s.size, s.am
+    k = _chunk(sl & 0xFFF if sl >= 0 else -1, dl & 0xFFF, limit, size, False)
+    if k < 2 or not _no_wrap(di, k, size, False, am):
+        return 0
+    dp = c.tlb_r.get(dl >> 12)
+    if dp is None:
+        return 0
+    d0 = dl & 0xFFF
+    b = bytes(dp[d0:d0 + k * size])
+    if pattern is None:
+        sp = c.tlb_r.get(sl >> 12)
+        if sp is None or not _no_wrap(si, k, size, False, am):
+            return 0
+        s0 = sl & 0xFFF
+        return _first_diff(bytes(sp[s0:s0 + k * size]), b) // size
+    if not s.repne:
+        return _first_diff(b, pattern * k) // size
+    i = b.find(pattern)
+    while i >= 0 and i % size:
+        i = b.find(pattern, i + 1)
+    return k if i < 0 else i // size
+
+
+def _cmp_last_flags(c, s: _Str, si: int, di: int, j: int, acc: int | None) -> int:
+    """SUB flags of the last of `j` skipped elements (what RFLAGS holds after them)."""
+    size, am = s.size, s.am
+    b = c.rd(s.dst(c, (di + (j - 1) * size) & am), size)
+    a = acc if acc is not None else c.rd(s.src(c, (si + (j - 1) * size) & am), size)
+    return F.sub(a, b, (a - b) & MASK[size], size)
 
 
 # ------------------------------------------------------------------ registration
