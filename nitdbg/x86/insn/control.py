@@ -181,6 +181,19 @@ def call(d: Decoded):
 def ret(d: Decoded):
     size = d.stack_size()
     extra = d.ops[0].imm & 0xFFFF if d.ops else 0
+    if d.mode == 64 and size == 8:
+        release = 8 + extra
+
+        def ret64(c):
+            sp = c.regs[RSP]
+            if not _canon(sp):
+                raise Fault(12, 0)
+            t = c.rd(sp, 8)
+            if not _canon(t):
+                raise Fault(13, 0)
+            c.regs[RSP] = (sp + release) & M64
+            c.rip = t
+        return ret64
 
     def ret_(c):
         t = peek(c, size)
