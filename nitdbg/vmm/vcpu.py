@@ -65,6 +65,7 @@ class Vcpu:
         # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
         # time of the first one)
         self.pause_spin: tuple[int, int, int, int] | None = None
+        self.exit_listeners: list[Callable[[Vcpu, Exit], None]] = []
         self.handlers: dict[int, Callable[[Exit], UserExit | None]] = {
             ec.VMEXIT_INTR: self._exit_intr,
             ec.VMEXIT_VINTR: self._exit_vintr,
@@ -272,6 +273,8 @@ class Vcpu:
     def vmexit(self, e: Exit) -> UserExit | None:
         """svm_vmexit: dispatch by exit code, then log the exit as bhyve does."""
         code = e.code
+        for cb in self.exit_listeners:
+            cb(self, e)
         inst_length = (e.nrip - e.rip) if e.nrip else 0
         if code in _ADVANCE and e.nrip:
             # the intercepted instruction is emulated here: resume after it

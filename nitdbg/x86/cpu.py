@@ -102,6 +102,7 @@ class Cpu:
         self._code_rips: dict[int, list[tuple[dict[int, Insn], int]]] = {}
         self.tlb_r: dict[int, bytearray] = {}
         self.tlb_w: dict[int, bytearray] = {}
+        self._sup_r, self._sup_w = self._tlbs.setdefault(0, ({}, {}))
         self.icache: dict[int, Insn] = {}
         self.mode = 16
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
@@ -288,10 +289,20 @@ class Cpu:
         self._wr_slow(lin, size, value, 0)
 
     def rd_sys(self, lin: int, size: int) -> int:
-        """Implicit supervisor read (descriptor tables, TSS), allowed at any CPL."""
+        """Implicit supervisor read (descriptor tables, TSS, the interrupt stack frame),
+        allowed at any CPL; it uses the supervisor TLB."""
+        p = self._sup_r.get(lin >> 12)
+        off = lin & 0xFFF
+        if p is not None and off + size <= 4096:
+            return int.from_bytes(p[off:off + size], "little")
         return self._rd_slow(lin, size, 0x100)
 
     def wr_sys(self, lin: int, size: int, value: int) -> None:
+        p = self._sup_w.get(lin >> 12)
+        off = lin & 0xFFF
+        if p is not None and off + size <= 4096:
+            p[off:off + size] = value.to_bytes(size, "little")
+            return
         self._wr_slow(lin, size, value, 0x100)
 
     def _rd_slow(self, lin: int, size: int, flags: int) -> int:
@@ -309,8 +320,8 @@ class Cpu:
         page = self.mem.page(hpa >> 12)
         if page is None:
             return self.mem.read(hpa, size)
-        if not flags and not self._watched(lin):
-            self.tlb_r[lin >> 12] = page
+        if not self._watched(lin):
+            (self._sup_r if flags else self.tlb_r)[lin >> 12] = page
         return int.from_bytes(page[off:off + size], "little")
 
     def _wr_slow(self, lin: int, size: int, value: int, flags: int) -> None:
@@ -337,9 +348,13 @@ class Cpu:
         if mask is not None:
             if any(mask[off:off + size]):
                 self.invalidate_code_page(hppn)
-        elif not flags and not self._watched(lin):
-            self.tlb_w[lin >> 12] = page
-            self.tlb_r[lin >> 12] = page
+        elif not self._watched(lin):
+            if flags:
+                self._sup_w[lin >> 12] = page
+                self._sup_r[lin >> 12] = page
+            else:
+                self.tlb_w[lin >> 12] = page
+                self.tlb_r[lin >> 12] = page
         page[off:off + size] = value.to_bytes(size, "little")
 
     def _watched(self, lin: int) -> bool:
@@ -649,7 +664,8 @@ class Cpu:
         NMI blocking is the injector's business (the hypervisor tracks virtual NMIs)."""
         try:
             if kind == "exception":
-                self.hooks.exception(self, vector, error_code)
+                # Injected events are not subject to intercept checks (APM 15.20); a fault
+                # raised while delivering one is.
                 interrupts.deliver(self, vector, "fault", error_code)
             else:
                 interrupts.deliver(self, vector, "soft" if kind == "softint" else kind,
@@ -674,9 +690,16 @@ class Cpu:
             self.intr_ack = ack
         self.attention = True
 
+    def retire_events_total(self) -> int:
+        """How many events were ever recorded (the event ring keeps only the newest)."""
+        return self._events_total
+
+    _events_total = 0
+
     def record_event(self, kind: int, vector: int, error_code: int | None, rip: int,
                      rflags: int, info: int = 0) -> None:
         from .retire import Event
+        self._events_total += 1
         self.retire.add_event(Event(self.icount, kind, vector, error_code, rip, rflags,
                                     self.dr[6], info))
 

@@ -1,0 +1,150 @@
+"""The `nitdbg` command: the TUI by default, and the console, headless run, scenarios,
+replay and bench subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+POLICIES = ("iret-tracing", "bhyve-upstream")
+
+
+def _machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", help="guest ELF (default: the amd64 firmware)")
+    p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs (default 2)")
+    p.add_argument("--policy", choices=POLICIES, default="iret-tracing",
+                   help="how the hypervisor ends NMI blocking")
+    p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
+    p.add_argument("--vm", default="vm2", help="VM name (default vm2, as the seed)")
+    p.add_argument("--tunable", action="append", default=[], metavar="NAME=VALUE",
+                   help="boot-time tunable, e.g. hw.vmm.trace_guest_exceptions=1")
+
+
+def _machine_kwargs(a: argparse.Namespace) -> dict:
+    tunables = {}
+    for t in a.tunable:
+        name, eq, value = t.partition("=")
+        if not eq:
+            raise SystemExit(f"nitdbg: --tunable needs NAME=VALUE, not '{t}'")
+        tunables[name] = value
+    kw = {"kernel": a.kernel, "policy": a.policy, "ram_size": a.ram << 20, "name": a.vm,
+          "tunables": tunables}
+    if a.vcpus is not None:
+        kw["vcpus"] = a.vcpus
+    return kw
+
+
+def _make_machine(a: argparse.Namespace):
+    from .machine import Machine, MachineError
+    try:
+        return Machine(**_machine_kwargs(a))
+    except MachineError as e:
+        print(f"nitdbg: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nitdbg",
+        description="See, step by step, how a hypervisor on AMD SVM tracks NMI blocking.")
+    p.add_argument("--version", action="version", version=f"nitdbg {__version__}")
+    sub = p.add_subparsers(dest="cmd")
+    t = sub.add_parser("tui", help="the Textual app (the default)")
+    _machine_args(t)
+    c = sub.add_parser("console", help="the machine on a line prompt (host$, guest#, db>)")
+    _machine_args(c)
+    c.add_argument("--replay", metavar="FILE", help="play a recorded session back")
+    r = sub.add_parser("run", help="run a guest ELF headless")
+    _machine_args(r)
+    r.add_argument("--max-instructions", type=int, default=100_000_000)
+    r.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
+                   help="host sysctl to set before running (repeatable)")
+    r.add_argument("--serial-out", metavar="FILE", help="write the guest serial output here")
+    r.add_argument("--events-out", metavar="FILE.jsonl", help="JSON Lines event log")
+    r.add_argument("--trace-instructions", action="store_true",
+                   help="include every retired instruction in the events log")
+    sub.add_parser("scenario", help="the seed's test plan as scenarios", add_help=False)
+    sub.add_parser("replay", help="replay a recorded .nitrec session", add_help=False)
+    b = sub.add_parser("bench", help="performance figures")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--runs", type=int, default=5)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("scenario", "replay"):
+        return _delegate(argv[0], argv[1:])
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        if a.cmd in (None, "tui"):
+            if a.cmd is None:
+                a = p.parse_args(["tui", *argv])
+            return _tui(a)
+        if a.cmd == "console":
+            return _console(a)
+        if a.cmd == "run":
+            from .runner import run_headless
+            return run_headless(a, _make_machine(a))
+        if a.cmd == "bench":
+            from . import bench
+            return bench.run(a.json, a.runs, extra=_bench_extras())
+    except KeyboardInterrupt:
+        return 130
+    p.print_help()
+    return 2
+
+
+def _tui(a: argparse.Namespace) -> int:
+    try:
+        from .tui.app import run_app
+    except ImportError as e:
+        print(f"nitdbg: the TUI is not available ({e}); try 'nitdbg console'", file=sys.stderr)
+        return 1
+    return run_app(_machine_kwargs(a)) or 0
+
+
+def _console(a: argparse.Namespace) -> int:
+    from . import console
+    if a.replay:
+        try:
+            from .session import main_replay
+        except ImportError as e:
+            print(f"nitdbg: replay is not available ({e})", file=sys.stderr)
+            return 1
+        return main_replay([a.replay, "--show"])
+    return console.main(_make_machine(a))
+
+
+def _delegate(cmd: str, rest: list[str]) -> int:
+    try:
+        if cmd == "scenario":
+            from .scenarios import main_scenario
+            return main_scenario(rest)
+        from .session import main_replay
+        return main_replay(rest)
+    except ImportError as e:
+        print(f"nitdbg: '{cmd}' is not available ({e})", file=sys.stderr)
+        return 1
+
+
+def _bench_extras() -> dict:
+    extras = {}
+    try:
+        from .scenarios import bench_figures as scen
+        extras["scenarios"] = scen
+    except ImportError:
+        pass
+    try:
+        from .tui.bench import bench_figures as tui
+        extras["tui"] = tui
+    except ImportError:
+        pass
+    return extras
+
+
+if __name__ == "__main__":
+    sys.exit(main())

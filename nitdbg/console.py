@@ -1,0 +1,222 @@
+"""`nitdbg console`: the machine on a line prompt (prompt_toolkit).
+
+Three surfaces share one prompt: the host shell (`host$ `: bhyvectl, sysctl, ktrdump, sleep,
+cat, | grep), the guest serial console (`guest# `) and the guest debugger (`db> `). The prompt
+switches to ddb by itself when the guest enters the debugger and back when it leaves.
+`@host`, `@guest`, `@db` switch by hand; `@guest LINE` sends one line without switching.
+When stdin is not a terminal, lines are read one by one and echoed after their prompt, so a
+section of the seed runs as a script and its transcript can be diffed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import TextIO
+
+from .machine import Machine, MachineError, StopEvent, describe_stop
+
+SURFACES = ("host", "guest", "ddb")
+PROMPTS = {"host": "host$ ", "guest": "guest# ", "ddb": "db> "}
+HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "sudo", "--vm=vm2",
+              "--cpu=0", "--cpu=-1", "--assert-lapic-lvt=1", "--inject-nmi", "--get-stats",
+              "--get-rip", "--get-rflags", "--get-dr6", "--get-intinfo",
+              "--get-vmcb-intercepts", "--get-vmcb-exit-details", "--get-vmcb-virq",
+              "--capname=pause_exit", "--setcap=0", "--setcap=1", "--getcap",
+              "debug.nit.delay_usecs=", "debug.nit.recursive_nmi=",
+              "debug.nit.invalidate_nested_mappings=", "debug.nit.bounce_to_userspace=",
+              "debug.nit.iret_trigger_gpf=", "debug.ktr.clear=1", "-cto", "/tmp/ktrdump.out"]
+GUEST_WORDS = ["sysctl", "machdep.kdb_on_nmi=", "kern.ticks", "hw.ncpu", "help", "while",
+               "[ 1 ]; do : done"]
+DDB_WORDS = ["step", "continue", "x/i", "x/gx", "x/wx", "x/bx", "x/s", "break", "delete",
+             "show breaks", "show registers", "show idt", "show sysregs", "bt", "trace",
+             "where", "hwatch", "dhwatch", "until", "next", "help"]
+
+
+class Console:
+    """The line-oriented front end; `feed(line)` is the whole behaviour, so scripts, the
+    interactive prompt and tests drive it the same way."""
+
+    def __init__(self, machine: Machine, out: Callable[[str], None]):
+        self.m = machine
+        self.out = out
+        self.surface = "host"
+        self._before_ddb = "host"
+        self._printed = 0
+
+    @property
+    def prompt(self) -> str:
+        return PROMPTS[self.surface]
+
+    def flush_console(self) -> None:
+        """Print what the guest wrote on its serial line since last time."""
+        data = self.m.console_output()
+        if len(data) > self._printed:
+            text = data[self._printed:].decode(errors="replace").replace("\r\n", "\n")
+            self._printed = len(data)
+            self.out(text.replace("\r", ""))
+
+    def boot(self) -> None:
+        self.m.boot_to_prompt()
+        self.flush_console()
+        if not self._console_ends_with_newline():
+            self.out("\n")
+
+    def _console_ends_with_newline(self) -> bool:
+        data = self.m.console_output()
+        return not data or data.endswith(b"\n")
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\n")
+        stripped = line.strip()
+        if stripped.startswith("@"):
+            word, _, rest = stripped[1:].partition(" ")
+            target = {"host": "host", "guest": "guest", "db": "ddb", "ddb": "ddb"}.get(word)
+            if target is None:
+                self.out(f"console: unknown surface '@{word}' (use @host, @guest, @db)\n")
+                return
+            if target == "ddb" and self.m.surface != "ddb":
+                self.out("console: the guest is not in the debugger\n")
+                return
+            if rest:
+                self._dispatch(target, rest)
+            else:
+                self.surface = target
+            return
+        self._dispatch(self.surface, line)
+
+    def _dispatch(self, surface: str, line: str) -> None:
+        try:
+            if surface == "host":
+                text = self.m.host(line)
+                if text:
+                    self.out(text)
+                self._settle()
+            elif surface == "guest":
+                self.m.console_input(line.encode() + b"\r")
+                self._settle()
+            else:
+                self.out(self.m.debugger(line))
+                self.flush_console()
+                self._follow_surface()
+        except MachineError as e:
+            self.out(f"{e}\n")
+
+    def _settle(self) -> None:
+        if self.m.surface == "ddb":
+            self.flush_console()
+            return
+        ev = self.m.settle()
+        self.flush_console()
+        self._after_stop(ev)
+
+    def _after_stop(self, ev: StopEvent) -> None:
+        if ev.reason == "kdb":
+            self.out(self.m.enter_debugger(ev))
+            self.flush_console()
+        else:
+            msg = describe_stop(self.m, ev)
+            if msg:
+                self.out(msg)
+        self._follow_surface()
+
+    def _follow_surface(self) -> None:
+        if self.m.surface == "ddb" and self.surface != "ddb":
+            self._before_ddb = self.surface
+            self.surface = "ddb"
+        elif self.m.surface != "ddb" and self.surface == "ddb":
+            self.surface = self._before_ddb
+
+    def words(self) -> list[str]:
+        if self.surface == "host":
+            return HOST_WORDS
+        if self.surface == "guest":
+            return GUEST_WORDS
+        return DDB_WORDS + self.m.symbols.names()
+
+
+def run_script(console: Console, lines: Iterable[str], echo: TextIO) -> None:
+    for line in lines:
+        echo.write(console.prompt + line.rstrip("\n") + "\n")
+        console.feed(line)
+
+
+def run_interactive(console: Console) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.completion import Completer, Completion
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    class SurfaceCompleter(Completer):
+        def get_completions(self, document, complete_event):  # noqa: ANN001
+            word = document.get_word_before_cursor(WORD=True)
+            for w in console.words():
+                if w.startswith(word) and word:
+                    yield Completion(w, start_position=-len(word))
+
+    history = InMemoryHistory()
+    try:
+        d = data_dir()
+        os.makedirs(d, exist_ok=True)
+        history = FileHistory(os.path.join(d, "console_history"))
+    except OSError:
+        pass
+    session: PromptSession = PromptSession(history=history, completer=SurfaceCompleter())
+    while True:
+        try:
+            line = session.prompt(console.prompt)
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            return
+        if line.strip() in ("quit", "exit") and console.surface == "host":
+            return
+        console.feed(line)
+
+
+def data_dir() -> str:
+    try:
+        from platformdirs import user_data_dir
+        return user_data_dir("nitdbg")
+    except ImportError:   # pragma: no cover - textual depends on platformdirs
+        return os.path.join(os.path.expanduser("~"), ".local", "share", "nitdbg")
+
+
+def colour_out(text: str) -> None:
+    """Print with pygments colours for disassembly lines on a terminal."""
+    from prompt_toolkit import print_formatted_text
+    from prompt_toolkit.formatted_text import PygmentsTokens
+    from pygments.lexers.asm import GasLexer
+
+    lexer = GasLexer()
+    for line in text.splitlines(keepends=True):
+        if "\t" in line and (line.startswith(("Stopped at", "Breakpoint at", "Watchpoint at"))
+                             or line.startswith("0x") or "+0x" in line.split("\t")[0]):
+            head, _, insn = line.rpartition("\t")
+            print_formatted_text(head + "\t", end="")
+            print_formatted_text(PygmentsTokens(list(lexer.get_tokens(insn))), end="")
+            if not insn.endswith("\n"):
+                print_formatted_text("", end="")
+        else:
+            print_formatted_text(line, end="")
+
+
+def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    interactive = stdin.isatty() and stdout.isatty()
+    if interactive:
+        console = Console(machine, colour_out)
+    else:
+        def write(s: str) -> None:
+            stdout.write(s)
+            stdout.flush()
+        console = Console(machine, write)
+    try:
+        console.boot()
+    except MachineError as e:
+        print(f"nitdbg: {e}", file=sys.stderr)
+        return 1
+    if interactive:
+        run_interactive(console)
+    else:
+        run_script(console, stdin, stdout)
+    return 0
