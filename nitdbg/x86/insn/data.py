@@ -9,7 +9,7 @@ from ..faults import Fault
 from ..flags import COND_FUNCS
 from ..operands import mem_offset, reg_writer
 from ..regs import CRMAP, DRMAP, MASK, REGMAP, SEGMAP, SHADOW_MOVSS, SIGN, SS
-from ..stack import adjust, peek, pop, push
+from ..stack import adjust, peek, pop, push, push_frame
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -253,3 +253,40 @@ def nop(d: Decoded):
     def nop_(c):
         pass
     return nop_
+
+
+@translates(X.X86_INS_PUSHAL, X.X86_INS_PUSHAW)
+def pusha(d: Decoded):
+    """PUSHA/PUSHAD: EAX ECX EDX EBX, the ESP before the instruction, EBP ESI EDI; #UD in
+    64-bit mode. All eight are written before ESP moves, so a fault changes nothing."""
+    size = 2 if d.id == X.X86_INS_PUSHAW else 4
+    if d.mode == 64:
+        def ud(c):
+            raise Fault(6)
+        return ud
+    m = MASK[size]
+
+    def pusha_(c):
+        push_frame(c, [c.regs[i] & m for i in range(8)], size)
+    return pusha_
+
+
+@translates(X.X86_INS_POPAL, X.X86_INS_POPAW)
+def popa(d: Decoded):
+    """POPA/POPAD: pops EDI ESI EBP (ESP skipped) EBX EDX ECX EAX."""
+    size = 2 if d.id == X.X86_INS_POPAW else 4
+    if d.mode == 64:
+        def ud(c):
+            raise Fault(6)
+        return ud
+
+    def popa_(c):
+        vals = [peek(c, size, size * k) for k in range(8)]   # read all before committing
+        for k, reg in enumerate((7, 6, 5, None, 3, 2, 1, 0)):
+            if reg is not None:
+                if size == 4:
+                    c.regs[reg] = vals[k]
+                else:
+                    c.regs[reg] = (c.regs[reg] & ~0xFFFF) | vals[k]
+        adjust(c, 8 * size)
+    return popa_
