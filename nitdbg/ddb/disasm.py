@@ -1,0 +1,62 @@
+"""Disassembly as ddb prints it (sys/amd64/amd64/db_disasm.c): AT&T syntax, the mnemonic,
+a tab, operands joined by "," without spaces, branch targets as sym+off."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import capstone
+from capstone import x86_const as X
+
+from ..guest.symbols import SymbolTable
+
+MAX_INSN = 15
+# capstone spells a few 64-bit mnemonics with a size suffix ddb leaves off.
+_MNEMONIC = {"retq": "ret", "callq": "call", "jmpq": "jmp", "leaveq": "leave"}
+_HEX = re.compile(r"^0x[0-9a-f]+$")
+IRET_IDS = frozenset({X.X86_INS_IRET, X.X86_INS_IRETD, X.X86_INS_IRETQ})
+RET_IDS = frozenset({X.X86_INS_RET, X.X86_INS_RETF, X.X86_INS_RETFQ}) | IRET_IDS
+
+
+@dataclass(frozen=True)
+class DisInsn:
+    addr: int
+    length: int
+    mnemonic: str       # ddb's spelling
+    operands: str       # ddb's spelling (may be empty)
+    id: int             # capstone instruction id (0: undecodable)
+    is_call: bool
+    is_iret: bool
+    is_return: bool     # ret, retf, iret
+
+    @property
+    def text(self) -> str:
+        return f"{self.mnemonic}\t{self.operands}" if self.operands else self.mnemonic
+
+    @property
+    def next(self) -> int:
+        return self.addr + self.length
+
+
+class Disassembler:
+    def __init__(self, symbols: SymbolTable, mode: int = 64):
+        self.symbols = symbols
+        self.md = capstone.Cs(capstone.CS_ARCH_X86,
+                              capstone.CS_MODE_64 if mode == 64 else capstone.CS_MODE_32)
+        self.md.syntax = capstone.CS_OPT_SYNTAX_ATT
+        self.md.detail = True
+
+    def decode(self, code: bytes, addr: int) -> DisInsn:
+        """Decode the first instruction of `code`; an undecodable byte prints as ddb's
+        "(bad)"-style `.byte`."""
+        for ci in self.md.disasm(code, addr, 1):
+            mnem = _MNEMONIC.get(ci.mnemonic, ci.mnemonic)
+            ops = ci.op_str.replace(", ", ",")
+            is_call = ci.group(capstone.CS_GRP_CALL)
+            if (is_call or ci.group(capstone.CS_GRP_JUMP)) and _HEX.match(ops):
+                ops = self.symbols.format(int(ops, 16))
+            return DisInsn(addr, ci.size, mnem, ops, ci.id, is_call, ci.id in IRET_IDS,
+                           ci.id in RET_IDS)
+        b = code[0] if code else 0
+        return DisInsn(addr, 1, ".byte", f"{b:#x}", 0, False, False, False)

@@ -1,0 +1,87 @@
+"""ddb expressions (after sys/ddb/db_expr.c): terms are numbers (radix 16), symbols,
+`$registers`, `.` (dot, the last address examined) and parenthesised expressions; operators
+`* / %` bind tighter than `+ -`; unary `-`. Values wrap to 64 bits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..guest.symbols import SymbolTable
+from .errors import DdbError
+from .lex import Lexer, is_hex_word
+
+M64 = (1 << 64) - 1
+
+
+class ExprContext:
+    """What an expression can refer to: the symbol table, the register variables, dot."""
+
+    def __init__(self, symbols: SymbolTable, var: Callable[[str], int], dot: Callable[[], int]):
+        self.symbols = symbols
+        self.var = var
+        self.dot = dot
+
+
+def starts_expression(lx: Lexer) -> bool:
+    t = lx.peek()
+    return t.kind in ("num", "ident", "var") or (t.kind == "punct" and t.text in "(-")
+
+
+def expression(lx: Lexer, ctx: ExprContext) -> int:
+    """Parse an expression; DdbError("Syntax error") when there is none."""
+    value = _add(lx, ctx)
+    return value & M64
+
+
+def _add(lx: Lexer, ctx: ExprContext) -> int:
+    v = _mul(lx, ctx)
+    while True:
+        if lx.accept("+"):
+            v = v + _mul(lx, ctx)
+        elif lx.accept("-"):
+            v = v - _mul(lx, ctx)
+        else:
+            return v
+
+
+def _mul(lx: Lexer, ctx: ExprContext) -> int:
+    v = _unary(lx, ctx)
+    while True:
+        if lx.accept("*"):
+            v = v * _unary(lx, ctx)
+        elif lx.accept("/") or lx.accept("%"):
+            op = lx.toks[lx.pos - 1].text
+            r = _unary(lx, ctx)
+            if r == 0:
+                raise DdbError("Division by 0")
+            v = v // r if op == "/" else v % r
+        else:
+            return v
+
+
+def _unary(lx: Lexer, ctx: ExprContext) -> int:
+    if lx.accept("-"):
+        return -_unary(lx, ctx)
+    return _term(lx, ctx)
+
+
+def _term(lx: Lexer, ctx: ExprContext) -> int:
+    t = lx.next()
+    if t.kind == "num":
+        return t.value
+    if t.kind == "ident":
+        if t.text == ".":
+            return ctx.dot()
+        if t.text in ctx.symbols:
+            return ctx.symbols.address(t.text)
+        if is_hex_word(t.text):
+            return int(t.text, 16)        # a bare hex word that is not a symbol
+        raise DdbError(f"Symbol '{t.text}' not found")
+    if t.kind == "var":
+        return ctx.var(t.text)
+    if t.kind == "punct" and t.text == "(":
+        v = _add(lx, ctx)
+        if not lx.accept(")"):
+            raise DdbError("Syntax error")
+        return v
+    raise DdbError("Syntax error")
