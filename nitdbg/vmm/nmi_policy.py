@@ -64,6 +64,8 @@ class BhyveUpstream(NmiPolicy):
         v.last_unblock = "upstream"
         # The interrupt shadow keeps an NMI from being injected on the very next VMRUN.
         v.set_intr_shadow(1)
+        # The seed's knobs act at this exit too, so the same scenario can be compared.
+        v.vm.knobs_at_iret_exit(v)
 
 
 class IretTracing(NmiPolicy):
@@ -92,7 +94,7 @@ class IretTracing(NmiPolicy):
         for vec in IRET_EXCEPTIONS:
             vmcb.set_exception_intercept(vec, True)
         v.nmi_state = NMI_TRACING
-        v.vm.knob_iret_tracing_started(v)
+        v.vm.knobs_at_iret_exit(v)
 
     def injection_allowed(self, v: Vcpu) -> bool:
         # While the IRET runs under TF nothing else may be injected: a handler entered now

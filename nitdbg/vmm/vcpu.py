@@ -60,6 +60,7 @@ class Vcpu:
         self.recursive_nmi_armed = False
         self.bounce_pending = False
         self.kicked = False
+        self.iret_exit_rip: int | None = None
         self.last_exit: Exit | None = None
         self.exit_count = 0
         # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
@@ -386,7 +387,11 @@ class Vcpu:
             return UserExit("unhandled", self.id, {"exitcode": e.code, "gpa": e.info2,
                                                    "rip": e.rip})
         self.cpu.flush_tlb()
-        if self.nmi_state == NMI_TRACING and self.vm.knobs.bounce_to_userspace \
+        # bounce_to_userspace acts on nested page faults of an IRET still in flight (only
+        # with invalidate_nested_mappings, as the seed says).
+        in_flight = self.nmi_state == NMI_TRACING or (
+            self.policy.name == "bhyve-upstream" and e.rip == self.iret_exit_rip)
+        if in_flight and self.vm.knobs.bounce_to_userspace \
                 and self.vm.knobs.invalidate_nested_mappings:
             self.log("Bouncing to userspace")
             self.stat("VMEXIT_USERSPACE")

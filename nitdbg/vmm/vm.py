@@ -203,8 +203,10 @@ class Vm:
             v.log("Injecting recursive vNMI")
             v.inject_nmi()
 
-    def knob_iret_tracing_started(self, v: Vcpu) -> None:
-        """Called by the iret-tracing policy right after "vNMI iret tracing enabled"."""
+    def knobs_at_iret_exit(self, v: Vcpu) -> None:
+        """Called by the NMI policy at the IRET exit, after its own KTR line ("vNMI iret
+        tracing enabled" for iret-tracing), before the guest re-enters at the IRET."""
+        v.iret_exit_rip = v.vmcb.rip
         k = self.knobs
         if k.iret_trigger_gpf:
             self._iret_trigger_gpf(v)
