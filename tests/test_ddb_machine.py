@@ -222,13 +222,16 @@ def test_step_audit_catches_a_hypervisor_that_swallows_the_guests_single_step():
     assert "VM exits around them:" in rep
 
 
-def test_step_audit_flags_the_single_step_lost_over_an_emulated_hlt(s):
+def test_stepping_over_an_emulated_hlt_stops_right_after_it(s):
+    # The hypervisor completes the intercepted HLT itself; the single-step #DB the HLT owes
+    # the guest comes after wake-up with the pushed RIP after the HLT (REFERENCE.md, SDM
+    # 17.3.1.4), so the ret after it is the next stop, not skipped.
     s.nmi()
     s.cmd("s,0t20")                      # 20 steps (numbers are hex): at cpu_idle_acpi+0x1
     assert s.cmd("x/i $rip") == "cpu_idle_acpi+0x1:\thlt\n"
     assert s.ddb.audit.ok
-    s.cmd("s")
+    out = s.cmd("s")
+    assert "cpu_idle_acpi+0x2:" in out
     chk = s.ddb.audit.checks[-1]
     assert chk.executed[0].emulated and chk.executed[0].text == "hlt"
-    # the #DB the HLT owed was not delivered: the ret after it ran without a stop
-    assert [r.where for r in chk.omitted] == ["cpu_idle_acpi+0x2"]
+    assert not chk.omitted and s.ddb.audit.ok

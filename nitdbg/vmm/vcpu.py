@@ -17,7 +17,7 @@ from ..svm.intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, IntInfo
 from ..svm.svm import Exit, Svm
 from ..svm.vmcb import Vmcb
 from ..x86.cpu import Cpu
-from ..x86.regs import IF
+from ..x86.regs import DR6_BS, IF, TF
 from .nmi_policy import NMI_IDLE, NMI_TRACING
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class Vcpu:
         self.bounce_pending = False
         self.kicked = False
         self.iret_exit_rip: int | None = None
+        self.sstep_after_hlt = False
         self.last_exit: Exit | None = None
         self.exit_count = 0
         # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
@@ -112,6 +113,11 @@ class Vcpu:
         if vector not in EXC_WITH_ERRCODE:
             errcode = None
         self.exception_pending = IntInfo.exception(vector, errcode)
+
+    def single_step_trap(self) -> None:
+        """Queue the single-step #DB the guest is owed for an instruction completed here."""
+        self.vmcb.dr6 = self.vmcb.dr6 | DR6_BS
+        self.reflect_exception(1, None)
 
     def inject_nmi(self) -> None:
         """vm_inject_nmi: mark an NMI pending and wake the vCPU."""
@@ -236,6 +242,9 @@ class Vcpu:
                     if not self.wake_pending():
                         return UserExit("hlt", self.id)
                     self.halted = False
+                if self.sstep_after_hlt:       # woken up (here or by an event)
+                    self.sstep_after_hlt = False
+                    self.single_step_trap()
                 if self.bounce_pending:
                     self.bounce_pending = False
                     return UserExit("bogus", self.id)
@@ -278,8 +287,16 @@ class Vcpu:
             cb(self, e)
         inst_length = (e.nrip - e.rip) if e.nrip else 0
         if code in _ADVANCE and e.nrip:
-            # the intercepted instruction is emulated here: resume after it
+            # The intercepted instruction is completed here: resume after it. It started
+            # with the guest's RFLAGS.TF, so it owes the guest a single-step #DB (SDM
+            # 17.3.1.4), as KVM's skip_emulated_instruction delivers; a HLT owes it after
+            # wake-up, with the pushed RIP after the HLT.
             self.vmcb.rip = e.nrip
+            if self.vmcb.rflags & TF:
+                if code == ec.VMEXIT_HLT:
+                    self.sstep_after_hlt = True
+                else:
+                    self.single_step_trap()
         if ec.is_exception_exit(code):
             ux = self._exit_exception(e)
         else:
