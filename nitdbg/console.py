@@ -40,7 +40,13 @@ class Console:
 
     def __init__(self, machine: Machine, out: Callable[[str], None]):
         self.m = machine
-        self.out = out
+        self.at_line_start = True
+
+        def write(text: str) -> None:
+            if text:
+                out(text)
+                self.at_line_start = text.endswith("\n")
+        self.out = write
         self.surface = "host"
         self._before_ddb = "host"
         self._printed = 0
@@ -138,7 +144,10 @@ class Console:
 
 def run_script(console: Console, lines: Iterable[str], echo: TextIO) -> None:
     for line in lines:
+        if not console.at_line_start:
+            echo.write("\n")
         echo.write(console.prompt + line.rstrip("\n") + "\n")
+        console.at_line_start = True
         console.feed(line)
 
 

@@ -265,7 +265,7 @@ class Machine:
         """Which surface has the input: "ddb" while a vCPU is in the debugger, else "guest"."""
         return "ddb" if self.in_kdb else "guest"
 
-    def enter_debugger(self, ev: StopEvent, max_insns: int = 50_000_000) -> str:
+    def enter_debugger(self, ev: StopEvent, max_insns: int = SETTLE_INSNS) -> str:
         """A kdb stop: let ddb take it (and follow `s,N` / step-over resumes)."""
         res = self.ddb.enter(ev.vcpu, ev.info)
         out = res.output
@@ -273,9 +273,9 @@ class Machine:
             out += self._resume(ev.vcpu, max_insns)
         return out
 
-    def debugger(self, line: str, max_insns: int = 50_000_000) -> str:
+    def debugger(self, line: str, max_insns: int = SETTLE_INSNS) -> str:
         """One line typed at the db> prompt; if it resumes the guest, run until the next
-        stop and return what the debugger printed along the way."""
+        stop (or as long as settle() would) and return what the debugger printed."""
         if not self.in_kdb:
             return "db: the guest is not in the debugger\n"
         res = self.ddb.command(line)
@@ -288,7 +288,7 @@ class Machine:
         out = ""
         while True:
             self.leave_kdb(vcpu)
-            ev = self.run(max_insns=max_insns)
+            ev = self.run(max_insns=max_insns, until_ns=self.now() + SETTLE_NS)
             if ev.reason != "kdb":
                 return out + describe_stop(self, ev)
             res = self.ddb.enter(ev.vcpu, ev.info)

@@ -1,0 +1,45 @@
+"""`nitdbg console` driven by a script on stdin, as a user runs a section of the seed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def console(script: str, *args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "nitdbg", "console", *args], input=script,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    return r.stdout
+
+
+def test_seed_first_section_steps_across_the_nmi_iret_without_skipping():
+    script = ("@guest sysctl machdep.kdb_on_nmi=1\n"
+              "bhyvectl --vm=vm2 --assert-lapic-lvt=1 --cpu=0\n"
+              + "s\n" * 20 + "show audit\n")
+    out = console(script)
+    stops = re.findall(r"Stopped at\t(\S+):", out)
+    assert stops[0] == "cpu_idle_acpi+0x2"            # the instruction after the hlt
+    assert len(stops) == 21
+    assert "db> show audit\nstep audit: 20 steps checked, no instruction skipped" in out
+
+
+def test_broadcast_nmi_deadlock_is_reported_by_the_watchdog():
+    out = console("@guest sysctl machdep.kdb_on_nmi=1\n"
+                  "bhyvectl --vm=vm2 --assert-lapic-lvt=1 --cpu=-1\n")
+    m = re.search(r"watchdog: no vCPU makes progress: (.*)", out)
+    assert m, out[-2000:]
+    assert re.search(r"vCPU 0 spins in stop_cpus_hard\+0x[0-9a-f]+", m.group(1))
+    assert re.search(r"vCPU 1 spins in stop_cpus_hard\+0x[0-9a-f]+", m.group(1))
+
+
+def test_bad_input_gets_one_line_in_the_tools_own_words():
+    out = console("bhyvectl --vm=vm9 --get-stats\nsysctl debug.nit.nope=1\nfrobnicate\n"
+                  "@nowhere\n@db s\n")
+    assert "vm_open: vm9 could not be opened: No such file or directory\n" in out
+    assert "sysctl: unknown oid 'debug.nit.nope'\n" in out
+    assert "frobnicate: command not found" in out
+    assert "console: unknown surface '@nowhere'" in out
+    assert "console: the guest is not in the debugger\n" in out
