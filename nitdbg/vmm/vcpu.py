@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .vm import Vm
 
 HYPERCALL_PORT = 0xE0
+EXIT_COST_NS = 500     # one #VMEXIT + VMRUN round trip, roughly what SVM hardware takes
 INTR_TYPE_NAMES = {TYPE_INTR: "hwintr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception", 4: "swintr"}
 EXC_WITH_ERRCODE = frozenset({8, 10, 11, 12, 13, 14, 17})
 
@@ -258,6 +259,9 @@ class Vcpu:
             self.last_exit = exit_
             self.nextrip = self.vmcb.rip
             self.exit_count += 1
+            # A #VMEXIT and the VMRUN after it take time on real hardware; spin loops that
+            # exit on every PAUSE advance their clock by it, so the vCPU they wait for runs.
+            cpu.advance_time(EXIT_COST_NS)
             self.stat("VMEXIT_COUNT")
             if self.vmcb.exitintinfo & (1 << 31):
                 self.exitintinfo = self.vmcb.exitintinfo
@@ -265,6 +269,10 @@ class Vcpu:
             ux = self.vmexit(exit_)
             if ux is not None:
                 return ux
+            if self.vm.resched:
+                # another vCPU was woken: let the scheduler interleave again
+                self.vm.resched = False
+                return UserExit("quantum", self.id)
 
     def _limit(self, left: int) -> int:
         """Run no further than the next timer deadline, where the host would interrupt."""

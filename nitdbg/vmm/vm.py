@@ -97,6 +97,7 @@ class Vm:
         self.nmiport = NmiStatusPort(on_read=self._port61_read)
         self.iobus.register(self.nmiport, 0x61, 1)
         self.current_vcpu = 0
+        self.resched = False          # a vCPU woke another: end the running slice early
         self.vcpus: list[Vcpu] = []
         self.vlapics: list[Vlapic] = []
         for i in range(ncpus):
@@ -163,6 +164,8 @@ class Vm:
         t = self.vcpus[src].now()
         for d in dests:
             target = self.vcpus[d]
+            if target.halted:
+                self.resched = True
             if target.halted and target.now() < t:
                 target.cpu.advance_time(t - target.now())   # wakes no earlier than sent
             if mode == "nmi":

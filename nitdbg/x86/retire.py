@@ -56,6 +56,11 @@ class RetireLog:
         else:
             self._mark_seq.append(seq)
             self._mark_off.append(offset)
+            if len(self._mark_seq) > 2 * self.capacity:
+                # keep marks for the instructions still in the ring (and one before them)
+                i = max(0, bisect.bisect_right(self._mark_seq, seq - self.capacity) - 1)
+                del self._mark_seq[:i]
+                del self._mark_off[:i]
 
     def time_of(self, seq: int) -> int:
         i = bisect.bisect_right(self._mark_seq, seq) - 1
