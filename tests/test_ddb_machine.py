@@ -4,6 +4,8 @@ catching a hypervisor that swallows the guest's single step."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from nitdbg.ddb import Ddb, DdbResult
@@ -218,7 +220,7 @@ def test_step_audit_catches_a_hypervisor_that_swallows_the_guests_single_step():
     assert "VIOLATION" in audit.summary() and "skipped" in audit.summary()
     rep = audit.report()
     assert "the single-step trap never came" in rep
-    assert "omitted:" in rep and "syscall+0x207:\tcli" in rep
+    assert "omitted:" in rep and re.search(r"syscall\+0x[0-9a-f]+:\tcli", rep)
     assert "VM exits around them:" in rep
 
 
