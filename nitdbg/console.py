@@ -3,7 +3,8 @@
 Three surfaces share one prompt: the host shell (`host$ `: bhyvectl, sysctl, ktrdump, sleep,
 cat, | grep), the guest serial console (`guest# `) and the guest debugger (`db> `). The prompt
 switches to ddb by itself when the guest enters the debugger and back when it leaves.
-`@host`, `@guest`, `@db` switch by hand; `@guest LINE` sends one line without switching.
+`@host`, `@guest`, `@db` switch by hand; `@guest LINE` sends one line without switching;
+`^C` on the guest surface (or Ctrl-C at the prompt) sends the interrupt character.
 When stdin is not a terminal, lines are read one by one and echoed after their prompt, so a
 section of the seed runs as a script and its transcript can be diffed.
 """
@@ -100,7 +101,9 @@ class Console:
                     self.out(text)
                 self._settle()
             elif surface == "guest":
-                self.m.console_input(line.encode() + b"\r")
+                # "^C" alone is the interrupt character, as a terminal sends it
+                data = b"\x03" if line.strip() == "^C" else line.encode() + b"\r"
+                self.m.console_input(data)
                 self._settle()
             else:
                 self.out(self.m.debugger(line))
@@ -175,6 +178,8 @@ def run_interactive(console: Console) -> None:
         try:
             line = session.prompt(console.prompt)
         except KeyboardInterrupt:
+            if console.surface == "guest":
+                console.feed("^C")
             continue
         except EOFError:
             return

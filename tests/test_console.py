@@ -43,3 +43,9 @@ def test_bad_input_gets_one_line_in_the_tools_own_words():
     assert "frobnicate: command not found" in out
     assert "console: unknown surface '@nowhere'" in out
     assert "console: the guest is not in the debugger\n" in out
+
+
+def test_guest_while_loop_runs_in_user_mode_until_ctrl_c():
+    out = console("@guest\nwhile [ 1 ]; do : done\n^C\nsysctl kern.ostype\n")
+    tail = out[out.index("guest# ^C"):]
+    assert "^C\n# " in tail and "kern.ostype: FreeBSD" in tail
