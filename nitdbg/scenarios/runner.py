@@ -1,0 +1,56 @@
+"""list_scenarios / run_scenario / run_all."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..machine import MachineError
+from ..session.format import SessionError
+from .base import POLICIES, Ctx, Scenario, ScenarioError, ScenarioResult
+from .matrix import knob_matrix
+from .seed import SCENARIOS
+
+ALL: list[Scenario] = [*SCENARIOS, Scenario(
+    "knob-matrix", "Combining various test knobs", "amd64, 1 vCPU per combination: every "
+    "allowed combination of the debug.nit knobs, and the forbidden gpf+recursive_nmi as a "
+    "demonstration", knob_matrix)]
+
+
+def list_scenarios() -> list[Scenario]:
+    return list(ALL)
+
+
+def get_scenario(name: str) -> Scenario:
+    for s in ALL:
+        if s.name == name:
+            return s
+    raise ScenarioError(f"no scenario named '{name}' (try: nitdbg scenario list)")
+
+
+def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], Any] = print,
+                 record_dir: str | os.PathLike | None = None,
+                 verbose: bool = False) -> ScenarioResult:
+    """Run one scenario, printing each expected piece of evidence with PASS/FAIL through
+    `out`; with `record_dir`, every machine it builds is recorded there as a session."""
+    if policy not in POLICIES:
+        raise ScenarioError(f"unknown policy '{policy}' (one of: {', '.join(POLICIES)})")
+    sc = get_scenario(name)
+    ctx = Ctx(sc, policy, out, Path(record_dir) if record_dir is not None else None, verbose)
+    out(f"== {sc.name}: {sc.title}  [{sc.setup}; policy {policy}]")
+    try:
+        sc.fn(ctx)
+    except (MachineError, SessionError) as e:
+        ctx.result.error = str(e)
+        out(f"  FAIL  the scenario could not run to its end: {e}")
+    finally:
+        ctx.finish()
+    return ctx.result
+
+
+def run_all(policy: str = "iret-tracing", out: Callable[[str], Any] = print,
+            record_dir: str | os.PathLike | None = None,
+            verbose: bool = False) -> list[ScenarioResult]:
+    return [run_scenario(s.name, policy, out, record_dir, verbose) for s in ALL]

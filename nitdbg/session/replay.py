@@ -1,0 +1,123 @@
+"""Replay: rebuild the machine from the header and make the recorded calls again, comparing
+each checkpoint. No UI work: the machine runs as fast as it can."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..machine import Machine, MachineError
+from . import checkpoint, ops
+from .format import Session, SessionError, read_session
+from .record import RecordingMachine, firmware_path
+
+
+@dataclass
+class ReplayResult:
+    path: Path
+    inputs: int = 0                  # inputs replayed
+    checkpoints: int = 0             # checkpoints compared
+    retired: int = 0                 # machine.total_retired at the end
+    divergence: str | None = None    # the first difference, as one line
+    notes: list[str] = field(default_factory=list)
+    machine: Machine | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.divergence is None
+
+
+def build_machine(s: Session) -> Machine:
+    cfg = s.header["config"]
+    fw = firmware_path(cfg.get("kernel", ""))
+    try:
+        sha = hashlib.sha256(fw.read_bytes()).hexdigest()
+    except OSError as e:
+        raise SessionError(f"{s.path}: firmware {fw}: {e.strerror or e}") from None
+    if sha != s.header["firmware"].get("sha256"):
+        rec = str(s.header["firmware"].get("sha256"))
+        raise SessionError(f"{s.path}: firmware {cfg['kernel']} has changed since the "
+                           f"recording (sha256 {sha[:12]} != {rec[:12]})")
+    try:
+        return Machine(kernel=fw, vcpus=cfg["vcpus"], ram_size=cfg["ram_size"],
+                       policy=cfg["policy"], name=cfg["name"], tunables=cfg["tunables"],
+                       quantum=cfg["quantum"], retire_order=cfg.get("retire_order", 18))
+    except (KeyError, TypeError) as e:
+        raise SessionError(f"{s.path}: bad configuration in the header ({e})") from None
+    except MachineError as e:
+        raise SessionError(f"{s.path}: {e}") from None
+
+
+def replay(path: str | os.PathLike, verify: bool = True,
+           show: Callable[[str], None] | None = None,
+           record_to: str | os.PathLike | None = None) -> ReplayResult:
+    """Re-execute a session. With `verify`, stop at the first checkpoint that differs and
+    describe it; `show` receives each input and its output (a transcript); `record_to`
+    re-records the replay (used to bring old sessions to the current format)."""
+    s = read_session(path)
+    res = ReplayResult(s.path)
+    if s.header.get("nitdbg") != __version__:
+        res.notes.append(f"recorded by nitdbg {s.header.get('nitdbg')}, "
+                         f"replaying with {__version__}")
+    if s.torn:
+        res.notes.append(s.torn)
+    if s.end is None:
+        res.notes.append("no end record: the recording was cut short")
+    m = build_machine(s)
+    res.machine = m
+    target: Machine | RecordingMachine = m
+    if record_to is not None:
+        target = RecordingMachine(m, record_to, tunables=s.header["config"].get("tunables"))
+    pending: dict | None = None
+    result = None
+    error: str | None = None
+    for i, rec in enumerate(s.records):
+        if rec["t"] == "in":
+            if verify and rec.get("icount") != m.total_retired:
+                res.divergence = (f"input {rec.get('n')} ({ops.describe(rec['op'], rec['args'])})"
+                                  f": arrives at icount {m.total_retired} != {rec.get('icount')}"
+                                  " (replaying vs recorded)")
+                break
+            pending, error = rec, None
+            try:
+                result = ops.apply(target, rec["op"], rec["args"])
+            except MachineError as e:
+                result, error = None, str(e)
+            except KeyError as e:
+                raise SessionError(f"{s.path}: record {i + 2} lacks {e}") from None
+            res.inputs += 1
+            if show is not None:
+                show(ops.describe(rec["op"], rec["args"]) + "\n")
+                if isinstance(result, str) and result:
+                    show(result if result.endswith("\n") else result + "\n")
+                elif error:
+                    show(error + "\n")
+        elif rec["t"] == "ck" and verify:
+            res.checkpoints += 1
+            mine = checkpoint.take(m)
+            diff = checkpoint.first_difference(mine, rec)
+            if diff is None and rec.get("error") != error:
+                diff = f"error {error!r} != {rec.get('error')!r}"
+            if diff is None and rec.get("out") != ops.result_digest(result):
+                what = ops.describe(pending["op"], pending["args"]) if pending else "?"
+                diff = f"output of input {rec.get('input')} ({what}) differs"
+            if diff is not None:
+                res.divergence = (f"checkpoint {rec.get('n')} at icount {rec.get('icount')}: "
+                                  f"{diff} (replaying vs recorded)")
+                break
+    if verify and res.divergence is None and s.end is not None \
+            and s.end.get("icount") != m.total_retired:
+        res.divergence = (f"end at icount {s.end.get('icount')}: icount {m.total_retired}"
+                          f" != {s.end.get('icount')} (replaying vs recorded)")
+    if isinstance(target, RecordingMachine):
+        target.close()
+    res.retired = m.total_retired
+    return res
+
+
+def verify(path: str | os.PathLike) -> ReplayResult:
+    return replay(path, verify=True)
