@@ -1,0 +1,1 @@
+"""nitdbg.tui: the Textual app (thin app.py, screens/, widgets/, data in model.py)."""

@@ -1,0 +1,78 @@
+"""The nitdbg Textual app: thin. It owns the machine worker (a thread) and the main screen,
+and forwards the screen's requests to the worker; everything else is in screens/ and
+widgets/, and what they show is built in model.py."""
+
+from __future__ import annotations
+
+import sys
+
+from textual.app import App
+from textual.binding import Binding
+
+from .commands import NitdbgCommands
+from .screens.main import MachineWords, MainScreen, RequestMachine
+from .worker import MachineOutput, MachineUpdate, MachineWorker, Request
+
+
+def completion_words(symbols: list[str]) -> dict[str, list[str]]:
+    from ..console import DDB_WORDS, GUEST_WORDS, HOST_WORDS
+    try:
+        from ..ddb.commands import COMMANDS, SHOW
+        ddb = sorted(set(COMMANDS) | {f"show {s}" for s in SHOW} | set(DDB_WORDS))
+    except ImportError:
+        ddb = list(DDB_WORDS)
+    return {"host": list(HOST_WORDS), "guest": list(GUEST_WORDS), "ddb": ddb + symbols}
+
+
+class NitdbgApp(App):
+    CSS_PATH = "nitdbg.tcss"
+    TITLE = "nitdbg"
+    COMMANDS = App.COMMANDS | {NitdbgCommands}
+    BINDINGS = [Binding("ctrl+q", "quit", "quit", priority=True)]
+
+    def __init__(self, machine_kwargs: dict | None = None, boot: bool = True,
+                 kdb_on_nmi: bool = False) -> None:
+        super().__init__()
+        self.main_screen = MainScreen()
+        self.machine = MachineWorker(machine_kwargs, self._from_worker, boot=boot,
+                                     kdb_on_nmi=kdb_on_nmi)
+        self._words_sent = False
+
+    def on_mount(self) -> None:
+        self.push_screen(self.main_screen)
+        self.run_worker(self.machine.loop, thread=True, name="machine", exit_on_error=False)
+
+    def _from_worker(self, msg) -> None:  # noqa: ANN001 - a Message; runs on the worker thread
+        if not self._words_sent and isinstance(msg, MachineUpdate) and self.machine.m:
+            self._words_sent = True
+            words = completion_words(self.machine.m.symbols.names())
+            self.main_screen.post_message(MachineWords(words))
+        self.main_screen.post_message(msg)
+
+    def on_request_machine(self, msg: RequestMachine) -> None:
+        self.machine.submit(msg.request)
+
+    def submit(self, req: Request) -> None:
+        self.machine.submit(req)
+
+    def on_unmount(self) -> None:
+        # the worker thread blocks on its queue: tell it to end so the process can exit
+        self.machine.interrupt.set()
+        self.machine.submit(Request("quit"))
+
+
+def run_app(machine_kwargs: dict | None = None) -> int:
+    """`nitdbg` with no arguments: the app on the default amd64 firmware, 2 vCPUs, booted
+    to the guest shell prompt."""
+    app = NitdbgApp(machine_kwargs)
+    app.run()
+    if app.machine.state.error:
+        print(f"nitdbg: {app.machine.state.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["NitdbgApp", "run_app", "MachineOutput", "MachineUpdate"]
+
+if __name__ == "__main__":
+    sys.exit(run_app({}))

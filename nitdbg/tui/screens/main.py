@@ -1,0 +1,293 @@
+"""The main screen: every pane, laid out for the terminal (compact at 100x30, wide from
+150x40), wired to the machine worker through Messages. The screen holds no machine: it
+posts `RequestMachine` (the app forwards it to the worker) and shows `MachineUpdate`s."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent, TabPane
+
+from ..model import Snapshot
+from ..widgets.base import Pane
+from ..widgets.cmdline import CommandLine
+from ..widgets.console import ConsolePane
+from ..widgets.disasm import DisasmPane
+from ..widgets.explain import ExplainPane
+from ..widgets.ktr import KtrPane
+from ..widgets.nmi import NmiPane
+from ..widgets.registers import RegistersPane
+from ..widgets.rflags import RflagsPane
+from ..widgets.stats import StatsPane
+from ..widgets.timeline import TimelinePane
+from ..widgets.transcript import Transcript
+from ..widgets.verdict import VerdictBar
+from ..widgets.vmcb import VmcbPane
+from ..worker import MachineOutput, MachineUpdate, Request
+
+WIDE = (150, 40)       # from this terminal size on, every pane is visible at once
+
+
+class RequestMachine(Message):
+    """Ask the machine worker to do something (handled by the app)."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__()
+        self.request = request
+
+
+class MachineWords(Message):
+    """Completion words per surface (sent once by the app)."""
+
+    def __init__(self, words: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.words = words
+
+
+class MainScreen(Screen):
+    BINDINGS = [
+        Binding("s", "step", "step"),
+        Binding("c", "continue", "cont"),
+        Binding("p", "pause", "pause"),
+        Binding("n", "nmi", "NMI"),
+        Binding("N", "broadcast", "NMI all"),
+        Binding("v", "next_vcpu", "vCPU"),
+        Binding("h", "host_step", "host step"),
+        Binding("x", "exit_step", "to exit"),
+        Binding("a", "evidence", "audit"),
+        Binding("e", "scenario", "scenario"),
+        Binding("r", "record", "rec"),
+        Binding("o", "open_replay", "replay"),
+        Binding("left_square_bracket", "replay_step(-1)", "back", show=False),
+        Binding("right_square_bracket", "replay_step(1)", "fwd", show=False),
+        Binding("l", "layout", "layout"),
+        Binding("question_mark,f1", "help", "help"),
+        Binding("f2", "surface('host')", "host$", show=False),
+        Binding("f3", "surface('guest')", "guest#", show=False),
+        Binding("f4", "surface('ddb')", "db>", show=False),
+        Binding("colon", "surface('')", "cmd", show=False),
+    ]
+
+    layout_mode: reactive[str] = reactive("compact", init=False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snap: Snapshot | None = None
+        self.base: Snapshot | None = None      # the snapshot of the previous stop
+        self.transcript: list[tuple[str, str]] = []
+        self.forced_layout = False
+        self.updates = 0
+        self.words: dict[str, list[str]] = {}
+        self._surface_user = "host"
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        if self.layout_mode == "wide":
+            yield from self._wide()
+        else:
+            yield from self._compact()
+        yield VerdictBar(id="verdict")
+        yield CommandLine(id="cmdline")
+        yield Footer()
+
+    def _side(self) -> ComposeResult:
+        yield RegistersPane(id="registers", classes="pane")
+        yield RflagsPane(id="rflags", classes="pane")
+        yield NmiPane(id="nmi", classes="pane")
+
+    def _compact(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            yield DisasmPane(id="disasm", classes="pane")
+            with Vertical(id="side"):
+                yield from self._side()
+        with TabbedContent(id="tabs"):
+            with TabPane("ddb/host", id="tab-transcript"):
+                yield Transcript(id="transcript", classes="pane")
+            with TabPane("explain", id="tab-explain"):
+                yield ExplainPane(id="explain", classes="pane")
+            with TabPane("VMCB", id="tab-vmcb"):
+                yield VmcbPane(id="vmcb", classes="pane")
+            with TabPane("console", id="tab-console"):
+                yield ConsolePane(id="console", classes="pane")
+            with TabPane("KTR", id="tab-ktr"):
+                yield KtrPane(id="ktr", classes="pane")
+            with TabPane("timeline", id="tab-timeline"):
+                yield TimelinePane(id="timeline", classes="pane")
+            with TabPane("stats", id="tab-stats"):
+                yield StatsPane(id="stats", classes="pane")
+
+    def _wide(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            with Vertical(id="col1"):
+                yield DisasmPane(id="disasm", classes="pane")
+                yield TimelinePane(id="timeline", classes="pane")
+                yield ConsolePane(id="console", classes="pane")
+            with Vertical(id="side"):
+                yield from self._side()
+                yield VmcbPane(id="vmcb", classes="pane")
+            with Vertical(id="col3"):
+                yield ExplainPane(id="explain", classes="pane")
+                yield Transcript(id="transcript", classes="pane")
+                yield KtrPane(id="ktr", classes="pane")
+                yield StatsPane(id="stats", classes="pane")
+
+    def on_mount(self) -> None:
+        self.set_class(self.layout_mode == "wide", "-wide")
+
+    def on_resize(self, event: Resize) -> None:
+        if self.forced_layout:
+            return
+        w, h = event.size
+        want = "wide" if w >= WIDE[0] and h >= WIDE[1] else "compact"
+        if want != self.layout_mode:
+            self.layout_mode = want
+
+    async def watch_layout_mode(self, mode: str) -> None:
+        self.set_class(mode == "wide", "-wide")
+        await self.recompose()
+        self._reshow()
+
+    def _reshow(self) -> None:
+        tr = self.query_one(Transcript)
+        for text, source in self.transcript[-400:]:
+            tr.add(text, source)
+        cl = self.query_one(CommandLine)
+        cl.words = self.words or cl.words
+        cl.set_surface(self._surface_user)
+        if self.snap is not None:
+            self._show(self.snap)
+
+    # ------------------------------------------------------------------ machine messages
+    def on_machine_update(self, msg: MachineUpdate) -> None:
+        snap = msg.snapshot
+        self.snap = snap
+        self._show(snap)
+        if snap.is_stop:
+            self.base = snap
+        self.updates += 1
+
+    def _show(self, snap: Snapshot) -> None:
+        base = self.base if self.base is not snap else None
+        for pane in self.query(".pane"):
+            if isinstance(pane, Pane):
+                pane.show(snap, base)
+        self.query_one(VerdictBar).show(snap, base)
+        self._follow_surface(snap)
+
+    def _follow_surface(self, snap: Snapshot) -> None:
+        """As the console: the command line switches to ddb when the guest enters the
+        debugger and back when it leaves."""
+        cl = self.query_one(CommandLine)
+        if snap.surface == "ddb" and cl.surface != "ddb":
+            self._surface_user = cl.surface
+            cl.set_surface("ddb")
+            if self.layout_mode == "compact":
+                self.query_one(TabbedContent).active = "tab-transcript"
+        elif snap.surface != "ddb" and cl.surface == "ddb":
+            cl.set_surface(self._surface_user if self._surface_user != "ddb" else "host")
+
+    def on_machine_output(self, msg: MachineOutput) -> None:
+        self.transcript.append((msg.text, msg.source))
+        del self.transcript[:-2000]
+        self.query_one(Transcript).add(msg.text, msg.source)
+        if msg.source == "audit":
+            from .evidence import EvidenceScreen
+            self.app.push_screen(EvidenceScreen(msg.text))
+        elif msg.source == "error" and self.layout_mode == "compact":
+            self.query_one(TabbedContent).active = "tab-transcript"
+
+    def on_machine_words(self, msg: MachineWords) -> None:
+        self.words = msg.words
+        self.query_one(CommandLine).words = msg.words
+
+    # ------------------------------------------------------------------ widgets' messages
+    def on_command_line_submitted(self, msg: CommandLine.Submitted) -> None:
+        if msg.surface == "guest":
+            self._submit(Request("guest", msg.line))
+        elif msg.surface == "host":
+            if msg.line.strip():
+                self.on_machine_output(MachineOutput(f"host$ {msg.line}\n", "host"))
+                self._submit(Request("host", msg.line))
+        else:
+            self._submit(Request("ddb", msg.line))
+
+    def on_verdict_bar_evidence_requested(self, _msg: VerdictBar.EvidenceRequested) -> None:
+        self.action_evidence()
+
+    # ------------------------------------------------------------------ actions
+    def _submit(self, req: Request) -> None:
+        self.post_message(RequestMachine(req))
+
+    def action_step(self) -> None:
+        self._submit(Request("step"))
+
+    def action_continue(self) -> None:
+        self._submit(Request("continue"))
+
+    def action_pause(self) -> None:
+        self._submit(Request("pause"))
+
+    def action_nmi(self) -> None:
+        self._submit(Request("nmi"))
+
+    def action_broadcast(self) -> None:
+        self._submit(Request("broadcast"))
+
+    def action_next_vcpu(self) -> None:
+        n = len(self.snap.vcpus) if self.snap else 1
+        cur = self.snap.selected if self.snap else 0
+        self._submit(Request("select", num=(cur + 1) % n))
+
+    def action_host_step(self) -> None:
+        self._submit(Request("host_step", "insn"))
+
+    def action_exit_step(self) -> None:
+        self._submit(Request("host_step", "exit"))
+
+    def action_evidence(self) -> None:
+        self._submit(Request("audit"))
+
+    def action_record(self) -> None:
+        self._submit(Request("record", "session.nitrec"))
+
+    def action_replay_step(self, delta: int) -> None:
+        self._submit(Request("replay_step", num=delta))
+
+    def action_scenario(self) -> None:
+        from .scenarios import ScenarioScreen
+
+        def chosen(name: str | None) -> None:
+            if name:
+                self._submit(Request("scenario", name))
+        self.app.push_screen(ScenarioScreen(), chosen)
+
+    def action_open_replay(self) -> None:
+        from .open_session import OpenSessionScreen
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self._submit(Request("replay_open", path))
+        self.app.push_screen(OpenSessionScreen(), chosen)
+
+    def action_layout(self) -> None:
+        self.forced_layout = True
+        self.layout_mode = "wide" if self.layout_mode == "compact" else "compact"
+
+    def action_help(self) -> None:
+        from .help import HelpScreen
+        self.app.push_screen(HelpScreen())
+
+    def action_surface(self, surface: str) -> None:
+        cl = self.query_one(CommandLine)
+        if surface:
+            if surface != "ddb":
+                self._surface_user = surface
+            cl.set_surface(surface)
+            if surface == "guest" and self.layout_mode == "compact":
+                self.query_one(TabbedContent).active = "tab-console"
+        cl.input.focus()

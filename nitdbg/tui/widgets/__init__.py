@@ -1,0 +1,1 @@
+"""Widgets of the nitdbg app, one module per pane."""

@@ -1,0 +1,31 @@
+"""The step audit verdict, always visible; click it (or press a) for the evidence."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import Static
+
+from ..model import Snapshot
+from .base import Pane
+
+
+class VerdictBar(Static, Pane):
+    DEFAULT_CSS = "VerdictBar { height: 1; }"
+
+    class EvidenceRequested(Message):
+        """The user wants the audit's evidence."""
+
+    def show(self, snap: Snapshot, base: Snapshot | None) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        ok = snap.audit_ok
+        t.append(" ✔ " if ok else " ✘ ", style="bold black on #c3e88d" if ok
+                 else "bold white on #ff5370")
+        t.append(" " + snap.audit_summary, style="bold" if not ok else "")
+        t.append("  (a: evidence)", style="#697098")
+        t.append(f"   {snap.status}", style="#89ddff")
+        self.update(t)
+        self.set_class(not ok, "-violation")
+
+    def on_click(self) -> None:
+        self.post_message(self.EvidenceRequested())

@@ -1,0 +1,44 @@
+"""The VMCB of the selected vCPU as the hypervisor sees it: intercepts by name, EXITCODE
+with its name, EXITINFO1/2, EXITINTINFO and EVENTINJ decoded, V_IRQ, the interrupt shadow
+and the guest RFLAGS; fields changed since the previous stop highlighted."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..model import Snapshot
+from .base import Pane
+
+CHANGED = "bold #ffcb6b on #3b2f1a"
+
+
+class VmcbPane(Static, Pane):
+    def show(self, snap: Snapshot, base: Snapshot | None) -> None:
+        v = snap.vcpu
+        b = v.vmcb
+        old = base.vcpus[v.id].vmcb.fields() if base is not None and len(base.vcpus) > v.id \
+            else {}
+        self.border_title = f"VMCB vCPU {v.id}"
+        t = Text(no_wrap=True, overflow="ellipsis")
+
+        def row(label: str, key: str, text: str) -> None:
+            if t.plain:
+                t.append("\n")
+            t.append(f"{label:<12}", style="#82aaff")
+            changed = key in old and old[key] != getattr(b, key)
+            t.append(text, style=CHANGED if changed else "")
+
+        row("exitcode", "exitcode", f"{b.exitcode:#x} {b.exitname}")
+        row("exitinfo1", "exitinfo1", f"{b.exitinfo1:#x}")
+        row("exitinfo2", "exitinfo2", f"{b.exitinfo2:#x}")
+        row("exitintinfo", "exitintinfo", b.exitintinfo)
+        row("eventinj", "eventinj", b.eventinj)
+        row("v_irq", "v_irq", f"{b.v_irq} vector {b.v_intr_vector:#x}")
+        row("int_shadow", "interrupt_shadow", str(b.interrupt_shadow))
+        row("rflags", "rflags", f"{b.rflags:#x}" + (" TF" if b.rflags & 0x100 else "")
+            + (" RF" if b.rflags & 0x10000 else ""))
+        row("rip", "rip", f"{b.rip:#x}")
+        row("dr6/dr7", "dr6", f"{b.dr6:#x} / {b.dr7:#x}" + (" BS" if b.dr6 & 0x4000 else ""))
+        row("intercepts", "intercepts", " ".join(b.intercepts))
+        self.update(t)

@@ -1,0 +1,366 @@
+"""The machine worker: the Machine lives on one thread (a Textual thread worker) and talks to
+the UI only through Messages, so the UI never blocks and never reads a running machine.
+
+Requests come in on a queue; after each one the worker posts the output text and a fresh
+`Snapshot`. A long run (`c`, a ddb command that resumes, a host-level run) goes in chunks of
+guest instructions, with a progress snapshot after each chunk, and stops at the next chunk
+boundary when the user interrupts. Chunks are counted in instructions, not wall time, so
+what the screen shows after a stop does not depend on the host's speed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+from ..ddb.disasm import Disassembler
+from ..machine import Machine, MachineError, StopEvent, describe_stop
+from .model import Snapshot, build_snapshot
+
+CHUNK = 250_000        # guest instructions between progress snapshots while running
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the UI asks the machine to do. kind: ddb, host, guest, step, continue, pause,
+    nmi, broadcast, host_step, select, audit, scenario, record, replay_open, replay_step,
+    refresh, quit."""
+
+    kind: str
+    arg: str = ""
+    num: int = 0
+
+
+class MachineUpdate(Message):
+    """A new picture of the machine."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class MachineOutput(Message):
+    """Text for the transcript: what ddb, the host shell or the worker said."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__()
+        self.text = text
+        self.source = source      # ddb, host, guest, info, error, audit
+
+
+@dataclass
+class WorkerState:
+    submitted: int = 0
+    completed: int = 0
+    running: bool = False
+    booted: bool = False
+    error: str = ""
+    history: list[str] = field(default_factory=list)
+
+
+def _optional(module: str, *names: str):
+    """Parts still being written by others (scenarios, session): None until they land."""
+    try:
+        mod = __import__(f"nitdbg.{module}", fromlist=list(names))
+        return tuple(getattr(mod, n) for n in names)
+    except (ImportError, AttributeError):
+        return None
+
+
+class MachineWorker:
+    def __init__(self, machine_kwargs: dict | None, post: Callable[[Message], object],
+                 boot: bool = True, kdb_on_nmi: bool = False):
+        self.kwargs = dict(machine_kwargs or {})
+        self.post = post
+        self.boot = boot
+        self.kdb_on_nmi = kdb_on_nmi
+        self.q: queue.Queue[Request] = queue.Queue()
+        self.state = WorkerState()
+        self.interrupt = threading.Event()
+        self.m: Machine | None = None
+        self.selected = 0
+        self.since: dict[int, int] = {}
+        self.dis: Disassembler | None = None
+        self.recorder = None
+        self.replay = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ UI thread side
+    def submit(self, req: Request) -> None:
+        if req.kind == "pause":
+            self.interrupt.set()
+        with self._lock:
+            self.state.submitted += 1
+        self.q.put(req)
+
+    @property
+    def idle(self) -> bool:
+        s = self.state
+        return s.booted and not s.running and s.completed == s.submitted
+
+    # ------------------------------------------------------------------ worker thread
+    def loop(self) -> None:
+        try:
+            self._start()
+        except MachineError as e:
+            self.state.error = str(e)
+            self.post(MachineOutput(f"nitdbg: {e}\n", "error"))
+            return
+        while True:
+            if self.state.running:
+                try:
+                    req = self.q.get_nowait()
+                except queue.Empty:
+                    self._run_chunk()
+                    continue
+            else:
+                req = self.q.get()
+            if req.kind == "quit":
+                return
+            try:
+                self._handle(req)
+            except MachineError as e:
+                self._out(f"{e}\n", "error")
+            except Exception as e:  # noqa: BLE001 - keep the app alive, say what broke
+                self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
+            with self._lock:
+                self.state.completed += 1
+            if not self.state.running:
+                self._snap(True)
+
+    def _start(self) -> None:
+        self.m = Machine(**self.kwargs)
+        self.dis = Disassembler(self.m.symbols)
+        if self.boot:
+            self.m.boot_to_prompt()
+            if self.kdb_on_nmi:
+                self.m.type_line("sysctl machdep.kdb_on_nmi=1")
+        self._mark_stop()
+        self.state.booted = True
+        m = self.m
+        self._out(f"vm {m.vm.name}: {len(m.vm.vcpus)} vCPUs, policy {m.vm.policy.name}"
+                  + (", at the guest shell prompt" if self.boot else "") + "\n"
+                  "try: F3 then 'sysctl machdep.kdb_on_nmi=1', then n (NMI), then s (step); "
+                  "? for help\n", "info")
+        self._snap(True)
+
+    def _out(self, text: str, source: str) -> None:
+        if text:
+            self.post(MachineOutput(text, source))
+
+    def _mark_stop(self) -> None:
+        assert self.m is not None
+        self._since_next = {v.id: v.cpu.icount for v in self.m.vm.vcpus}
+
+    _since_next: dict[int, int] = {}
+
+    def _snap(self, is_stop: bool, status: str = "") -> None:
+        m = self.m
+        assert m is not None and self.dis is not None
+        if is_stop:
+            # "retired since the last stop": from the previous stop up to this one
+            self.since = dict(self._since_next)
+            self._since_next = {v.id: v.cpu.icount for v in m.vm.vcpus}
+        snap = build_snapshot(m, self.selected, self.since, self.state.completed, is_stop,
+                              self.state.running, self.dis, status or self._status())
+        self.post(MachineUpdate(snap))
+
+    def _status(self) -> str:
+        m = self.m
+        assert m is not None
+        if self.state.running:
+            return "running"
+        if m.shutdown:
+            return f"shutdown ({m.shutdown})"
+        if m.surface == "ddb":
+            return f"vCPU {m.ddb.vcpu} in ddb"
+        return "guest paused"
+
+    # ------------------------------------------------------------------ requests
+    def _handle(self, r: Request) -> None:
+        m = self.m
+        assert m is not None
+        k = r.kind
+        if k == "pause":
+            self.interrupt.clear()
+            if self.state.running:
+                self.state.running = False
+                self._out("interrupted\n", "info")
+            return
+        if self.state.running and k in ("ddb", "step", "host_step", "continue", "guest",
+                                        "host"):
+            if k != "continue":
+                self._out("the guest is running: pause it first (p)\n", "error")
+            return
+        if k == "select":
+            self.selected = r.num % len(m.vm.vcpus)
+            return
+        if k == "refresh":
+            return
+        if k == "ddb":
+            self._ddb(r.arg)
+        elif k == "step":
+            if m.surface == "ddb":
+                self._ddb("s")
+            else:
+                self._out("the guest is not in ddb: a host-level step instead\n", "info")
+                self._host_step("insn")
+        elif k == "continue":
+            if m.surface == "ddb":
+                self._ddb("c")
+            else:
+                self.state.running = True
+        elif k == "host":
+            self._out(m.host(r.arg), "host")
+            self._settle()
+        elif k == "guest":
+            m.console_input(r.arg.encode() + b"\r")
+            self._settle()
+        elif k in ("nmi", "broadcast"):
+            cpu = -1 if k == "broadcast" else self.selected
+            line = f"bhyvectl --vm={m.vm.name} --cpu={cpu} --assert-lapic-lvt=1"
+            self._out(f"host$ {line}\n", "host")
+            self._out(m.host(line), "host")
+            self._settle()
+        elif k == "host_step":
+            self._host_step(r.arg or "insn")
+        elif k == "audit":
+            self._out(m.ddb.audit.report(), "audit")
+        elif k == "scenario":
+            self._scenario(r.arg)
+        elif k == "record":
+            self._record(r.arg)
+        elif k == "replay_open":
+            self._replay_open(r.arg)
+        elif k == "replay_step":
+            self._replay_step(r.num)
+        else:
+            self._out(f"unknown request {k}\n", "error")
+
+    def _ddb(self, line: str) -> None:
+        m = self.m
+        assert m is not None
+        if m.surface != "ddb":
+            self._out("db: the guest is not in the debugger\n", "error")
+            return
+        self._out(f"db> {line}\n", "ddb")
+        self._out(m.debugger(line, max_insns=CHUNK), "ddb")
+        self._after_resume()
+
+    def _after_resume(self) -> None:
+        """A ddb command or a stop handler let the guest run for one chunk: go on running
+        until the next stop unless it already stopped."""
+        m = self.m
+        assert m is not None
+        if m.surface != "ddb" and m.shutdown is None:
+            self.state.running = True
+
+    def _run_chunk(self) -> None:
+        m = self.m
+        assert m is not None
+        if self.interrupt.is_set():
+            return           # the pause request is in the queue
+        ev = m.run(max_insns=CHUNK)
+        if ev.reason == "budget":
+            self._snap(False, "running")
+            return
+        self._stopped(ev)
+        if m.surface == "ddb" or ev.reason != "kdb":
+            self.state.running = False
+            self._snap(True)
+
+    def _stopped(self, ev: StopEvent) -> None:
+        m = self.m
+        assert m is not None
+        if ev.reason == "kdb":
+            self._out(m.enter_debugger(ev, max_insns=CHUNK), "ddb")
+        else:
+            self._out(describe_stop(m, ev) or f"stopped: {ev.reason}\n", "info")
+
+    def _settle(self) -> None:
+        m = self.m
+        assert m is not None
+        if m.surface == "ddb":
+            return
+        ev = m.settle()
+        if ev.reason in ("kdb", "deadlock", "shutdown", "debug_exit", "panic", "unhandled"):
+            self._stopped(ev)
+            if ev.reason == "kdb":
+                self._after_resume()     # a stop handler may have resumed (s,N)
+
+    def _host_step(self, unit: str) -> None:
+        m = self.m
+        assert m is not None
+        v = m.vm.vcpus[self.selected]
+        before = v.vmcb.rip if not v.svm.in_guest else v.cpu.rip
+        ev = m.step_vcpu(self.selected, unit)
+        after = v.cpu.rip if v.svm.in_guest else v.vmcb.rip
+        what = "one instruction" if unit == "insn" else "to the next VM exit"
+        msg = (f"host step vCPU {self.selected} ({what}): {m.symbols.format(before)} -> "
+               f"{m.symbols.format(after)}")
+        if ev.reason == "step" and "exitcode" in ev.info:
+            from ..svm.exitcodes import apm_name
+            msg += f", exit {apm_name(ev.info['exitcode'])}"
+        elif ev.reason != "step":
+            msg += f" ({ev.reason})"
+        self._out(msg + "\n", "info")
+        if ev.reason == "kdb" and not m.ddb.active:
+            self._stopped(ev)            # the step ran into the debugger hypercall
+
+    # ------------------------------------------------------------------ optional parts
+    def _scenario(self, name: str) -> None:
+        api = _optional("scenarios", "list_scenarios", "run_scenario")
+        if api is None:
+            self._out("scenarios are not available yet (nitdbg.scenarios)\n", "error")
+            return
+        list_scenarios, run_scenario = api
+        if not name:
+            names = [getattr(s, "name", str(s)) for s in list_scenarios()]
+            self._out("scenarios: " + ", ".join(names) + "\n", "info")
+            return
+        policy = self.m.vm.policy.name if self.m else "iret-tracing"
+        try:
+            res = run_scenario(name, policy=policy)
+        except TypeError:
+            res = run_scenario(name)
+        text = res if isinstance(res, str) else getattr(res, "report", None)
+        text = text() if callable(text) else text
+        self._out(f"scenario {name}:\n{text if text is not None else res}\n", "info")
+
+    def _record(self, path: str) -> None:
+        api = _optional("session", "Recorder")
+        if api is None:
+            self._out("recording is not available yet (nitdbg.session)\n", "error")
+            return
+        if self.recorder is not None:
+            self.recorder.stop()
+            self._out(f"recording stopped: {getattr(self.recorder, 'path', '')}\n", "info")
+            self.recorder = None
+            return
+        (Recorder,) = api
+        self.recorder = Recorder(self.m, path or "session.nitrec")
+        self._out(f"recording to {path or 'session.nitrec'}\n", "info")
+
+    def _replay_open(self, path: str) -> None:
+        api = _optional("session", "Replay")
+        if api is None:
+            self._out("replay is not available yet (nitdbg.session)\n", "error")
+            return
+        (Replay,) = api
+        self.replay = Replay(path)
+        self.m = self.replay.machine
+        self.dis = Disassembler(self.m.symbols)
+        self._mark_stop()
+        self._out(f"replaying {path}: {getattr(self.replay, 'length', '?')} steps\n", "info")
+
+    def _replay_step(self, delta: int) -> None:
+        if self.replay is None:
+            self._out("no session open for replay (o)\n", "error")
+            return
+        pos = self.replay.seek(self.replay.position + delta)
+        self.m = self.replay.machine
+        self._out(f"replay: step {pos}\n", "info")
