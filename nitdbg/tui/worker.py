@@ -315,7 +315,7 @@ class MachineWorker:
     def _scenario(self, name: str) -> None:
         api = _optional("scenarios", "list_scenarios", "run_scenario")
         if api is None:
-            self._out("scenarios are not available yet (nitdbg.scenarios)\n", "error")
+            self._out("scenarios are not available (nitdbg.scenarios)\n", "error")
             return
         list_scenarios, run_scenario = api
         if not name:
@@ -323,44 +323,95 @@ class MachineWorker:
             self._out("scenarios: " + ", ".join(names) + "\n", "info")
             return
         policy = self.m.vm.policy.name if self.m else "iret-tracing"
-        try:
-            res = run_scenario(name, policy=policy)
-        except TypeError:
-            res = run_scenario(name)
-        text = res if isinstance(res, str) else getattr(res, "report", None)
-        text = text() if callable(text) else text
-        self._out(f"scenario {name}:\n{text if text is not None else res}\n", "info")
+        # a scenario builds its own machines; the one on screen is left as it is
+        res = run_scenario(name, policy=policy, out=lambda line: self._out(line + "\n", "info"))
+        ok = getattr(res, "ok", None)
+        if ok is not None:
+            self._out(f"scenario {name}: {'PASS' if ok else 'FAIL'}\n", "info" if ok else "error")
 
     def _record(self, path: str) -> None:
-        api = _optional("session", "Recorder")
+        """Start/stop recording. A session starts from a fresh machine, so starting one
+        reboots the VM (with the same configuration) under the recorder."""
+        api = _optional("session", "RecordingMachine", "default_session_path")
         if api is None:
-            self._out("recording is not available yet (nitdbg.session)\n", "error")
+            self._out("recording is not available (nitdbg.session)\n", "error")
             return
         if self.recorder is not None:
-            self.recorder.stop()
-            self._out(f"recording stopped: {getattr(self.recorder, 'path', '')}\n", "info")
+            self.recorder.close()
+            self._out(f"recording stopped: {self.recorder.path}\n", "info")
+            self.m = self.recorder.machine
             self.recorder = None
             return
-        (Recorder,) = api
-        self.recorder = Recorder(self.m, path or "session.nitrec")
-        self._out(f"recording to {path or 'session.nitrec'}\n", "info")
+        RecordingMachine, default_session_path = api
+        target = path or str(default_session_path())
+        rec = RecordingMachine(Machine(**self.kwargs), target,
+                               tunables=self.kwargs.get("tunables"))
+        self.recorder = rec
+        self.m = rec
+        self.replay = None
+        if self.boot:
+            rec.boot_to_prompt()
+        self.dis = Disassembler(rec.symbols)
+        self._mark_stop()
+        self._out(f"recording to {rec.path} (the VM was rebooted for it; r stops)\n", "info")
 
     def _replay_open(self, path: str) -> None:
-        api = _optional("session", "Replay")
+        api = _optional("session", "read_session")
         if api is None:
-            self._out("replay is not available yet (nitdbg.session)\n", "error")
+            self._out("replay is not available (nitdbg.session)\n", "error")
             return
-        (Replay,) = api
-        self.replay = Replay(path)
-        self.m = self.replay.machine
-        self.dis = Disassembler(self.m.symbols)
+        from ..session.format import SessionError
+        from ..session.replay import build_machine
+        try:
+            session = api[0](path)
+            m = build_machine(session)
+        except (SessionError, OSError) as e:
+            self._out(f"{e}\n", "error")
+            return
+        self.replay = _Replay(session, m)
+        self.m = m
+        self.dis = Disassembler(m.symbols)
+        self.selected = 0
         self._mark_stop()
-        self._out(f"replaying {path}: {getattr(self.replay, 'length', '?')} steps\n", "info")
+        self._out(f"replaying {path}: {len(session.inputs)} inputs; ] forward, [ back\n",
+                  "info")
 
     def _replay_step(self, delta: int) -> None:
-        if self.replay is None:
+        rp = self.replay
+        if rp is None:
             self._out("no session open for replay (o)\n", "error")
             return
-        pos = self.replay.seek(self.replay.position + delta)
-        self.m = self.replay.machine
-        self._out(f"replay: step {pos}\n", "info")
+        target = max(0, min(len(rp.session.inputs), rp.pos + delta))
+        if target < rp.pos:
+            # back: the checkpoints hold digests, not states, so rebuild and re-execute
+            from ..session.replay import build_machine
+            rp.m = build_machine(rp.session)
+            rp.pos = 0
+        while rp.pos < target:
+            self._out(rp.apply_next(), "info")
+        self.m = rp.m
+        self.dis = Disassembler(rp.m.symbols)
+        self._out(f"replay: at input {rp.pos} of {len(rp.session.inputs)}\n", "info")
+
+
+class _Replay:
+    """A session being stepped through: its machine and how many inputs it has had."""
+
+    def __init__(self, session, m: Machine) -> None:  # noqa: ANN001 - session.Session
+        self.session = session
+        self.m = m
+        self.pos = 0
+
+    def apply_next(self) -> str:
+        from ..session import checkpoint, ops
+        inp = self.session.inputs[self.pos]
+        result = ops.apply(self.m, inp["op"], inp["args"])
+        cks = [c for c in self.session.checkpoints if c.get("input") == inp.get("n")]
+        self.pos += 1
+        line = f"#{inp.get('n')} {ops.describe(inp['op'], inp['args'])}"
+        if isinstance(result, str) and result:
+            line += "\n" + result.rstrip("\n")
+        if cks:
+            diff = checkpoint.first_difference(checkpoint.take(self.m), cks[0])
+            line += f"\n  checkpoint: {'DIVERGED: ' + diff if diff else 'same as recorded'}"
+        return line + "\n"
