@@ -35,6 +35,7 @@ SPIN_EXITS = 200
 SPIN_NS = 500_000   # ... and all of them have spun together for 0.5 ms of virtual time
 SETTLE_NS = 100_000_000          # settle(): at most 100 ms of virtual time ...
 SETTLE_INSNS = 3_000_000         # ... or this many instructions
+RESUME_INSNS = 2_000_000         # a multi-step debugger command gives the prompt back after this
 
 
 class MachineError(Exception):
@@ -286,11 +287,18 @@ class Machine:
 
     def _resume(self, vcpu: int, max_insns: int) -> str:
         out = ""
+        start = self.total_retired
         while True:
             self.leave_kdb(vcpu)
             ev = self.run(max_insns=max_insns, until_ns=self.now() + SETTLE_NS)
             if ev.reason != "kdb":
                 return out + describe_stop(self, ev)
+            spent = self.total_retired - start
+            if spent > RESUME_INSNS and self.ddb.run_state is not None:
+                # a long s,N / until: give the prompt back rather than hang the front end
+                self.ddb.run_state = None
+                out += f"db: stopped after {spent} guest instructions; repeat the " \
+                       "command to go on\n"
             res = self.ddb.enter(ev.vcpu, ev.info)
             out += res.output
             vcpu = ev.vcpu

@@ -253,6 +253,8 @@ def _parse(db: Ddb, line: str) -> tuple[Command, Args]:
         if not starts_expression(lx):
             raise DdbError("Count missing")
         count = expression(lx, ctx)
+        if count >= 1 << 63:       # db_expr_t is signed: "s,-1" is -1, i.e. no count
+            count -= 1 << 64
     if not lx.at_eol():
         raise DdbError("Syntax error")
     return cmd, Args(addr, have_addr, count, modif)

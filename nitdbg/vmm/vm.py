@@ -253,19 +253,27 @@ class Vm:
             cpu.hooks = saved
 
     def read_guest(self, v: Vcpu, gla: int, n: int) -> bytes:
+        """Read guest-virtual memory the way the vCPU sees it (one walk per page)."""
         out = bytearray()
-        for i in range(n):
-            out.append(self.mem.read(self.gla2hpa(v, gla + i), 1))
+        while n > 0:
+            chunk = min(n, 4096 - (gla & 0xFFF))
+            out += self.mem.read_bytes(self.gla2hpa(v, gla), chunk)
+            gla += chunk
+            n -= chunk
         return bytes(out)
 
     def write_guest(self, v: Vcpu, gla: int, data: bytes) -> None:
-        for i, b in enumerate(data):
-            hpa = self.gla2hpa(v, gla + i)
-            self.mem.write(hpa, 1, b)
-            v.cpu.invalidate_code_page(hpa >> 12)
-        for other in self.vcpus:
-            for i in range(len(data)):
-                other.cpu.invalidate_code_page(self.gla2hpa(v, gla + i) >> 12)
+        """Write guest-virtual memory; decoded instructions cached from it are dropped on
+        every vCPU (a debugger planting int3 is self-modifying code)."""
+        i = 0
+        while i < len(data):
+            chunk = min(len(data) - i, 4096 - (gla & 0xFFF))
+            hpa = self.gla2hpa(v, gla)
+            self.mem.write_bytes(hpa, data[i:i + chunk])
+            for other in self.vcpus:
+                other.cpu.invalidate_code_page(hpa >> 12)
+            gla += chunk
+            i += chunk
 
     # ------------------------------------------------------------------ hypercall
     def hypercall(self, v: Vcpu) -> UserExit | None:

@@ -75,4 +75,13 @@ class RetireLog:
         return [Retired(s, self.rips[s & self.mask], self.time_of(s)) for s in range(start, end)]
 
     def events_between(self, start: int, end: int) -> list[Event]:
-        return [e for e in self.events if start <= e.seq < end]
+        """Events with start <= seq < end; they are appended in seq order, so this walks
+        back from the newest only as far as it needs to."""
+        out = []
+        for e in reversed(self.events):
+            if e.seq < start:
+                break
+            if e.seq < end:
+                out.append(e)
+        out.reverse()
+        return out
