@@ -11,6 +11,19 @@ from . import __version__
 POLICIES = ("iret-tracing", "bhyve-upstream")
 
 
+def _record_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--record", metavar="FILE.nitrec",
+                   help="record the session here (default: the user's data directory)")
+    g.add_argument("--no-record", action="store_true", help="do not record the session")
+
+
+def _record_target(a: argparse.Namespace) -> str | None:
+    if a.no_record:
+        return None
+    return a.record or ""
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", help="guest ELF (default: the amd64 firmware)")
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs (default 2)")
@@ -53,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd")
     t = sub.add_parser("tui", help="the Textual app (the default)")
     _machine_args(t)
+    _record_args(t)
     c = sub.add_parser("console", help="the machine on a line prompt (host$, guest#, db>)")
     _machine_args(c)
+    _record_args(c)
     c.add_argument("--replay", metavar="FILE", help="play a recorded session back")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
@@ -104,7 +119,7 @@ def _tui(a: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"nitdbg: the TUI is not available ({e}); try 'nitdbg console'", file=sys.stderr)
         return 1
-    return run_app(_machine_kwargs(a)) or 0
+    return run_app(_machine_kwargs(a), record=_record_target(a)) or 0
 
 
 def _console(a: argparse.Namespace) -> int:
@@ -116,7 +131,21 @@ def _console(a: argparse.Namespace) -> int:
             print(f"nitdbg: replay is not available ({e})", file=sys.stderr)
             return 1
         return main_replay([a.replay, "--show"])
-    return console.main(_make_machine(a))
+    target = _record_target(a)
+    if target is None:
+        return console.main(_make_machine(a))
+    from .machine import MachineError
+    from .session import SessionError, start_recording
+    try:
+        rec = start_recording(target or None, **_machine_kwargs(a))
+    except (MachineError, SessionError, OSError) as e:
+        print(f"nitdbg: {e}", file=sys.stderr)
+        return 1
+    try:
+        return console.main(rec)
+    finally:
+        rec.close()
+        print(f"session recorded: {rec.path}", file=sys.stderr)
 
 
 def _delegate(cmd: str, rest: list[str]) -> int:

@@ -31,11 +31,11 @@ class NitdbgApp(App):
     BINDINGS = [Binding("ctrl+q", "quit", "quit", priority=True)]
 
     def __init__(self, machine_kwargs: dict | None = None, boot: bool = True,
-                 kdb_on_nmi: bool = False) -> None:
+                 kdb_on_nmi: bool = False, record: str | None = None) -> None:
         super().__init__()
         self.main_screen = MainScreen()
         self.machine = MachineWorker(machine_kwargs, self._from_worker, boot=boot,
-                                     kdb_on_nmi=kdb_on_nmi)
+                                     kdb_on_nmi=kdb_on_nmi, record=record)
         self._words_sent = False
 
     def on_mount(self) -> None:
@@ -61,10 +61,11 @@ class NitdbgApp(App):
         self.machine.submit(Request("quit"))
 
 
-def run_app(machine_kwargs: dict | None = None) -> int:
+def run_app(machine_kwargs: dict | None = None, record: str | None = "") -> int:
     """`nitdbg` with no arguments: the app on the default amd64 firmware, 2 vCPUs, booted
-    to the guest shell prompt."""
-    app = NitdbgApp(machine_kwargs)
+    to the guest shell prompt, recording the session into the user's data directory
+    (`record` = a path to record there, None not to record)."""
+    app = NitdbgApp(machine_kwargs, record=record)
     app.run()
     if app.machine.state.error:
         print(f"nitdbg: {app.machine.state.error}", file=sys.stderr)
@@ -75,4 +76,4 @@ def run_app(machine_kwargs: dict | None = None) -> int:
 __all__ = ["NitdbgApp", "run_app", "MachineOutput", "MachineUpdate"]
 
 if __name__ == "__main__":
-    sys.exit(run_app({}))
+    sys.exit(run_app({}, record=None))

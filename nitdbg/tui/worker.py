@@ -73,8 +73,10 @@ def _optional(module: str, *names: str):
 
 class MachineWorker:
     def __init__(self, machine_kwargs: dict | None, post: Callable[[Message], object],
-                 boot: bool = True, kdb_on_nmi: bool = False):
+                 boot: bool = True, kdb_on_nmi: bool = False, record: str | None = None):
         self.kwargs = dict(machine_kwargs or {})
+        # None: no recording; "": into the user's data directory; else that path
+        self.record_at_start = record
         self.post = post
         self.boot = boot
         self.kdb_on_nmi = kdb_on_nmi
@@ -133,7 +135,10 @@ class MachineWorker:
                 self._snap(True)
 
     def _start(self) -> None:
-        self.m = Machine(**self.kwargs)
+        if self.record_at_start is not None:
+            self._begin_recording(self.record_at_start)
+        else:
+            self.m = Machine(**self.kwargs)
         self.dis = Disassembler(self.m.symbols)
         if self.boot:
             self.m.boot_to_prompt()
@@ -342,6 +347,21 @@ class MachineWorker:
             self.m = self.recorder.machine
             self.recorder = None
             return
+        rec = self._begin_recording(path)
+        if rec is None:
+            return
+        if self.boot:
+            rec.boot_to_prompt()
+        self.dis = Disassembler(rec.symbols)
+        self._mark_stop()
+        self._out(f"recording to {rec.path} (the VM was rebooted for it; r stops)\n", "info")
+
+    def _begin_recording(self, path: str):
+        """A fresh machine under the session recorder (recording is on by default)."""
+        api = _optional("session", "RecordingMachine", "default_session_path")
+        if api is None:
+            self.m = Machine(**self.kwargs)
+            return None
         RecordingMachine, default_session_path = api
         target = path or str(default_session_path())
         rec = RecordingMachine(Machine(**self.kwargs), target,
@@ -349,11 +369,7 @@ class MachineWorker:
         self.recorder = rec
         self.m = rec
         self.replay = None
-        if self.boot:
-            rec.boot_to_prompt()
-        self.dis = Disassembler(rec.symbols)
-        self._mark_stop()
-        self._out(f"recording to {rec.path} (the VM was rebooted for it; r stops)\n", "info")
+        return rec
 
     def _replay_open(self, path: str) -> None:
         api = _optional("session", "read_session")
