@@ -8,7 +8,7 @@ import sys
 
 
 def console(script: str, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "nitdbg", "console", *args], input=script,
+    r = subprocess.run([sys.executable, "-m", "nitdbg", "console", "--no-record", *args],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
@@ -49,3 +49,15 @@ def test_guest_while_loop_runs_in_user_mode_until_ctrl_c():
     out = console("@guest\nwhile [ 1 ]; do : done\n^C\nsysctl kern.ostype\n")
     tail = out[out.index("guest# ^C"):]
     assert "^C\n# " in tail and "kern.ostype: FreeBSD" in tail
+
+
+def test_console_records_by_default_and_the_session_replays(tmp_path):
+    path = tmp_path / "s.nitrec"
+    r = subprocess.run([sys.executable, "-m", "nitdbg", "console", "--record", str(path)],
+                       input="@guest sysctl machdep.kdb_on_nmi=1\n"
+                             "bhyvectl --vm=vm2 --assert-lapic-lvt=1 --cpu=0\ns\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"session recorded: {path}" in r.stderr
+    v = subprocess.run([sys.executable, "-m", "nitdbg", "replay", str(path), "--verify"],
+                       capture_output=True, text=True, timeout=300)
+    assert v.returncode == 0 and v.stdout.startswith("OK "), v.stdout + v.stderr
