@@ -9,7 +9,7 @@ import sys
 
 def console(script: str, *args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "nitdbg", "console", "--no-record", *args],
-                       capture_output=True, text=True, timeout=300)
+                       input=script, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     return r.stdout
