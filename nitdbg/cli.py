@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("scenario", "replay"):
         return _delegate(argv[0], argv[1:])
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["tui", *argv]          # no subcommand: the TUI, with its options
     p = build_parser()
     a = p.parse_args(argv)
     try:
-        if a.cmd in (None, "tui"):
-            if a.cmd is None:
-                a = p.parse_args(["tui", *argv])
+        if a.cmd == "tui":
             return _tui(a)
         if a.cmd == "console":
             return _console(a)
