@@ -66,9 +66,21 @@ def _printer():  # noqa: ANN202
 
 
 def bench_figures() -> dict[str, float]:
-    """For `nitdbg bench`: the wall time of one representative scenario."""
+    """For `nitdbg bench`: the wall time of `scenario run --all`, and how fast the recorded
+    sessions in sessions/ replay (instructions per second, no UI work)."""
+    from pathlib import Path
+
+    from ..session import replay
     t0 = time.perf_counter()
-    res = run_scenario("pending-nmi", out=lambda _s: None)
+    results = run_all("iret-tracing", lambda _s: None)
     wall = time.perf_counter() - t0
-    return {"scenario_pending_nmi_s": round(wall, 3),
-            "scenario_pending_nmi_ips": res.retired / wall if wall else 0.0}
+    figs = {"scenario_run_all_s": round(wall, 2),
+            "scenario_run_all_failed": float(sum(r.failed for r in results))}
+    sessions = sorted((Path(__file__).resolve().parents[2] / "sessions").glob("*.nitrec"))
+    if sessions:
+        t0 = time.perf_counter()
+        retired = sum(replay(p, verify=True).retired for p in sessions)
+        wall = time.perf_counter() - t0
+        figs["replay_sessions"] = float(len(sessions))
+        figs["replay_ips"] = retired / wall if wall else 0.0
+    return figs
