@@ -57,8 +57,9 @@ def single_step_after_nmi(ctx: Ctx) -> None:
               [f"stops: {', '.join(stops[:6])} ... {', '.join(stops[-3:])}"])
     msgs = _ktr_since(m, seq, 0)
     first_step = m.ddb.audit.checks[0] if m.ddb.audit.checks else None
-    ctx.check("the first step returns from the NMI (its IRET) and executes the interrupted "
-              "instruction", first_step is not None and first_step.ok
+    ctx.check("the first step returns from the NMI (its IRET, traced: 'vNMIs unblocked "
+              "precisely') and executes the interrupted instruction",
+              first_step is not None and first_step.ok
               and first_step.executed[0].rip == at
               and any(x.endswith("vNMIs unblocked precisely") for x in msgs),
               ([m.ddb.audit.report().splitlines()[1]] if first_step else [])
