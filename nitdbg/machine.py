@@ -85,6 +85,16 @@ class Machine:
         self.total_retired = 0
         self.shell = HostShell(self)
 
+    def clone(self) -> Machine:
+        """A complete, independent copy of the machine in its current state (a checkpoint
+        to return to: replay steps back by cloning forward from the nearest one)."""
+        import copy
+        listeners, self.listeners = self.listeners, []
+        try:
+            return copy.deepcopy(self)
+        finally:
+            self.listeners = listeners
+
     # ------------------------------------------------------------------ host side
     def host(self, line: str) -> str:
         """A host command line (bhyvectl, sysctl, ktrdump, sleep, cat, | grep)."""

@@ -127,6 +127,12 @@ class Decoded:
 
 
 class Decoder:
+    """capstone handles, one per mode. They hold no guest state, so copies of a machine
+    share them."""
+
+    def __deepcopy__(self, memo: dict) -> Decoder:
+        return self
+
     def __init__(self) -> None:
         self._cs: dict[int, capstone.Cs] = {}
         for mode, cm in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32),
