@@ -36,3 +36,16 @@ def test_a_clone_continues_exactly_like_the_original():
     assert state(c) == state(m)
     assert drive(m) == drive(c)
     assert state(c) == state(m)
+
+
+def test_a_clone_shares_nothing_with_the_original():
+    m = Machine()
+    m.boot_to_prompt()
+    c = m.clone()
+    c.host("sysctl debug.nit.delay_usecs=5")
+    c.host("sysctl debug.ktr.clear=1")
+    c.type_line("sysctl kern.ostype")
+    assert m.vm.knobs.delay_usecs == 0 and c.vm.knobs.delay_usecs == 5
+    assert len(m.vm.ktr) > 0
+    assert b"kern.ostype" not in m.console_output()
+    assert c.vm.vlapics[0]._peers() is c.vm.vlapics

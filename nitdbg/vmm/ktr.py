@@ -457,16 +457,28 @@ def run_ktrdump(ktr: Ktr, argv: list[str]) -> KtrdumpResult:
 # --- sysctls the ring owns ------------------------------------------------------------------
 
 
+class _KtrClear:
+    """The debug.ktr.clear handler; an object (not a closure) so copies of a machine clear
+    their own ring."""
+
+    def __init__(self, ktr: Ktr) -> None:
+        self.ktr = ktr
+
+    def __call__(self, value: int) -> None:
+        if value:
+            self.ktr.clear()
+
+
+def _zero() -> int:
+    return 0
+
+
 def register_ktr_sysctls(tree, ktr: Ktr) -> None:  # noqa: ANN001 - SysctlTree, same layer
     """debug.ktr.clear (reads 0; writing non-zero clears) and debug.ktr.entries (read only)."""
-
-    def set_clear(value: int) -> None:
-        if value:
-            ktr.clear()
-
+    from .sysctl import AttrGetter
     tree.add_node("debug", "Debugging")
     tree.add_node("debug.ktr", "KTR options")
     tree.add_int("debug.ktr.clear", access="rw", descr="Clear KTR Buffer",
-                 getter=lambda: 0, setter=set_clear)
+                 getter=_zero, setter=_KtrClear(ktr))
     tree.add_int("debug.ktr.entries", access="ro",
-                 descr="Number of entries in the KTR buffer", getter=lambda: ktr.entries)
+                 descr="Number of entries in the KTR buffer", getter=AttrGetter(ktr, "entries"))

@@ -344,12 +344,27 @@ def sysctl_main(tree: SysctlTree, argv: list[str]) -> SysctlResult:
 # --- helper constructors and the seed's knobs -------------------------------------------------
 
 
+class AttrGetter:
+    """obj.attr as a callable; an object rather than a closure, so that a deep copy of the
+    machine (a checkpoint) gets a getter over its own copy of obj."""
+
+    def __init__(self, obj: object, attr: str) -> None:
+        self.obj, self.attr = obj, attr
+
+    def __call__(self) -> int:
+        return getattr(self.obj, self.attr)
+
+
+class AttrSetter(AttrGetter):
+    def __call__(self, v: int | str) -> None:  # type: ignore[override]
+        setattr(self.obj, self.attr, int(v))
+
+
 def bind_int(tree: SysctlTree, name: str, obj: object, attr: str, *, access: str = "rw",
              descr: str = "", validator: Validator | None = None, kind: str = "int") -> Oid:
     """An integer oid whose storage is `obj.attr` (like SYSCTL_INT over a C variable)."""
     return tree.add_int(name, access=access, descr=descr, kind=kind, validator=validator,
-                        getter=lambda: getattr(obj, attr),
-                        setter=lambda v: setattr(obj, attr, int(v)))
+                        getter=AttrGetter(obj, attr), setter=AttrSetter(obj, attr))
 
 
 @dataclass

@@ -88,9 +88,9 @@ class Vm:
         self.console_out = bytearray()
         self.debugcon_out = bytearray()
         self.iobus = IoBus()
-        self.com1 = Uart16550(on_output=self.console_out.extend)
+        self.com1 = Uart16550(on_output=self._console_bytes)
         self.iobus.register(self.com1, 0x3F8, 8)
-        self.debugcon = DebugCon(on_output=self.debugcon_out.extend)
+        self.debugcon = DebugCon(on_output=self._debugcon_bytes)
         self.iobus.register(self.debugcon, 0xE9, 1)
         self.debug_exit = DebugExit()
         self.iobus.register(self.debug_exit, 0xF4, 4)
@@ -106,10 +106,21 @@ class Vm:
         for i in range(ncpus):
             v = self.vcpus[i]
             self.vlapics.append(Vlapic(i, v.now, on_nmi=v.inject_nmi, on_ipi=self._ipi,
-                                       peers=lambda: self.vlapics))
+                                       peers=self._peers))
         for v in self.vcpus:
             self._init_vmcb(v)
         self.booted = False
+
+    # Device callbacks are bound methods, not closures, so a deep copy of the machine (a
+    # checkpoint) calls into its own copy.
+    def _console_bytes(self, data: bytes) -> None:
+        self.console_out.extend(data)
+
+    def _debugcon_bytes(self, data: bytes) -> None:
+        self.debugcon_out.extend(data)
+
+    def _peers(self) -> list[Vlapic]:
+        return self.vlapics
 
     # ------------------------------------------------------------------ setup
     def _init_vmcb(self, v: Vcpu) -> None:
