@@ -463,6 +463,13 @@ class Cpu:
                 self.rip = rip
                 self.stop_reason = "intercept"
                 return done
+            except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+                # A bug in an instruction's semantics must not escape as a Python
+                # exception: the guest gets #UD and the record names the instruction.
+                self.rip = rip
+                if self._internal_error(rip, e) < 0:
+                    return done
+                continue
             ring[self.icount & mask] = rip
             self.icount += 1
             done += 1
@@ -526,6 +533,10 @@ class Cpu:
             self.shadow = shadow
             self.stop_reason = "intercept"
             return -1
+        except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+            self.rip = rip
+            self.shadow = 0
+            return 0 if self._internal_error(rip, e) >= 0 else -1
         # RF is cleared once an instruction completes, unless that instruction loaded it
         # (IRET, task switch): then it lasts one more instruction (APM 13.1.3.1).
         if self.rflags & RF and not insn.flags & F_LOADS_RF:
@@ -609,6 +620,15 @@ class Cpu:
             self.stop_reason = "intercept"
             return -1
         return -1 if self.shutdown else 0
+
+    def _internal_error(self, rip: int, e: Exception) -> int:
+        insn = self.icache.get(rip)
+        text = (f"nitdbg internal error executing {insn.text if insn else '?'} at {rip:#x}: "
+                f"{type(e).__name__}: {e}")
+        code = insn.code if insn else b""
+        self.last_unsupported = (rip, code, text)
+        self.hooks.unsupported(self, rip, code, text)
+        return self._fault(Unsupported(text))
 
     def deliver_exception(self, vector: int, error_code: int | None, fault: bool = False,
                           cr2: int | None = None) -> None:
