@@ -197,7 +197,7 @@ class Vcpu:
                 self.eventinject(IntInfo.interrupt(vector))
                 vlapic.intr_accepted(vector)
                 need_window = True
-        vmcb.v_tpr = vlapic.cr8 if hasattr(vlapic, "cr8") else 0
+        vmcb.v_tpr = vlapic.cr8
         if need_window:
             self._enable_intr_window()
         else:
