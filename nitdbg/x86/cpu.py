@@ -436,20 +436,23 @@ class Cpu:
     def run(self, budget: int) -> int:
         """Run up to `budget` instructions. Returns the number retired; `stop_reason` says why
         it stopped: "budget", "hlt", "intercept", "shutdown", "stop"."""
-        done = 0
         ring = self.retire.rips
         mask = self.retire.mask
         self.stop_reason = ""
-        while done < budget:
+        start = self.icount
+        end = start + budget
+        # Anything that changes the decode cache in use (mode, CPL) sets `attention`, so the
+        # local copy is refreshed after every slow step.
+        icache = self.icache
+        while self.icount < end:
             if self.attention:
-                r = self._slow_step()
-                if r < 0:
-                    return done
-                done += r
+                if self._slow_step() < 0:
+                    return self.icount - start
+                icache = self.icache
                 continue
             rip = self.rip
+            insn = icache.get(rip)
             try:
-                insn = self.icache.get(rip)
                 if insn is None:
                     insn = self.fetch_insn(rip)
                 self.rip = insn.next
@@ -457,24 +460,26 @@ class Cpu:
             except Fault as f:
                 self.rip = rip
                 if self._fault(f) < 0:
-                    return done
+                    return self.icount - start
+                icache = self.icache
                 continue
             except Intercepted:
                 self.rip = rip
                 self.stop_reason = "intercept"
-                return done
+                return self.icount - start
             except (ArithmeticError, LookupError, TypeError, ValueError) as e:
                 # A bug in an instruction's semantics must not escape as a Python
                 # exception: the guest gets #UD and the record names the instruction.
                 self.rip = rip
                 if self._internal_error(rip, e) < 0:
-                    return done
+                    return self.icount - start
+                icache = self.icache
                 continue
-            ring[self.icount & mask] = rip
-            self.icount += 1
-            done += 1
+            n = self.icount
+            ring[n & mask] = rip
+            self.icount = n + 1
         self.stop_reason = "budget"
-        return done
+        return self.icount - start
 
     def _slow_step(self) -> int:
         """One instruction boundary with every event check, then at most one instruction.
