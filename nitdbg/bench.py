@@ -101,11 +101,17 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
         "single_step_db_iretq_ips": median_rate(B_OFF, True, runs, seconds),
     }
     figs.update(machine_figures())
+    figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
     for name, fn in (extra or {}).items():
         try:
             figs.update(fn())
         except Exception as e:  # noqa: BLE001 - a missing optional part is reported, not fatal
             figs[name + "_error"] = str(e)  # type: ignore[assignment]
+    try:
+        import resource
+        figs["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except ImportError:   # pragma: no cover - not on this platform
+        pass
     if argv_json:
         print(json.dumps(figs, indent=2, sort_keys=True))
     else:
