@@ -50,7 +50,7 @@ async def _flow_nmi_with_kdb_on_nmi_stops_after_hlt_then_five_steps_skip_nothing
         assert snap.disasm[cur[0]].where == "cpu_idle_acpi+0x2"
         assert snap.disasm[cur[0] - 1].text == "hlt"
         assert "Stopped at\tcpu_idle_acpi+0x2:" in _transcript(app)
-        assert "▶" in _text(app.main_screen.query_one(DisasmPane))
+        assert "▶" in app.main_screen.query_one(DisasmPane).text()
         assert app.main_screen.query_one(CommandLine).surface == "ddb"
         assert any("6.7.1" in x.source for x in snap.explain)
         for _ in range(5):
@@ -115,7 +115,7 @@ async def _flow_host_level_steps_select_vcpu_and_layout_switch():
         await pilot.press("v")
         await wait_idle(app, pilot)
         assert app.main_screen.snap.selected == 1
-        assert "▸1" in _text(app.main_screen.query_one(NmiPane))
+        assert "▸1" in app.main_screen.query_one(NmiPane).text()
         before = app.main_screen.snap.vcpus[1].icount
         await pilot.press("x")
         await wait_idle(app, pilot)

@@ -5,6 +5,7 @@ widgets/, and what they show is built in model.py."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from textual.app import App
 from textual.binding import Binding
@@ -29,6 +30,8 @@ class NitdbgApp(App):
     TITLE = "nitdbg"
     COMMANDS = App.COMMANDS | {NitdbgCommands}
     BINDINGS = [Binding("ctrl+q", "quit", "quit", priority=True)]
+    # nitdbg.tui.bench sets this to be told (kind, ...) after each paint it measures
+    paint_probe: Callable[..., object] | None = None
 
     def __init__(self, machine_kwargs: dict | None = None, boot: bool = True,
                  kdb_on_nmi: bool = False, record: str | None = None) -> None:
@@ -40,6 +43,9 @@ class NitdbgApp(App):
 
     def on_mount(self) -> None:
         self.push_screen(self.main_screen)
+
+    def start_machine(self) -> None:
+        """Called by the main screen once it has been painted ("booting…")."""
         self.run_worker(self.machine.loop, thread=True, name="machine", exit_on_error=False)
 
     def _from_worker(self, msg) -> None:  # noqa: ANN001 - a Message; runs on the worker thread

@@ -1,38 +1,37 @@
-"""TUI figures for `nitdbg bench`: process start -> first paint, and key -> repaint with every
-pane visible (median over N keys). A front end: it reads the wall clock to measure."""
+"""TUI figures for `nitdbg bench`. A front end: it reads the wall clock to measure.
+
+How they are taken (`bench_figures()`):
+
+* The app runs in a fresh process, `nitdbg --no-record` exactly as a user starts it (through
+  `nitdbg.cli.main`, real Linux driver), on a pseudo-terminal of the given size. This
+  process plays the terminal: it reads everything the app writes and types the keys.
+* `tui_start_to_first_paint_s`: from just before the child process is spawned (so Python's
+  own start-up and every import count) to the moment the first frame's bytes ("booting the
+  guest…" in the panes) arrive on the terminal.
+* Key figures: from writing the key's bytes to the terminal to the moment the app has
+  painted the result. The app reports its paints through `NitdbgApp.paint_probe` (set only
+  here, in the child): the main screen calls it from `call_after_refresh` after applying a
+  snapshot or a selection, i.e. once the compositor has rendered the frame and handed it to
+  the driver. Both processes read the same clock (`time.perf_counter`, CLOCK_MONOTONIC).
+  - `tui_step_key_to_repaint_ms`: `s` in ddb: key parsing, the worker's ddb step in the
+    machine, the snapshot, and the repaint of every pane that changed (median of N).
+  - `tui_ui_key_to_repaint_ms`: `v` (next vCPU): a repaint from the snapshot at hand, the
+    UI-only path (median of N); the worker's follow-up snapshot is waited for before the
+    next key but not counted.
+  - For the split of the `s` figure, measured in this process on a machine of its own
+    stopped the same way: `tui_machine_step_ms` (`machine.debugger("s")`) and
+    `tui_snapshot_ms` (building the snapshot after it), medians of N.
+  Every panel is visible at the default size (160x45, the wide layout).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import os
 import statistics
+import sys
 import time
 
-
-async def _measure(keys: int, size: tuple[int, int]) -> dict[str, float]:
-    from .app import NitdbgApp
-    t0 = time.perf_counter()
-    app = NitdbgApp({}, kdb_on_nmi=True)
-    out: dict[str, float] = {}
-    async with app.run_test(size=size) as pilot:
-        scr = app.main_screen
-        while scr.snap is None:
-            await pilot.pause(0.005)
-        await pilot.pause()
-        out["tui_start_to_first_paint_s"] = round(time.perf_counter() - t0, 3)
-        await pilot.press("n")
-        await wait_idle(app, pilot)
-        times = []
-        for _ in range(keys):
-            before = scr.updates
-            t = time.perf_counter()
-            await pilot.press("s")
-            while scr.updates == before or not app.machine.idle:
-                await pilot.pause(0.001)
-            await pilot.pause()           # let the repaint happen
-            times.append(time.perf_counter() - t)
-        out["tui_key_to_repaint_ms"] = round(statistics.median(times) * 1000, 2)
-        out["tui_keys_measured"] = float(keys)
-    return out
+BOOTING = b"booting the guest"
 
 
 async def wait_idle(app, pilot, timeout: float = 30.0) -> None:  # noqa: ANN001
@@ -49,10 +48,196 @@ async def wait_idle(app, pilot, timeout: float = 30.0) -> None:  # noqa: ANN001
     raise TimeoutError("the machine worker did not become idle")
 
 
+# ---------------------------------------------------------------------- the terminal side
+class _Terminal:
+    """A child `nitdbg --no-record` on a pty, and what it reports."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        import fcntl
+        import struct
+        import subprocess
+        import termios
+        import threading
+        cols, rows = size
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        rfd, wfd = os.pipe()
+        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(cols), LINES=str(rows))
+        env.pop("TEXTUAL", None)           # no devtools
+        self.first_bytes: float | None = None
+        self.t_spawn = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nitdbg.tui.bench", "--child", str(wfd), "--no-record"],
+            stdin=slave, stdout=slave, stderr=slave, pass_fds=(wfd,),
+            start_new_session=True, env=env, close_fds=True)
+        os.close(slave)
+        os.close(wfd)
+        self.reports = rfd
+        self._pending = b""
+        self.tail = b""
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        """Read what the app writes (a terminal that stops reading would block it)."""
+        seen = b""
+        while True:
+            try:
+                data = os.read(self.master, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.first_bytes is None:
+                seen = (seen + data)[-4096:]
+                if BOOTING in seen:
+                    self.first_bytes = time.perf_counter()
+            self.tail = (self.tail + data)[-8192:]
+
+    def write(self, data: bytes) -> float:
+        t = time.perf_counter()
+        os.write(self.master, data)
+        return t
+
+    def report(self, timeout: float = 30.0) -> dict:
+        """The next paint the app reports: {kind, arg, seq, idle, surface, t}."""
+        import select
+        while b"\n" not in self._pending:      # unbuffered: select() sees every byte
+            if not select.select([self.reports], [], [], timeout)[0]:
+                raise TimeoutError(f"the app reported no paint in {timeout}s; "
+                                   f"screen tail: {self.tail[-300:]!r}")
+            data = os.read(self.reports, 4096)
+            if not data:
+                raise RuntimeError(f"the app ended; screen tail: {self.tail[-300:]!r}")
+            self._pending += data
+        line, _, self._pending = self._pending.partition(b"\n")
+        kind, arg, seq, idle, surface, t = line.decode().split()
+        return {"kind": kind, "arg": arg, "seq": int(seq), "idle": idle == "1",
+                "surface": surface, "t": float(t)}
+
+    def until(self, pred, timeout: float = 30.0) -> dict:  # noqa: ANN001
+        end = time.perf_counter() + timeout
+        while True:
+            r = self.report(max(0.1, end - time.perf_counter()))
+            if pred(r):
+                return r
+
+    def close(self) -> None:
+        try:
+            self.write(b"\x11")            # ctrl+q
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - it must go, one way or the other
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.reports)
+
+
+def _measure(keys: int, size: tuple[int, int]) -> dict[str, float]:
+    term = _Terminal(size)
+    try:
+        first = term.until(lambda r: r["kind"] == "first")
+        booted = term.until(lambda r: r["kind"] == "update" and r["idle"], timeout=60)
+        out = {"tui_start_to_first_paint_s": round((term.first_bytes or first["t"])
+                                                   - term.t_spawn, 3),
+               "tui_start_to_booted_s": round(booted["t"] - term.t_spawn, 3)}
+        seq = booted["seq"]
+
+        def settle(after: int) -> dict:
+            return term.until(lambda r: r["kind"] == "update" and r["idle"]
+                              and r["seq"] > after)
+        # the seed's first test, typed: kdb_on_nmi=1 on the guest console, then an NMI
+        term.write(b"\x1bOR")                              # F3: guest#
+        time.sleep(0.2)
+        term.write(b"sysctl machdep.kdb_on_nmi=1\r")
+        seq = settle(seq)["seq"]
+        term.write(b"\x1b")                                # leave the command line
+        time.sleep(0.3)
+        term.write(b"n")
+        r = settle(seq)
+        seq = r["seq"]
+        if r["surface"] != "ddb":
+            raise RuntimeError(f"no ddb stop after the NMI (surface {r['surface']})")
+        step = []
+        for _ in range(keys):
+            t = term.write(b"s")
+            r = settle(seq)
+            seq = r["seq"]
+            step.append(r["t"] - t)
+        ui = []
+        for _ in range(keys):
+            prev = seq
+            t = term.write(b"v")
+            painted = None
+            while True:            # the select paint, and the worker's snapshot after it
+                r = term.report()
+                if r["kind"] == "select":
+                    painted = r["t"]
+                elif r["kind"] == "update" and r["idle"] and r["seq"] > seq:
+                    seq = r["seq"]
+                if painted is not None and seq > prev:
+                    break
+            ui.append(painted - t)
+        out.update({
+            "tui_step_key_to_repaint_ms": round(statistics.median(step) * 1000, 2),
+            "tui_ui_key_to_repaint_ms": round(statistics.median(ui) * 1000, 2),
+            "tui_keys_measured": float(keys),
+        })
+        return out
+    finally:
+        term.close()
+
+
+def _split(keys: int) -> dict[str, float]:
+    """The machine's and the snapshot's share of an `s`, on a machine in this process."""
+    from ..ddb.disasm import Disassembler
+    from ..machine import Machine
+    from .snapshot import SnapshotBuilder
+    m = Machine()
+    m.boot_to_prompt()
+    m.type_line("sysctl machdep.kdb_on_nmi=1")
+    m.host(f"bhyvectl --vm={m.vm.name} --cpu=0 --assert-lapic-lvt=1")
+    ev = m.settle()
+    m.enter_debugger(ev)
+    b = SnapshotBuilder(Disassembler(m.symbols))
+    since = {v.id: v.cpu.icount for v in m.vm.vcpus}
+    b.build(m, 0, since, 0, True, False)
+    step, snap = [], []
+    for i in range(keys):
+        t0 = time.perf_counter()
+        m.debugger("s")
+        t1 = time.perf_counter()
+        b.build(m, 0, since, i + 1, True, False)
+        step.append(t1 - t0)
+        snap.append(time.perf_counter() - t1)
+    return {"tui_machine_step_ms": round(statistics.median(step) * 1000, 2),
+            "tui_snapshot_ms": round(statistics.median(snap) * 1000, 2)}
+
+
 def bench_figures(keys: int = 15, size: tuple[int, int] = (160, 45)) -> dict[str, float]:
-    """Wide layout (every pane visible)."""
-    return asyncio.run(_measure(keys, size))
+    """Wide layout (every pane visible); see the module docstring for how."""
+    return {**_measure(keys, size), **_split(keys)}
+
+
+# ---------------------------------------------------------------------- the app side
+def _child(fd: int, argv: list[str]) -> int:
+    """`nitdbg ARGV` as a user runs it, reporting each paint on file descriptor `fd`."""
+    out = os.fdopen(fd, "w", buffering=1)
+
+    def probe(app, kind: str, arg: object = "-") -> None:  # noqa: ANN001
+        t = time.perf_counter()
+        snap = app.main_screen.snap
+        w = app.machine
+        out.write(f"{kind} {arg} {snap.seq if snap else -1} {int(w.idle)} "
+                  f"{snap.surface if snap else '-'} {t!r}\n")
+
+    from .app import NitdbgApp
+    NitdbgApp.paint_probe = staticmethod(probe)
+    from ..cli import main
+    return main(argv)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        sys.exit(_child(int(sys.argv[2]), sys.argv[3:]))
     print(bench_figures())

@@ -7,29 +7,18 @@ a student sees TF and RF rules at the moment they act. No Textual here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import islice
 
 from ..svm import exitcodes as ec
 from ..x86.regs import DR6_BS
 from ..x86.retire import EV_EXCEPTION, EV_INJECT, EV_NMI, EV_VMEXIT, Event
+from .model import Explanation
 
 SCAN = 1 << 16         # newest retirement-log events looked at (the whole ring)
 # Exits the hypervisor handles on every idle loop: not "the last event" worth explaining.
 ROUTINE_EXITS = frozenset({ec.VMEXIT_PAUSE, ec.VMEXIT_HLT, ec.VMEXIT_IOIO, ec.VMEXIT_MSR,
                            ec.VMEXIT_VMMCALL, ec.VMEXIT_INTR, ec.VMEXIT_VINTR,
                            ec.VMEXIT_CPUID})
-
-
-@dataclass(frozen=True)
-class Explanation:
-    title: str        # what happened
-    rule: str         # the rule that made it happen
-    source: str       # manual and section
-    evidence: str     # the numbers it was derived from
-
-    def line(self) -> str:
-        return f"{self.title}: {self.rule} — {self.source}"
 
 
 def _notable(e: Event) -> bool:

@@ -14,12 +14,15 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from ..ddb.disasm import Disassembler
-from ..machine import Machine, MachineError, StopEvent, describe_stop
-from .model import Snapshot, build_snapshot
+from .model import Snapshot
+
+if TYPE_CHECKING:          # the machine is imported on the worker thread, after first paint
+    from ..machine import Machine, StopEvent
+    from .snapshot import SnapshotBuilder
 
 CHUNK = 250_000        # guest instructions between progress snapshots while running
 
@@ -36,11 +39,14 @@ class Request:
 
 
 class MachineUpdate(Message):
-    """A new picture of the machine."""
+    """A new picture of the machine, with what was said since the previous one (text,
+    source): one message, so the screen paints a request's echo, output and result in one
+    frame."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, outputs: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__()
         self.snapshot = snapshot
+        self.outputs = outputs
 
 
 class MachineOutput(Message):
@@ -86,10 +92,12 @@ class MachineWorker:
         self.m: Machine | None = None
         self.selected = 0
         self.since: dict[int, int] = {}
-        self.dis: Disassembler | None = None
+        self.builder: SnapshotBuilder | None = None
+        self._built_for: Machine | None = None
         self.recorder = None
         self.replay = None
         self._lock = threading.Lock()
+        self._said: list[tuple[str, str]] = []      # output waiting for the next snapshot
 
     # ------------------------------------------------------------------ UI thread side
     def submit(self, req: Request) -> None:
@@ -106,6 +114,7 @@ class MachineWorker:
 
     # ------------------------------------------------------------------ worker thread
     def loop(self) -> None:
+        from ..machine import MachineError
         try:
             self._start()
         except MachineError as e:
@@ -133,13 +142,16 @@ class MachineWorker:
                 self.state.completed += 1
             if not self.state.running:
                 self._snap(True)
+            else:
+                self._flush()
 
     def _start(self) -> None:
+        from ..machine import Machine
         if self.record_at_start is not None:
             self._begin_recording(self.record_at_start)
         else:
             self.m = Machine(**self.kwargs)
-        self.dis = Disassembler(self.m.symbols)
+        self._new_builder()
         if self.boot:
             self.m.boot_to_prompt()
             if self.kdb_on_nmi:
@@ -155,6 +167,12 @@ class MachineWorker:
 
     def _out(self, text: str, source: str) -> None:
         if text:
+            self._said.append((text, source))
+
+    def _flush(self) -> None:
+        """Output that no snapshot will carry soon (the guest runs on)."""
+        said, self._said = self._said, []
+        for text, source in said:
             self.post(MachineOutput(text, source))
 
     def _mark_stop(self) -> None:
@@ -163,16 +181,26 @@ class MachineWorker:
 
     _since_next: dict[int, int] = {}
 
+    def _new_builder(self) -> None:
+        """A machine came (boot, recording, replay): nothing cached about the old one."""
+        from ..ddb.disasm import Disassembler
+        from .snapshot import SnapshotBuilder
+        assert self.m is not None
+        if self.builder is None or self._built_for is not self.m:
+            self.builder = SnapshotBuilder(Disassembler(self.m.symbols))
+            self._built_for = self.m
+
     def _snap(self, is_stop: bool, status: str = "") -> None:
         m = self.m
-        assert m is not None and self.dis is not None
+        assert m is not None and self.builder is not None
         if is_stop:
             # "retired since the last stop": from the previous stop up to this one
             self.since = dict(self._since_next)
             self._since_next = {v.id: v.cpu.icount for v in m.vm.vcpus}
-        snap = build_snapshot(m, self.selected, self.since, self.state.completed, is_stop,
-                              self.state.running, self.dis, status or self._status())
-        self.post(MachineUpdate(snap))
+        snap = self.builder.build(m, self.selected, self.since, self.state.completed,
+                                  is_stop, self.state.running, status or self._status())
+        said, self._said = tuple(self._said), []
+        self.post(MachineUpdate(snap, said))
 
     def _status(self) -> str:
         m = self.m
@@ -284,6 +312,7 @@ class MachineWorker:
         if ev.reason == "kdb":
             self._out(m.enter_debugger(ev, max_insns=CHUNK), "ddb")
         else:
+            from ..machine import describe_stop
             self._out(describe_stop(m, ev) or f"stopped: {ev.reason}\n", "info")
 
     def _settle(self) -> None:
@@ -329,7 +358,10 @@ class MachineWorker:
             return
         policy = self.m.vm.policy.name if self.m else "iret-tracing"
         # a scenario builds its own machines; the one on screen is left as it is
-        res = run_scenario(name, policy=policy, out=lambda line: self._out(line + "\n", "info"))
+        def say(line: str) -> None:      # a scenario takes a while: its lines as they come
+            self._out(line + "\n", "info")
+            self._flush()
+        res = run_scenario(name, policy=policy, out=say)
         ok = getattr(res, "ok", None)
         if ok is not None:
             self._out(f"scenario {name}: {'PASS' if ok else 'FAIL'}\n", "info" if ok else "error")
@@ -352,12 +384,13 @@ class MachineWorker:
             return
         if self.boot:
             rec.boot_to_prompt()
-        self.dis = Disassembler(rec.symbols)
+        self._new_builder()
         self._mark_stop()
         self._out(f"recording to {rec.path} (the VM was rebooted for it; r stops)\n", "info")
 
     def _begin_recording(self, path: str):
         """A fresh machine under the session recorder (recording is on by default)."""
+        from ..machine import Machine
         api = _optional("session", "RecordingMachine", "default_session_path")
         if api is None:
             self.m = Machine(**self.kwargs)
@@ -386,7 +419,7 @@ class MachineWorker:
             return
         self.replay = _Replay(session, m)
         self.m = m
-        self.dis = Disassembler(m.symbols)
+        self._new_builder()
         self.selected = 0
         self._mark_stop()
         self._out(f"replaying {path}: {len(session.inputs)} inputs; ] forward, [ back\n",
@@ -406,7 +439,7 @@ class MachineWorker:
         while rp.pos < target:
             self._out(rp.apply_next(), "info")
         self.m = rp.m
-        self.dis = Disassembler(rp.m.symbols)
+        self._new_builder()
         self._out(f"replay: at input {rp.pos} of {len(rp.session.inputs)}\n", "info")
 
 

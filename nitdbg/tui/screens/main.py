@@ -11,7 +11,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from ..model import Snapshot
 from ..widgets.base import Pane
@@ -31,6 +31,11 @@ from ..widgets.vmcb import VmcbPane
 from ..worker import MachineOutput, MachineUpdate, Request
 
 WIDE = (150, 40)       # from this terminal size on, every pane is visible at once
+BOOTING = "booting the guest…"
+
+
+def layout_for(width: int, height: int) -> str:
+    return "wide" if width >= WIDE[0] and height >= WIDE[1] else "compact"
 
 
 class RequestMachine(Message):
@@ -84,9 +89,16 @@ class MainScreen(Screen):
         self.updates = 0
         self.words: dict[str, list[str]] = {}
         self._surface_user = "host"
+        self.selected = 0            # the vCPU on screen: the UI's, the worker follows it
+        self._panes: list[Pane] | None = None
+        self._machine_started = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
+        if not self.forced_layout:
+            # laid out for the terminal from the start: no second compose on the first resize
+            self.set_reactive(MainScreen.layout_mode, layout_for(*self.app.size))
+        self._panes = None
         if self.layout_mode == "wide":
             yield from self._wide()
         else:
@@ -138,12 +150,37 @@ class MainScreen(Screen):
 
     def on_mount(self) -> None:
         self.set_class(self.layout_mode == "wide", "-wide")
+        if self.snap is None:
+            self._show_booting()
+        self._probe("first")
+        if not self._machine_started:
+            # the machine boots after the first paint: its imports and the boot would
+            # otherwise compete with drawing the screen
+            self._machine_started = True
+            self.call_after_refresh(self.app.start_machine)
+
+    def _show_booting(self) -> None:
+        for pane in self.panes():
+            if isinstance(pane, Static):
+                pane.update(BOOTING)
+        self.query_one(VerdictBar).update(" " + BOOTING)
+
+    def _probe(self, *what: object) -> None:
+        """For nitdbg.tui.bench: report (after the screen has been painted) what was
+        painted. `app.paint_probe` is None except under the benchmark."""
+        probe = getattr(self.app, "paint_probe", None)
+        if probe is not None:
+            self.call_after_refresh(probe, self.app, *what)
+
+    def panes(self) -> list[Pane]:
+        if self._panes is None:
+            self._panes = [p for p in self.query(".pane") if isinstance(p, Pane)]
+        return self._panes
 
     def on_resize(self, event: Resize) -> None:
         if self.forced_layout:
             return
-        w, h = event.size
-        want = "wide" if w >= WIDE[0] and h >= WIDE[1] else "compact"
+        want = layout_for(*event.size)
         if want != self.layout_mode:
             self.layout_mode = want
 
@@ -164,20 +201,25 @@ class MainScreen(Screen):
 
     # ------------------------------------------------------------------ machine messages
     def on_machine_update(self, msg: MachineUpdate) -> None:
-        snap = msg.snapshot
+        snap = msg.snapshot.select(self.selected % len(msg.snapshot.vcpus))
         self.snap = snap
-        self._show(snap)
+        with self.app.batch_update():
+            for text, source in msg.outputs:
+                self._output(text, source)
+            self._show(snap)
         if snap.is_stop:
             self.base = snap
         self.updates += 1
+        self._probe("update", snap.seq)
 
     def _show(self, snap: Snapshot) -> None:
+        """Repaint the panes whose data changed, in one batch (one frame)."""
         base = self.base if self.base is not snap else None
-        for pane in self.query(".pane"):
-            if isinstance(pane, Pane):
-                pane.show(snap, base)
-        self.query_one(VerdictBar).show(snap, base)
-        self._follow_surface(snap)
+        with self.app.batch_update():
+            for pane in self.panes():
+                pane.refresh_from(snap, base)
+            self.query_one(VerdictBar).refresh_from(snap, base)
+            self._follow_surface(snap)
 
     def _follow_surface(self, snap: Snapshot) -> None:
         """As the console: the command line switches to ddb when the guest enters the
@@ -192,13 +234,16 @@ class MainScreen(Screen):
             cl.set_surface(self._surface_user if self._surface_user != "ddb" else "host")
 
     def on_machine_output(self, msg: MachineOutput) -> None:
-        self.transcript.append((msg.text, msg.source))
+        self._output(msg.text, msg.source)
+
+    def _output(self, text: str, source: str) -> None:
+        self.transcript.append((text, source))
         del self.transcript[:-2000]
-        self.query_one(Transcript).add(msg.text, msg.source)
-        if msg.source == "audit":
+        self.query_one(Transcript).add(text, source)
+        if source == "audit":
             from .evidence import EvidenceScreen
-            self.app.push_screen(EvidenceScreen(msg.text))
-        elif msg.source == "error" and self.layout_mode == "compact":
+            self.app.push_screen(EvidenceScreen(text))
+        elif source == "error" and self.layout_mode == "compact":
             self.query_one(TabbedContent).active = "tab-transcript"
 
     def on_machine_words(self, msg: MachineWords) -> None:
@@ -239,9 +284,15 @@ class MainScreen(Screen):
         self._submit(Request("broadcast"))
 
     def action_next_vcpu(self) -> None:
+        """Every vCPU is in the snapshot: repaint at once, and tell the worker (the NMI and
+        host-step keys act on the selected vCPU)."""
         n = len(self.snap.vcpus) if self.snap else 1
-        cur = self.snap.selected if self.snap else 0
-        self._submit(Request("select", num=(cur + 1) % n))
+        self.selected = (self.selected + 1) % n
+        if self.snap is not None:
+            self.snap = self.snap.select(self.selected)
+            self._show(self.snap)
+            self._probe("select", self.selected)
+        self._submit(Request("select", num=self.selected))
 
     def action_host_step(self) -> None:
         self._submit(Request("host_step", "insn"))

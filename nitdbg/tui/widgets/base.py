@@ -1,13 +1,59 @@
 """What every pane has: `show(snapshot, baseline)` (the baseline is the snapshot of the
-previous stop, for "changed since the last stop" marks)."""
+previous stop, for "changed since the last stop" marks), and `key()`: the part of the
+snapshot the pane draws. The screen repaints a pane only when its key changed, so a step
+repaints the few panes whose data moved, not all of them."""
 
 from __future__ import annotations
 
 from ..model import Snapshot
 
+_UNSHOWN = object()
+
 
 class Pane:
-    """Mixin: the screen calls show() on every Pane it has, whatever the layout."""
+    """Mixin: the screen calls refresh_from() on every Pane it has, whatever the layout."""
+
+    _shown_key: object = _UNSHOWN
+
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        """What show() draws from; None: always redraw."""
+        return None
+
+    def refresh_from(self, snap: Snapshot, base: Snapshot | None) -> bool:
+        """show() if the data this pane draws changed; True if it did."""
+        k = self.key(snap, base)
+        if k is not None and k == self._shown_key:
+            return False
+        self.show(snap, base)
+        self._shown_key = k
+        return True
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         raise NotImplementedError
+
+    def set_title(self, title: str) -> None:
+        """border_title refreshes the widget even when unchanged: only set a new one."""
+        if getattr(self, "_title_text", None) != title:
+            self._title_text = title
+            self.border_title = title  # type: ignore[attr-defined]
+
+
+def base_vcpu(base: Snapshot | None, vcpu: int):  # noqa: ANN201 - VcpuView | None
+    return base.vcpus[vcpu] if base is not None and len(base.vcpus) > vcpu else None
+
+
+def update_auto_height(widget, content) -> None:  # noqa: ANN001 - a Static, a Visual
+    """Static.update() for a pane whose height follows its text: a layout pass (every
+    widget on the screen re-arranged) only when the text needs a different number of rows."""
+    before = _rows(widget)
+    widget.update(content, layout=False)
+    widget.clear_cached_dimensions()            # the text changed: measure it again
+    if _rows(widget) != before:
+        widget.refresh(layout=True)
+
+
+def _rows(widget) -> int | None:  # noqa: ANN001
+    width = widget.content_region.width
+    if not width:
+        return None
+    return widget.get_content_height(widget.size, widget.app.size, width)

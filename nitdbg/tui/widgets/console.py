@@ -3,23 +3,25 @@ surface (F3); the pane shows what the guest wrote."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import VerticalScroll
-from textual.widgets import Static
-
 from ..model import Snapshot
 from .base import Pane
+from .lineview import LineView, plain
 
 LINES = 200
+# control characters other than tab and newline would move the terminal's cursor: hide them
+_CONTROLS = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
 
 
-class ConsolePane(VerticalScroll, Pane):
-    def compose(self) -> ComposeResult:
-        yield Static("", id="console-body", markup=False)
+class ConsolePane(LineView, Pane):
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        super().__init__(max_lines=LINES, **kw)
+
+    def on_mount(self) -> None:
+        self.set_title("guest console (F3 to type)")
+
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        return snap.console
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        self.border_title = "guest console (F3 to type)"
-        text = snap.console.replace("\r\n", "\n").replace("\r", "")
-        lines = text.split("\n")[-LINES:]
-        self.query_one("#console-body", Static).update("\n".join(lines))
-        self.scroll_end(animate=False)
+        text = snap.console.replace("\r\n", "\n").replace("\r", "").translate(_CONTROLS)
+        self.set_lines(plain(line.expandtabs(8)) for line in text.split("\n")[-LINES:])

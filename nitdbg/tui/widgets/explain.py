@@ -7,12 +7,15 @@ from rich.text import Text
 from textual.widgets import Static
 
 from ..model import Snapshot
-from .base import Pane
+from .base import Pane, update_auto_height
 
 
 class ExplainPane(Static, Pane):
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        return snap.selected, snap.explain
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        self.border_title = f"explain vCPU {snap.selected}"
+        self.set_title(f"explain vCPU {snap.selected}")
         t = Text()
         if not snap.explain:
             t.append("nothing notable yet: inject an NMI (n)", style="#697098")
@@ -23,4 +26,4 @@ class ExplainPane(Static, Pane):
             t.append(": " + x.rule + " — ")
             t.append(x.source, style="italic #82aaff")
             t.append(f"\n  [{x.evidence}]", style="#697098")
-        self.update(t)
+        update_auto_height(self, t)

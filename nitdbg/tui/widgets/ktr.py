@@ -1,56 +1,82 @@
-"""The KTR log, live and filterable (a substring typed in the filter box)."""
+"""The KTR log, live and filterable (a substring typed in the filter box; `!pause` hides).
+
+Entries new since the previous snapshot are appended; the whole list is only rebuilt when
+the filter changes or the snapshot's KTR does not continue the one shown (ring cleared,
+another machine)."""
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Input, Static
+from textual.containers import Vertical
+from textual.widgets import Input
 
 from ..model import Snapshot
 from .base import Pane
+from .lineview import Line, LineView
 
 SHOWN = 200
 HIGHLIGHT = ("vNMI", "unblocked", "iret", "Injecting", "Reflecting", "Delaying",
              "nested page", "Bouncing", "non-canonical")
 
 
+def _row(e: tuple[int, int, int, str]) -> Line:
+    index, cpu, ts, msg = e
+    return ((f"{index:6d} {cpu:2d} {ts:>12} ", "#697098"),
+            (msg, "bold #ffcb6b" if any(h in msg for h in HIGHLIGHT) else ""))
+
+
 class KtrPane(Vertical, Pane):
     DEFAULT_CSS = """
     KtrPane > Input { height: 1; border: none; padding: 0 1; background: $boost; }
-    KtrPane > VerticalScroll { height: 1fr; }
+    KtrPane > LineView { height: 1fr; }
     """
 
     def __init__(self, **kw) -> None:  # noqa: ANN003
         super().__init__(**kw)
         self.entries: tuple = ()
+        self._epoch = -1
+        self._total = 0
+        self._pattern = ""
+        self._shown = 0
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter KTR: vNMI, or !pause to hide", id="ktr-filter")
-        with VerticalScroll():
-            yield Static("", id="ktr-body")
+        yield LineView(max_lines=SHOWN, id="ktr-body")
+
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        return snap.ktr_epoch, snap.ktr_total
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         self.entries = snap.ktr
-        self._render_entries()
+        new = snap.ktr_total - self._total
+        if snap.ktr_epoch != self._epoch or not 0 <= new <= len(snap.ktr):
+            self._epoch, self._total = snap.ktr_epoch, snap.ktr_total
+            self._render_entries()
+            return
+        self._total = snap.ktr_total
+        if new:
+            rows = self._filtered(snap.ktr[len(snap.ktr) - new:])
+            if rows:
+                self.query_one(LineView).append(_row(e) for e in rows)
+                self._shown = min(SHOWN, self._shown + len(rows))
+                self._title()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         self._render_entries()
 
-    def _render_entries(self) -> None:
-        pat = self.query_one("#ktr-filter", Input).value.strip().lower()
+    def _filtered(self, entries) -> list:  # noqa: ANN001
+        pat = self._pattern
         if pat.startswith("!"):          # "!pause": everything but the pause exits
-            rows = [e for e in self.entries if pat[1:] not in e[3].lower()]
-        else:
-            rows = [e for e in self.entries if pat in e[3].lower()]
-        rows = rows[-SHOWN:]
-        self.border_title = f"KTR ({len(rows)} shown)"
-        t = Text(no_wrap=True, overflow="ellipsis")
-        for i, (index, cpu, ts, msg) in enumerate(rows):
-            if i:
-                t.append("\n")
-            t.append(f"{index:6d} {cpu:2d} {ts:>12} ", style="#697098")
-            t.append(msg, style="bold #ffcb6b" if any(h in msg for h in HIGHLIGHT) else "")
-        self.query_one("#ktr-body", Static).update(t)
-        self.query_one(VerticalScroll).scroll_end(animate=False)
+            return [e for e in entries if pat[1:] not in e[3].lower()]
+        return [e for e in entries if pat in e[3].lower()] if pat else list(entries)
+
+    def _render_entries(self) -> None:
+        self._pattern = self.query_one("#ktr-filter", Input).value.strip().lower()
+        rows = self._filtered(self.entries)[-SHOWN:]
+        self.query_one(LineView).set_lines(_row(e) for e in rows)
+        self._shown = len(rows)
+        self._title()
+
+    def _title(self) -> None:
+        self.set_title(f"KTR ({self._shown} shown)")

@@ -4,11 +4,9 @@ idle -> NMI injected/blocked -> IRET intercepted -> tracing -> unblocked precise
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
-
 from ..model import Snapshot, VcpuView
 from .base import Pane
+from .lineview import LinePane
 
 STATES = ("idle", "blocked", "iret-exit", "tracing", "unblocked")
 LABELS = {"idle": "idle", "blocked": "blocked", "iret-exit": "IRET exit",
@@ -26,25 +24,29 @@ def current_state(v: VcpuView) -> str:
     return "idle"
 
 
-class NmiPane(Static, Pane):
+class NmiPane(LinePane, Pane):
+    auto_height = True
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        return snap.policy, snap.selected, tuple(
+            (v.nmi_state, v.last_unblock, v.iret_exit_seen, v.nmi_pending) for v in snap.vcpus)
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        self.border_title = f"NMI blocking ({snap.policy})"
-        t = Text(no_wrap=True, overflow="ellipsis")
+        self.set_title(f"NMI blocking ({snap.policy})")
+        lines = []
         for v in snap.vcpus:
-            if v.id:
-                t.append("\n")
             cur = current_state(v)
             sel = v.id == snap.selected
-            t.append(f"{'▸' if sel else ' '}{v.id} ", style="bold" if sel else "")
+            runs = [(f"{'▸' if sel else ' '}{v.id} ", "bold" if sel else "")]
             for i, s in enumerate(STATES):
                 if i:
-                    t.append("→", style="#697098")
+                    runs.append(("→", "#697098"))
                 label = LABELS[s]
                 if s == "unblocked" and v.last_unblock:
                     label = {"precisely": "precise", "speculatively": "speculative",
                              "upstream": "at exit"}.get(v.last_unblock, v.last_unblock)
                 lit = s == cur or (s == "iret-exit" and cur == "tracing" and v.iret_exit_seen)
-                t.append(label, style="bold black on #ffcb6b" if lit else "#697098")
+                runs.append((label, "bold black on #ffcb6b" if lit else "#697098"))
             if v.nmi_pending:
-                t.append(" +pending", style="bold #ff5370")
-        self.update(t)
+                runs.append((" +pending", "bold #ff5370"))
+            lines.append(tuple(runs))
+        self.set_lines(lines)

@@ -3,37 +3,43 @@ ones highlighted since the previous stop."""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
-
 from ...x86.regs import GPR_NAMES
 from ..model import Snapshot
-from .base import Pane
+from .base import Pane, base_vcpu
+from .lineview import LinePane
 
 CHANGED = "bold #ffcb6b on #3b2f1a"
 
 
-class RegistersPane(Static, Pane):
+def _where(snap: Snapshot) -> str:
+    return next((d.where for d in snap.disasm if d.current), "")
+
+
+class RegistersPane(LinePane, Pane):
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        v = snap.vcpu
+        old = base_vcpu(base, v.id)
+        return v.id, v.regs_source, v.regs, old.regs if old else None, _where(snap)
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         v = snap.vcpu
-        old = base.vcpus[v.id].regs if base is not None and len(base.vcpus) > v.id else {}
-        self.border_title = f"registers vCPU {v.id} ({v.regs_source})"
-        t = Text(no_wrap=True)
+        old_v = base_vcpu(base, v.id)
+        old = old_v.regs if old_v is not None else {}
+        self.set_title(f"registers vCPU {v.id} ({v.regs_source})")
+        lines = []
         half = len(GPR_NAMES) // 2
         for row in range(half):
-            if row:
-                t.append("\n")
+            runs: list[tuple[str, str]] = []
             for col, name in enumerate((GPR_NAMES[row], GPR_NAMES[row + half])):
                 if col:
-                    t.append("  ")
+                    runs.append(("  ", ""))
                 val = v.regs.get(name, 0)
-                t.append(f"{name:>3} ", style="#82aaff")
+                runs.append((f"{name:>3} ", "#82aaff"))
                 changed = name in old and old[name] != val
-                t.append(f"{val:016x}", style=CHANGED if changed else "")
+                runs.append((f"{val:016x}", CHANGED if changed else ""))
+            lines.append(tuple(runs))
         rip = v.regs.get("rip", 0)
-        t.append("\nrip ", style="#82aaff")
         changed = "rip" in old and old["rip"] != rip
-        t.append(f"{rip:016x}", style=CHANGED if changed else "")
-        where = next((d.where for d in snap.disasm if d.current), "")
-        t.append(f" {where}", style="#b0bec5")
-        self.update(t)
+        lines.append((("rip ", "#82aaff"), (f"{rip:016x}", CHANGED if changed else ""),
+                      (f" {_where(snap)}", "#b0bec5")))
+        self.set_lines(lines)

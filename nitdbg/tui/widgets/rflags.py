@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from ..model import Snapshot
-from .base import Pane
+from .base import Pane, base_vcpu
 
 # (bit, name, meaning) - APM vol 2 3.1.6, SDM vol 1 3.4.3
 BITS: list[tuple[int, str, str]] = [
@@ -40,6 +40,7 @@ class FlagBit(Static):
         super().__init__(name.lower(), id=f"flag-{name.lower()}", classes="flag")
         self.bit, self.flag, self.tooltip = bit, name, f"{name} (bit {bit}): {meaning}"
         self.value: int = 0
+        self._drawn: tuple[str, str] | None = None
 
     def set_value(self, rflags: int, old: int | None) -> None:
         if self.flag == "IOPL":
@@ -51,7 +52,12 @@ class FlagBit(Static):
         self.value = val
         changed = prev is not None and prev != val
         style = "bold #ffcb6b on #3b2f1a" if changed else ("bold #c3e88d" if val else "#697098")
-        self.update(Text(text + ("*" if changed else ""), style=style))
+        text += "*" if changed else ""
+        if self._drawn != (text, style):
+            # width: auto, so a layout pass only when the text's width changes
+            relayout = self._drawn is None or len(self._drawn[0]) != len(text)
+            self._drawn = (text, style)
+            self.update(Text(text, style=style), layout=relayout)
         self.set_class(bool(val), "-set")
         self.set_class(changed, "-changed")
 
@@ -72,13 +78,19 @@ class RflagsPane(Vertical, Pane):
     def flag(self, name: str) -> FlagBit:
         return self.query_one(f"#flag-{name.lower()}", FlagBit)
 
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        v = snap.vcpu
+        old = base_vcpu(base, v.id)
+        return v.rflags, v.rflags_source, v.rflags_now, old.rflags if old else None
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         v = snap.vcpu
-        old = base.vcpus[v.id].rflags if base is not None and len(base.vcpus) > v.id else None
-        self.border_title = f"rflags {v.rflags:#x}"
+        old_v = base_vcpu(base, v.id)
+        old = old_v.rflags if old_v is not None else None
+        self.set_title(f"rflags {v.rflags:#x}")
         for fb in self.query(FlagBit):
             fb.set_value(v.rflags, old)
         src = "source: " + v.rflags_source
         if v.rflags_now is not None and v.rflags_now != v.rflags:
             src += f"; frame now {v.rflags_now:#x}"
-        self.query_one("#rflags-src", Static).update(src)
+        self.query_one("#rflags-src", Static).update(src, layout=False)

@@ -3,11 +3,9 @@ highlighted since the previous stop."""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
-
 from ..model import Snapshot
-from .base import Pane
+from .base import Pane, base_vcpu
+from .lineview import LinePane
 
 
 def _counters(text: str) -> dict[str, str]:
@@ -18,19 +16,22 @@ def _counters(text: str) -> dict[str, str]:
     return out
 
 
-class StatsPane(Static, Pane):
+class StatsPane(LinePane, Pane):
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        old = base_vcpu(base, snap.selected)
+        return snap.selected, snap.vcpu.stats, old.stats if old else None
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         v = snap.vcpu
         cur = _counters(v.stats)
-        old = _counters(base.vcpus[v.id].stats) if base is not None else {}
-        self.border_title = f"stats vCPU {v.id}"
-        t = Text(no_wrap=True, overflow="ellipsis")
+        old_v = base_vcpu(base, v.id)
+        old = _counters(old_v.stats) if old_v is not None else {}
+        self.set_title(f"stats vCPU {v.id}")
+        lines = []
         for desc, val in cur.items():
             if val == "0":
                 continue
-            if t.plain:
-                t.append("\n")
             changed = desc in old and old[desc] != val
-            t.append(f"{val:>8} ", style="bold #ffcb6b" if changed else "#c3e88d")
-            t.append(desc)
-        self.update(t)
+            lines.append(((f"{val:>8} ", "bold #ffcb6b" if changed else "#c3e88d"),
+                          (desc, "")))
+        self.set_lines(lines)

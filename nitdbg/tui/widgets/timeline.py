@@ -3,11 +3,9 @@ retirement logs). One column per time bucket; the most telling event of a bucket
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
-
 from ..model import Snapshot
 from .base import Pane
+from .lineview import LinePane, plain
 
 # kind -> (glyph, style, rank): higher rank wins a bucket
 GLYPHS = {"iret": ("I", "bold black on #ff5370", 6), "nmi": ("N", "bold black on #ffcb6b", 5),
@@ -17,18 +15,26 @@ GLYPHS = {"iret": ("I", "bold black on #ff5370", 6), "nmi": ("N", "bold black on
 LEGEND = "I IRET exit  N NMI  n inject  D #DB  E exception  i intr  x exit"
 
 
-class TimelinePane(Static, Pane):
+def _ends(tl: tuple) -> tuple:
+    # the events are the newest of an append-only log: count and both ends say it all
+    return (len(tl), tl[0], tl[-1]) if tl else ()
+
+
+class TimelinePane(LinePane, Pane):
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        return (self.size.width, snap.selected, tuple(_ends(v.timeline) for v in snap.vcpus))
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         width = max(20, (self.size.width or 80) - 8)
         evs = [e for v in snap.vcpus for e in v.timeline]
-        t = Text(no_wrap=True, overflow="ellipsis")
         if not evs:
-            self.update("no events yet")
+            self.set_lines([plain("no events yet")])
             return
+        lines = []
         hi = max(e.time for e in evs)
         lo = min(e.time for e in evs)
         span = max(hi - lo, 1)
-        self.border_title = f"timeline {lo / 1e6:.3f}–{hi / 1e6:.3f} ms (virtual)"
+        self.set_title(f"timeline {lo / 1e6:.3f}–{hi / 1e6:.3f} ms (virtual)")
         for v in snap.vcpus:
             cells: list[tuple[str, str, int]] = [(" ", "", 0)] * width
             for e in v.timeline:
@@ -36,9 +42,8 @@ class TimelinePane(Static, Pane):
                 g = GLYPHS.get(e.kind)
                 if g and g[2] > cells[i][2]:
                     cells[i] = g
-            t.append(f"vCPU{v.id} ", style="bold" if v.id == snap.selected else "")
-            for ch, st, _ in cells:
-                t.append(ch if ch != " " else "·", style=st or "#3a3f4b")
-            t.append("\n")
-        t.append(LEGEND, style="#697098")
-        self.update(t)
+            runs = [(f"vCPU{v.id} ", "bold" if v.id == snap.selected else "")]
+            runs.extend((ch if ch != " " else "·", st or "#3a3f4b") for ch, st, _ in cells)
+            lines.append(tuple(runs))
+        lines.append(plain(LEGEND, "#697098"))
+        self.set_lines(lines)

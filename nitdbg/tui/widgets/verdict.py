@@ -16,6 +16,9 @@ class VerdictBar(Static, Pane):
     class EvidenceRequested(Message):
         """The user wants the audit's evidence."""
 
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        return snap.audit_ok, snap.audit_summary, snap.status
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         ok = snap.audit_ok
@@ -24,7 +27,7 @@ class VerdictBar(Static, Pane):
         t.append(" " + snap.audit_summary, style="bold" if not ok else "")
         t.append("  (a: evidence)", style="#697098")
         t.append(f"   {snap.status}", style="#89ddff")
-        self.update(t)
+        self.update(t, layout=False)         # one line, always
         self.set_class(not ok, "-violation")
 
     def on_click(self) -> None:

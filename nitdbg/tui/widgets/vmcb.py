@@ -4,30 +4,29 @@ and the guest RFLAGS; fields changed since the previous stop highlighted."""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
-
 from ..model import Snapshot
-from .base import Pane
+from .base import Pane, base_vcpu
+from .lineview import LinePane
 
 CHANGED = "bold #ffcb6b on #3b2f1a"
 
 
-class VmcbPane(Static, Pane):
+class VmcbPane(LinePane, Pane):
+    def key(self, snap: Snapshot, base: Snapshot | None) -> object:
+        old = base_vcpu(base, snap.selected)
+        return snap.selected, snap.vcpu.vmcb, old.vmcb if old else None
+
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         v = snap.vcpu
         b = v.vmcb
-        old = base.vcpus[v.id].vmcb.fields() if base is not None and len(base.vcpus) > v.id \
-            else {}
-        self.border_title = f"VMCB vCPU {v.id}"
-        t = Text(no_wrap=True, overflow="ellipsis")
+        old_v = base_vcpu(base, v.id)
+        old = old_v.vmcb.fields() if old_v is not None else {}
+        self.set_title(f"VMCB vCPU {v.id}")
+        lines = []
 
         def row(label: str, key: str, text: str) -> None:
-            if t.plain:
-                t.append("\n")
-            t.append(f"{label:<12}", style="#82aaff")
             changed = key in old and old[key] != getattr(b, key)
-            t.append(text, style=CHANGED if changed else "")
+            lines.append(((f"{label:<12}", "#82aaff"), (text, CHANGED if changed else "")))
 
         row("exitcode", "exitcode", f"{b.exitcode:#x} {b.exitname}")
         row("exitinfo1", "exitinfo1", f"{b.exitinfo1:#x}")
@@ -41,4 +40,4 @@ class VmcbPane(Static, Pane):
         row("rip", "rip", f"{b.rip:#x}")
         row("dr6/dr7", "dr6", f"{b.dr6:#x} / {b.dr7:#x}" + (" BS" if b.dr6 & 0x4000 else ""))
         row("intercepts", "intercepts", " ".join(b.intercepts))
-        self.update(t)
+        self.set_lines(lines)
