@@ -45,6 +45,10 @@ def base_vcpu(base: Snapshot | None, vcpu: int):  # noqa: ANN201 - VcpuView | No
 def update_auto_height(widget, content) -> None:  # noqa: ANN001 - a Static, a Visual
     """Static.update() for a pane whose height follows its text: a layout pass (every
     widget on the screen re-arranged) only when the text needs a different number of rows."""
+    height = widget.styles.height
+    if height is not None and not height.is_auto:
+        widget.update(content, layout=False)
+        return
     before = _rows(widget)
     widget.update(content, layout=False)
     widget.clear_cached_dimensions()            # the text changed: measure it again

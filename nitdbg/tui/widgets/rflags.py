@@ -3,13 +3,11 @@ tooltip per bit with what it means (and, for TF and RF, the rule that matters he
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Static
+from textual.events import MouseMove
 
 from ..model import Snapshot
 from .base import Pane, base_vcpu
+from .lineview import LinePane, plain
 
 # (bit, name, meaning) - APM vol 2 3.1.6, SDM vol 1 3.4.3
 BITS: list[tuple[int, str, str]] = [
@@ -33,50 +31,32 @@ BITS: list[tuple[int, str, str]] = [
 ]
 
 
-class FlagBit(Static):
-    DEFAULT_CSS = "FlagBit { width: auto; padding: 0 1 0 0; }"
-
-    def __init__(self, bit: int, name: str, meaning: str) -> None:
-        super().__init__(name.lower(), id=f"flag-{name.lower()}", classes="flag")
-        self.bit, self.flag, self.tooltip = bit, name, f"{name} (bit {bit}): {meaning}"
-        self.value: int = 0
-        self._drawn: tuple[str, str] | None = None
-
-    def set_value(self, rflags: int, old: int | None) -> None:
-        if self.flag == "IOPL":
-            val, prev = rflags >> 12 & 3, None if old is None else old >> 12 & 3
-            text = f"iopl={val}"
-        else:
-            val, prev = rflags >> self.bit & 1, None if old is None else old >> self.bit & 1
-            text = self.flag if val else self.flag.lower()
-        self.value = val
-        changed = prev is not None and prev != val
-        style = "bold #ffcb6b on #3b2f1a" if changed else ("bold #c3e88d" if val else "#697098")
-        text += "*" if changed else ""
-        if self._drawn != (text, style):
-            # width: auto, so a layout pass only when the text's width changes
-            relayout = self._drawn is None or len(self._drawn[0]) != len(text)
-            self._drawn = (text, style)
-            self.update(Text(text, style=style), layout=relayout)
-        self.set_class(bool(val), "-set")
-        self.set_class(changed, "-changed")
+def flag_cell(bit: int, name: str, rflags: int, old: int | None) -> tuple[int, str, str]:
+    """(value, text, style) of one flag: set upper-case, clear lower-case, "*" if it changed
+    since the previous stop."""
+    if name == "IOPL":
+        val, prev = rflags >> 12 & 3, None if old is None else old >> 12 & 3
+        text = f"iopl={val}"
+    else:
+        val, prev = rflags >> bit & 1, None if old is None else old >> bit & 1
+        text = name if val else name.lower()
+    changed = prev is not None and prev != val
+    style = "bold #ffcb6b on #3b2f1a" if changed else ("bold #c3e88d" if val else "#697098")
+    return val, text + ("*" if changed else ""), style
 
 
-class RflagsPane(Vertical, Pane):
-    DEFAULT_CSS = """
-    RflagsPane { height: auto; }
-    RflagsPane > Horizontal { height: 1; }
-    RflagsPane > #rflags-src { height: 1; color: $text-muted; }
-    """
+class RflagsPane(LinePane, Pane):
+    """One line of flags and one of where the value comes from. The flags are drawn as one
+    line (not a widget per bit: 14 more widgets to lay out and composite on every step);
+    the tooltip follows the mouse from bit to bit."""
 
-    def compose(self) -> ComposeResult:
-        with Horizontal():
-            for bit, name, meaning in BITS:
-                yield FlagBit(bit, name, meaning)
-        yield Static("", id="rflags-src")
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        super().__init__(**kw)
+        self.values: dict[str, int] = {}
+        self._cols: list[tuple[int, int, str]] = []      # start, end column, tooltip
 
-    def flag(self, name: str) -> FlagBit:
-        return self.query_one(f"#flag-{name.lower()}", FlagBit)
+    def flag_value(self, name: str) -> int:
+        return self.values[name]
 
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         v = snap.vcpu
@@ -88,9 +68,23 @@ class RflagsPane(Vertical, Pane):
         old_v = base_vcpu(base, v.id)
         old = old_v.rflags if old_v is not None else None
         self.set_title(f"rflags {v.rflags:#x}")
-        for fb in self.query(FlagBit):
-            fb.set_value(v.rflags, old)
+        runs, cols, col = [], [], 0
+        for bit, name, meaning in BITS:
+            val, text, style = flag_cell(bit, name, v.rflags, old)
+            self.values[name] = val
+            runs += [(text, style), (" ", "")]
+            cols.append((col, col + len(text), f"{name} (bit {bit}): {meaning}"))
+            col += len(text) + 1
+        self._cols = cols
         src = "source: " + v.rflags_source
         if v.rflags_now is not None and v.rflags_now != v.rflags:
             src += f"; frame now {v.rflags_now:#x}"
-        self.query_one("#rflags-src", Static).update(src, layout=False)
+        self.set_lines([tuple(runs[:-1]), plain(src, "#697098")])
+
+    def on_mouse_move(self, event: MouseMove) -> None:
+        x = event.x - self.styles.gutter.left
+        tip = None
+        if event.y - self.styles.gutter.top == 0:
+            tip = next((t for a, b, t in self._cols if a <= x < b), None)
+        if tip != self.tooltip:
+            self.tooltip = tip
