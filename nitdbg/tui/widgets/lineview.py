@@ -85,7 +85,10 @@ class LineView(ScrollView, can_focus=True):
         height = self.scrollable_content_region.height
         was = self.virtual_size.height > height
         update = getattr(self, "_scroll_update", None)
-        if (update is not None and not self.auto_height and self.size
+        if not self.size and not self.auto_height:
+            # not on screen (another tab): the layout that shows it reads the size then
+            self.set_reactive(Widget.virtual_size, size)
+        elif (update is not None and not self.auto_height
                 and (not self.scrolls or was == (size.height > height))):
             # scrollbar shown before and after (or neither): no layout pass over the whole
             # screen, only this view's scroll limits (what Textual itself does on scroll)
