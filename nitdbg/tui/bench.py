@@ -7,7 +7,9 @@ How they are taken (`bench_figures()`):
   process plays the terminal: it reads everything the app writes and types the keys.
 * `tui_start_to_first_paint_s`: from just before the child process is spawned (so Python's
   own start-up and every import count) to the moment the first frame's bytes ("booting the
-  guest…" in the panes) arrive on the terminal.
+  guest…" in the panes) arrive on the terminal. `tui_start_to_booted_s`: to the paint of
+  the booted guest's first snapshot (the machine boots on the worker after the first paint).
+* Then, as a user: F3, `sysctl machdep.kdb_on_nmi=1`, Esc, `n` (ddb stops on the NMI).
 * Key figures: from writing the key's bytes to the terminal to the moment the app has
   painted the result. The app reports its paints through `NitdbgApp.paint_probe` (set only
   here, in the child): the main screen calls it from `call_after_refresh` after applying a
