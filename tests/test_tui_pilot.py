@@ -141,3 +141,38 @@ def test_completion_extends_to_the_common_prefix():
     assert complete("cpu_id", ["cpu_idle_acpi", "cpu_idle_hlt", "step"]) == (
         "cpu_idle_", ["cpu_idle_acpi", "cpu_idle_hlt"])
     assert complete("zz", ["step"]) == ("zz", [])
+
+
+def test_replay_steps_forward_and_back_through_a_recorded_session():
+    asyncio.run(_flow_replay_steps_forward_and_back())
+
+
+async def _flow_replay_steps_forward_and_back():
+    """Open a recorded session, step forward through its inputs (each checkpoint compared
+    with the recording), then back: the nearest saved state is restored and re-executed."""
+    from pathlib import Path
+
+    from nitdbg.tui.worker import Request
+    path = Path(__file__).resolve().parents[1] / "sessions" / "pending-interrupt.nitrec"
+    app = NitdbgApp({})
+    async with app.run_test(size=(160, 45)) as pilot:
+        await wait_idle(app, pilot)
+        app.main_screen._submit(Request("replay_open", str(path)))
+        await wait_idle(app, pilot)
+        for _ in range(6):
+            await pilot.press("right_square_bracket")
+            await wait_idle(app, pilot)
+        out = _transcript(app)
+        assert "replay: at input 6 of" in out
+        assert "checkpoint: same as recorded" in out and "DIVERGED" not in out
+        forward = app.machine.m.total_retired
+        await pilot.press("left_square_bracket")
+        await wait_idle(app, pilot)
+        out = _transcript(app)
+        assert "replay: restored the state saved at input 4" in out
+        assert "replay: at input 5 of" in out
+        assert app.machine.m.total_retired <= forward
+        await pilot.press("right_square_bracket")
+        await wait_idle(app, pilot)
+        assert app.machine.m.total_retired == forward      # the same state as before
+        assert "DIVERGED" not in _transcript(app)

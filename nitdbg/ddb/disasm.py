@@ -40,6 +40,9 @@ class DisInsn:
 
 
 class Disassembler:
+    def __deepcopy__(self, memo: dict) -> Disassembler:
+        return self     # a capstone handle and the symbol table: no guest state to copy
+
     def __init__(self, symbols: SymbolTable, mode: int = 64):
         self.symbols = symbols
         self.md = capstone.Cs(capstone.CS_ARCH_X86,

@@ -432,10 +432,9 @@ class MachineWorker:
             return
         target = max(0, min(len(rp.session.inputs), rp.pos + delta))
         if target < rp.pos:
-            # back: the checkpoints hold digests, not states, so rebuild and re-execute
-            from ..session.replay import build_machine
-            rp.m = build_machine(rp.session)
-            rp.pos = 0
+            # back: restore the nearest saved state and re-execute up to the target
+            at = rp.rewind(target)
+            self._out(f"replay: restored the state saved at input {at}\n", "info")
         while rp.pos < target:
             self._out(rp.apply_next(), "info")
         self.m = rp.m
@@ -446,10 +445,22 @@ class MachineWorker:
 class _Replay:
     """A session being stepped through: its machine and how many inputs it has had."""
 
+    # a full copy of the machine is kept at every SAVE_EVERY-th input: stepping back
+    # restores the nearest one at or before the target and re-executes from there
+    SAVE_EVERY = 4
+
     def __init__(self, session, m: Machine) -> None:  # noqa: ANN001 - session.Session
         self.session = session
         self.m = m
         self.pos = 0
+        self.saved: dict[int, Machine] = {0: m.clone()}
+
+    def rewind(self, target: int) -> int:
+        """Restore the nearest saved state at or before `target`; returns its position."""
+        pos = max(p for p in self.saved if p <= target)
+        self.m = self.saved[pos].clone()
+        self.pos = pos
+        return pos
 
     def apply_next(self) -> str:
         from ..session import checkpoint, ops
@@ -457,6 +468,8 @@ class _Replay:
         result = ops.apply(self.m, inp["op"], inp["args"])
         cks = [c for c in self.session.checkpoints if c.get("input") == inp.get("n")]
         self.pos += 1
+        if self.pos % self.SAVE_EVERY == 0 and self.pos not in self.saved:
+            self.saved[self.pos] = self.m.clone()
         line = f"#{inp.get('n')} {ops.describe(inp['op'], inp['args'])}"
         if isinstance(result, str) and result:
             line += "\n" + result.rstrip("\n")

@@ -304,7 +304,7 @@ class MainScreen(Screen):
         self._submit(Request("audit"))
 
     def action_record(self) -> None:
-        self._submit(Request("record", "session.nitrec"))
+        self._submit(Request("record", ""))   # "": the next file in the user's data directory
 
     def action_replay_step(self, delta: int) -> None:
         self._submit(Request("replay_step", num=delta))
