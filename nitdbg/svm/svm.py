@@ -38,6 +38,8 @@ _SEG_ALL = struct.Struct("<" + "HHIQ" * 10)
 _CTRL = struct.Struct("<7Q")
 _GPR = struct.Struct("<6Q")
 _Q = struct.Struct("<Q")
+_EXIT = struct.Struct("<4Q")
+_M64 = 0xFFFF_FFFF_FFFF_FFFF
 _TYPE_KIND = {TYPE_INTR: "intr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception",
               TYPE_SOFT_INT: "soft"}
 
@@ -229,12 +231,12 @@ class Svm(Hooks):
         if self._rip_override is not None:
             c.rip = self._rip_override
         self.save_guest()
-        v.exitcode = ec.exitcode_to_u64(code)
-        v.exitinfo1 = info1 & 0xFFFF_FFFF_FFFF_FFFF
-        v.exitinfo2 = info2 & 0xFFFF_FFFF_FFFF_FFFF
-        v.exitintinfo = intinfo
-        v.nrip = nrip if nrip is not None else 0
-        self.exit = Exit(code, info1, info2, intinfo, v.nrip, c.rip)
+        nrip = nrip if nrip is not None else 0
+        # EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO are consecutive at 0x70 (APM table B-1)
+        _EXIT.pack_into(v.buf, 0x70, ec.exitcode_to_u64(code), info1 & _M64, info2 & _M64,
+                        intinfo)
+        _Q.pack_into(v.buf, 0xC8, nrip)
+        self.exit = Exit(code, info1, info2, intinfo, nrip, c.rip)
         self.in_guest = False
         self._pending = None
         c.record_event(EV_VMEXIT, 0, None, c.rip, c.rflags, code & 0xFFFF_FFFF)
