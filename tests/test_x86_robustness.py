@@ -20,3 +20,26 @@ def test_an_internal_error_in_an_instruction_becomes_ud_with_a_record(monkeypatc
     assert m.cpu.rip == m.syms["ud_handler"] + 1
     rip, _, text = m.cpu.last_unsupported
     assert rip == m.syms["bad"] and "internal error executing bswap" in text
+
+
+def test_flag_instructions_clear_set_and_complement_one_flag_each():
+    src = """
+        stc
+        cmc
+        pushfq
+        std
+        stc
+        pushfq
+        cld
+        clc
+        cmc
+        pushfq
+        hlt
+    """
+    m = LongModeMachine(src)
+    m.cpu.run(20)
+    c = m.cpu
+    third, second, first = c.rd(c.regs[4], 8), c.rd(c.regs[4] + 8, 8), c.rd(c.regs[4] + 16, 8)
+    assert (first & 1, first >> 10 & 1) == (0, 0)          # stc; cmc -> CF=0
+    assert (second & 1, second >> 10 & 1) == (1, 1)        # std; stc
+    assert (third & 1, third >> 10 & 1) == (1, 0)          # cld; clc; cmc

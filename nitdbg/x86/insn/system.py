@@ -10,12 +10,14 @@ from ..faults import Fault
 from ..interrupts import canonical
 from ..regs import (
     AC,
+    CF,
     CR0_PE,
     CR0_PG,
     CR0_TS,
     CR4_PAE,
     CRMAP,
     CS,
+    DF,
     DR6_BD,
     DR6_BS,
     DR7_GD,
@@ -107,39 +109,18 @@ def sti(d: Decoded):
     return sti_
 
 
-@translates(X.X86_INS_CLD)
-def cld(d: Decoded):
-    def cld_(c):
-        c.rflags &= ~0x400
-    return cld_
+# CLC/STC/CMC/CLD/STD: one flag cleared, set or complemented: (keep mask, set bits, flip bits)
+_FLAG_OPS = {X.X86_INS_CLC: (~CF, 0, 0), X.X86_INS_STC: (-1, CF, 0), X.X86_INS_CMC: (-1, 0, CF),
+             X.X86_INS_CLD: (~DF, 0, 0), X.X86_INS_STD: (-1, DF, 0)}
 
 
-@translates(X.X86_INS_STD)
-def std(d: Decoded):
-    def std_(c):
-        c.rflags |= 0x400
-    return std_
+@translates(*_FLAG_OPS)
+def flag_op(d: Decoded):
+    keep, set_, flip = _FLAG_OPS[d.id]
 
-
-@translates(X.X86_INS_CLC)
-def clc(d: Decoded):
-    def clc_(c):
-        c.rflags &= ~1
-    return clc_
-
-
-@translates(X.X86_INS_STC)
-def stc(d: Decoded):
-    def stc_(c):
-        c.rflags |= 1
-    return stc_
-
-
-@translates(X.X86_INS_CMC)
-def cmc(d: Decoded):
-    def cmc_(c):
-        c.rflags ^= 1
-    return cmc_
+    def flag_op_(c):
+        c.rflags = ((c.rflags & keep) | set_) ^ flip
+    return flag_op_
 
 
 @translates(X.X86_INS_LAHF)
