@@ -130,7 +130,7 @@ def _console(a: argparse.Namespace) -> int:
         except ImportError as e:
             print(f"nitdbg: replay is not available ({e})", file=sys.stderr)
             return 1
-        return main_replay([a.replay, "--show"])
+        return main_replay([a.replay, "--show", "--step", "--verify"])
     target = _record_target(a)
     if target is None:
         return console.main(_make_machine(a))

@@ -91,11 +91,11 @@ def replay(path: str | os.PathLike, verify: bool = True,
                 raise SessionError(f"{s.path}: record {i + 2} lacks {e}") from None
             res.inputs += 1
             if show is not None:
-                show(ops.describe(rec["op"], rec["args"]) + "\n")
-                if isinstance(result, str) and result:
-                    show(result if result.endswith("\n") else result + "\n")
-                elif error:
-                    show(error + "\n")
+                text = ops.describe(rec["op"], rec["args"]) + "\n"
+                out = result if isinstance(result, str) and result else error or ""
+                if out:
+                    text += out if out.endswith("\n") else out + "\n"
+                show(text)             # one call per input: a stepping front end pauses once
         elif rec["t"] == "ck" and verify:
             res.checkpoints += 1
             mine = checkpoint.take(m)
