@@ -248,6 +248,7 @@ class Machine:
             return None
         if kind == "kdb":
             self.in_kdb[ux.vcpu] = dict(ux.info)
+            self.vm.vcpus[ux.vcpu].stopped_by_host = True
             return StopEvent("kdb", ux.vcpu, dict(ux.info))
         if kind == "debug_exit":
             self.exit_status = ux.info["status"]
@@ -259,6 +260,7 @@ class Machine:
 
     def leave_kdb(self, vcpu: int) -> None:
         self.in_kdb.pop(vcpu, None)
+        self.vm.vcpus[vcpu].stopped_by_host = False
 
     # ------------------------------------------------------------------ the debugger
     @property

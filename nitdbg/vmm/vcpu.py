@@ -63,6 +63,7 @@ class Vcpu:
         self.kicked = False
         self.iret_exit_rip: int | None = None
         self.sstep_after_hlt = False
+        self.stopped_by_host = False     # the machine holds it (in the debugger)
         self.last_exit: Exit | None = None
         self.exit_count = 0
         # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
@@ -347,6 +348,17 @@ class Vcpu:
         if rip != e.rip or self.cpu.icount - _ > 64:
             n, t0 = 0, self.now()
         self.pause_spin = (e.rip, n + 1, self.cpu.icount, t0)
+        # A spin-wait cannot end before another running vCPU acts. The real vCPUs run side
+        # by side, so while the others execute, this one keeps spinning: its clock catches
+        # up with the least advanced of them and the simulator turns to them (a directed
+        # yield, like pause-loop exiting in KVM), instead of simulating every iteration.
+        others = [w.now() for w in self.vm.vcpus if w is not self and not w.halted
+                  and not w.stopped_by_host]
+        if others:
+            ahead = min(others) - self.now()
+            if ahead > 0:
+                self.cpu.advance_time(ahead)
+            self.vm.resched = True
         return None
 
     def _exit_exception(self, e: Exit) -> UserExit | None:
