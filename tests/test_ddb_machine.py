@@ -237,3 +237,17 @@ def test_stepping_over_an_emulated_hlt_stops_right_after_it(s):
     chk = s.ddb.audit.checks[-1]
     assert chk.executed[0].emulated and chk.executed[0].text == "hlt"
     assert not chk.omitted and s.ddb.audit.ok
+
+
+def test_set_writes_a_trapframe_register_and_write_stores_memory(s):
+    s.nmi()
+    assert s.cmd("set $rbx = 0x1234") == ""
+    assert s.ddb.frame()["tf_rbx"] == 0x1234
+    assert re.search(r"^rbx\s+0x1234$", s.cmd("show registers"), re.M)
+    assert s.cmd("p $rbx").strip() == "1234"            # print: hex, ddb's default radix
+    addr = s.m.symbols.address("ticks")
+    out = s.cmd(f"write/l {addr:#x} 0x55")
+    assert out.startswith("ticks\t\t") and out.rstrip().endswith("0x55")
+    assert s.cmd("x/wx ticks") == "ticks:\t55\n"
+    assert s.cmd("set $nosuch = 1") == "Unknown variable $nosuch\n"
+    assert s.cmd("write/q 0 1") == "Bad modifier\n"

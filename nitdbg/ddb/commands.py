@@ -13,7 +13,7 @@ from .errors import DdbError
 from .examine import examine, print_value
 from .expr import ExprContext, expression, starts_expression
 from .lex import Lexer
-from .regs import SHOW_REGS
+from .regs import FRAME_REGS, SHOW_REGS
 from .trace import backtrace
 
 if TYPE_CHECKING:
@@ -224,6 +224,8 @@ COMMANDS = _table(
     Command("where", cmd_trace),
     Command("show", None, "show <what>", SHOW),
     Command("help", cmd_help, "this list"),
+    Command("set", None, "set $reg = expr"),
+    Command("write", None, "write[/bhlg] addr expr ..."),
 )
 
 
@@ -269,6 +271,10 @@ def execute(db: Ddb, line: str) -> DdbResult:
         if not text:
             return DdbResult("")
     try:
+        own = _own_syntax(db, text)
+        if own is not None:
+            db.last_line = text
+            return DdbResult(own)
         cmd, args = _parse(db, text)
         if repeat and cmd.fn is cmd_examine:
             # a blank line after x: go on from where it stopped, same format and count
@@ -283,6 +289,67 @@ def execute(db: Ddb, line: str) -> DdbResult:
     if isinstance(res, str):
         return DdbResult(res)
     return res
+
+
+def _own_syntax(db: Ddb, text: str) -> str | None:
+    """set and write parse their own arguments (db_set_cmd, db_write_cmd)."""
+    lx = Lexer(text)
+    t = lx.peek()
+    if t.kind != "ident":
+        return None
+    try:
+        name = "write" if t.text == "w" else search(COMMANDS, t.text).name
+    except DdbError:
+        return None
+    if name not in ("set", "write"):
+        return None
+    lx.next()
+    ctx = ExprContext(db.symbols, db.register, lambda: db.dot)
+    return cmd_set(db, lx, ctx) if name == "set" else cmd_write(db, lx, ctx)
+
+
+def cmd_set(db: Ddb, lx: Lexer, ctx: ExprContext) -> str:
+    """set $reg [=] expr: write a register of the trapframe (ddb's db_set_cmd)."""
+    t = lx.next()
+    if t.kind != "var":
+        raise DdbError("Unknown variable")
+    name = t.text.lstrip("$").lower()
+    lx.accept("=")
+    if not starts_expression(lx):
+        raise DdbError("Syntax error")
+    value = expression(lx, ctx)
+    if not lx.at_eol():
+        raise DdbError("Syntax error")
+    if name not in FRAME_REGS:
+        raise DdbError(f"Unknown variable ${name}")
+    db.set_frame(**{FRAME_REGS[name]: value})
+    return ""
+
+
+def cmd_write(db: Ddb, lx: Lexer, ctx: ExprContext) -> str:
+    """write[/bhlg] addr expr [expr ...]: store values, printing old = new (db_write_cmd)."""
+    size = 4
+    if lx.accept("/"):
+        t = lx.next()
+        sizes = {"b": 1, "h": 2, "l": 4, "g": 8}
+        if t.kind != "ident" or t.text not in sizes:
+            raise DdbError("Bad modifier")
+        size = sizes[t.text]
+    if not starts_expression(lx):
+        raise DdbError("Syntax error")
+    addr = expression(lx, ctx)
+    values = []
+    while starts_expression(lx):
+        values.append(expression(lx, ctx) & ((1 << (8 * size)) - 1))
+    if not values or not lx.at_eol():
+        raise DdbError("Syntax error")
+    out = []
+    for v in values:
+        old = int.from_bytes(db.read(addr, size), "little")
+        db.write(addr, v.to_bytes(size, "little"))
+        out.append(f"{db.symbols.format(addr)}\t\t{old:#8x}\t=\t{v:#8x}\n")
+        addr += size
+    return "".join(out)
 
 
 def _repeatable(text: str) -> str:
