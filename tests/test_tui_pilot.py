@@ -176,3 +176,24 @@ async def _flow_replay_steps_forward_and_back():
         await wait_idle(app, pilot)
         assert app.machine.m.total_retired == forward      # the same state as before
         assert "DIVERGED" not in _transcript(app)
+
+
+def test_running_the_pending_interrupt_scenario_shows_its_verdict():
+    asyncio.run(_flow_scenario_verdict())
+
+
+async def _flow_scenario_verdict():
+    """e → pick a scenario: it runs on its own machines and its checks and verdict appear."""
+    from nitdbg.tui.screens.scenarios import ScenarioScreen
+    app = NitdbgApp({})
+    async with app.run_test(size=(160, 45)) as pilot:
+        await wait_idle(app, pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, ScenarioScreen)
+        app.screen.dismiss("pending-interrupt")
+        await pilot.pause()
+        await wait_idle(app, pilot, timeout=120)
+        out = _transcript(app)
+        assert "PASS  there is a pending interrupt after \"Delaying 800000 usecs\"" in out
+        assert "scenario pending-interrupt: PASS" in out
