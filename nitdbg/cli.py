@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
     r.add_argument("--max-instructions", type=int, default=100_000_000)
+    r.add_argument("--max-seconds", type=float, default=10.0,
+                   help="stop after this much virtual time (default 10 s)")
     r.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
                    help="host sysctl to set before running (repeatable)")
     r.add_argument("--serial-out", metavar="FILE", help="write the guest serial output here")

@@ -97,11 +97,12 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
             return 1
     writer = EventWriter(m, events, a.trace_instructions) if events else None
     left = a.max_instructions
+    until_ns = m.now() + int(a.max_seconds * 1_000_000_000)
     ev = None
     try:
         while left > 0:
             before = m.total_retired
-            ev = m.run(max_insns=min(CHUNK, left))
+            ev = m.run(max_insns=min(CHUNK, left), until_ns=until_ns)
             left -= m.total_retired - before
             if writer:
                 writer.flush()
@@ -121,7 +122,7 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
                                      "retired": m.total_retired,
                                      "exit_status": m.exit_status}) + "\n")
             events.close()
-    if ev is not None and ev.reason not in ("budget", "debug_exit", "idle"):
+    if ev is not None and ev.reason not in ("budget", "debug_exit", "idle", "time"):
         msg = describe_stop(m, ev) or f"stopped: {ev.reason}\n"
         sys.stderr.write(msg)
     if m.exit_status is not None:
