@@ -14,7 +14,7 @@ from ..ddb.disasm import Disassembler, DisInsn
 from ..svm import exitcodes as ec
 from ..svm.intinfo import describe as intinfo_describe
 from ..x86.regs import GPR_NAMES
-from ..x86.retire import EV_EXCEPTION, EV_INJECT, EV_INTR, EV_NMI, EV_VMEXIT
+from ..x86.retire import EV_EXCEPTION, EV_INJECT, EV_INTR, EV_IRET, EV_NMI, EV_VMEXIT
 from .explain import explain
 from .model import DisLine, Snapshot, TimelineEvent, VcpuView, VmcbView
 
@@ -226,6 +226,8 @@ def _timeline(v) -> tuple[TimelineEvent, ...]:  # noqa: ANN001
             kind, label = ("db", "#DB") if e.vector == 1 else ("exc", f"exception {e.vector}")
         elif e.kind == EV_INTR:
             kind, label = "intr", f"interrupt {e.vector}"
+        elif e.kind == EV_IRET:
+            kind, label = "ret", "IRET retired"
         else:
             continue
         out.append(TimelineEvent(log.time_of(e.seq), kind, label))

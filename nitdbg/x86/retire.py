@@ -13,8 +13,9 @@ from array import array
 from collections import deque
 from dataclasses import dataclass
 
-EV_EXCEPTION, EV_NMI, EV_INTR, EV_SOFTINT, EV_VMEXIT, EV_VMRUN, EV_INJECT = range(7)
-EV_NAMES = ["exception", "nmi", "intr", "softint", "vmexit", "vmrun", "inject"]
+EV_EXCEPTION, EV_NMI, EV_INTR, EV_SOFTINT, EV_VMEXIT, EV_VMRUN, EV_INJECT, EV_IRET = range(8)
+EV_NAMES = ["exception", "nmi", "intr", "softint", "vmexit", "vmrun", "inject", "iret"]
+# EV_IRET: an IRET completed (rip/rflags: what it loaded); it is also in the instruction ring
 
 
 @dataclass(frozen=True, slots=True)

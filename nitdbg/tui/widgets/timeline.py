@@ -11,8 +11,8 @@ from .lineview import LinePane, plain
 GLYPHS = {"iret": ("I", "bold black on #ff5370", 6), "nmi": ("N", "bold black on #ffcb6b", 5),
           "inject": ("n", "bold #ffcb6b", 4), "db": ("D", "bold black on #82aaff", 5),
           "exc": ("E", "bold #ff5370", 3), "intr": ("i", "#89ddff", 2),
-          "exit": ("x", "#697098", 1)}
-LEGEND = "I IRET exit  N NMI  n inject  D #DB  E exception  i intr  x exit"
+          "ret": ("r", "bold #c3e88d", 4), "exit": ("x", "#697098", 1)}
+LEGEND = "I IRET exit  r IRET retired  N NMI  n inject  D #DB  E exception  i intr  x exit"
 
 
 def _ends(tl: tuple) -> tuple:

@@ -13,6 +13,7 @@ from ..decode import F_LOADS_RF, Decoded, translates
 from ..faults import Fault
 from ..interrupts import canonical
 from ..regs import CS, DS, ES, FS, GS, IF, IOPL, NT, RF, RFLAGS_WRITABLE, RSP, SS, VM
+from ..retire import EV_IRET
 from ..segments import ATTR_L, ATTR_S, Segment, decode_descriptor
 from ..stack import peek
 
@@ -68,6 +69,7 @@ def iret_exec(c, size: int, next_rip: int) -> None:
         c.nmi_blocked = False
         _iret_real(c, size)
         c.attention = True
+        c.record_event(EV_IRET, 0, None, c.rip, c.rflags)
         return
     if c.rflags & NT:
         if c.efer & EFER_LMA:
@@ -75,6 +77,7 @@ def iret_exec(c, size: int, next_rip: int) -> None:
             raise Fault(13, 0)       # no task return in IA-32e mode (SDM vol 2 IRET)
         from .. import tasks
         tasks.iret_task_return(c, next_rip)
+        c.record_event(EV_IRET, 0, None, c.rip, c.rflags)
         return
     # An IRET unblocks NMIs even if it then faults (SDM vol 3 6.7.1).
     c.nmi_blocked = False
@@ -142,6 +145,7 @@ def iret_exec(c, size: int, next_rip: int) -> None:
     c.set_cpl(rpl)
     c.update_mode()
     c.attention = True
+    c.record_event(EV_IRET, 0, None, new_rip, fl)
 
 
 @translates(X.X86_INS_IRET, X.X86_INS_IRETD, X.X86_INS_IRETQ)
