@@ -4,9 +4,10 @@ The events file is JSON Lines, one object per line, in the order things happened
 (chunks of execution are flushed in turn). Schema, every record has "type" and "vcpu":
 
     {"type": "event", "vcpu": 0, "seq": 1234, "time": 12340, "kind": "exception"|"nmi"|
-     "intr"|"softint"|"inject"|"vmrun"|"vmexit", "vector": 1, "error_code": null,
+     "intr"|"softint"|"inject"|"vmrun"|"vmexit"|"iret", "vector": 1, "error_code": null,
      "rip": "0x...", "rflags": "0x...", "dr6": "0x..."}   (rip/rflags: the pushed values for
-                                                          deliveries, guest RIP otherwise)
+                                                          deliveries, what an IRET loaded,
+                                                          guest RIP otherwise)
     {"type": "vmexit", "vcpu": 0, "seq": 1240, "code": "0x74", "name": "VMEXIT_IRET",
      "info1": "0x0", "info2": "0x0", "intinfo": "0x0", "rip": "0x...", "nrip": "0x..."}
     {"type": "ktr", "index": 17, "cpu": 0, "time": 12345, "message": "vm vm2[0]: ..."}
