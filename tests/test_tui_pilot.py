@@ -197,3 +197,23 @@ async def _flow_scenario_verdict():
         out = _transcript(app)
         assert "PASS  there is a pending interrupt after \"Delaying 800000 usecs\"" in out
         assert "scenario pending-interrupt: PASS" in out
+
+
+def test_a_session_recorded_in_the_tui_replays_bit_for_bit(tmp_path):
+    asyncio.run(_flow_record_and_replay(tmp_path / "tui.nitrec"))
+
+
+async def _flow_record_and_replay(path):
+    from nitdbg.session import replay
+    app = NitdbgApp({}, record=str(path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_idle(app, pilot)
+        await pilot.press("f3", *"sysctl machdep.kdb_on_nmi=1", "enter")
+        await wait_idle(app, pilot)
+        await pilot.press("escape", "n")
+        await wait_idle(app, pilot)
+        await pilot.press("s")
+        await wait_idle(app, pilot)
+    assert path.read_text().splitlines()[-1].startswith('{"t":"end"')
+    res = replay(path, verify=True)
+    assert res.ok and res.inputs >= 4, res.divergence

@@ -131,6 +131,9 @@ class MachineWorker:
             else:
                 req = self.q.get()
             if req.kind == "quit":
+                if self.recorder is not None:
+                    self.recorder.close()      # the end record: the session is complete
+                    self.recorder = None
                 return
             try:
                 self._handle(req)
