@@ -34,17 +34,13 @@ from .regs import (
     SHADOW_MOVSS,
     SHADOW_STI,
     TF,
+    canonical,
 )
 from .retire import EV_EXCEPTION, RetireLog
 from .segments import ATTR_DB, ATTR_L, DescTable, Segment
 
-CANON_LO = 0x0000_7FFF_FFFF_FFFF
-CANON_HI = 0xFFFF_8000_0000_0000
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
-
-def canonical(addr: int) -> bool:
-    return addr <= CANON_LO or addr >= CANON_HI
 
 
 class Cpu:

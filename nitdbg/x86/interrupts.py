@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .faults import Fault
-from .regs import CS, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM
+from .regs import CS, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
 from .retire import EV_EXCEPTION, EV_INTR, EV_NMI, EV_SOFTINT
 from .segments import ATTR_L, Segment, decode_descriptor
 
@@ -106,7 +106,7 @@ def _deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None
     else:
         rsp = old_rsp
     rsp &= ~0xF & M64   # 64-bit mode aligns the new stack (SDM 6.14.2)
-    if not (rsp - 48 <= 0x0000_7FFF_FFFF_FFFF or rsp - 48 >= 0xFFFF_8000_0000_0000):
+    if not canonical(rsp - 48):
         raise Fault(12, 0)
     rflags = _pushed_rflags(cpu, vector, kind)
     frame = [old_ss, old_rsp, rflags, cpu.seg[CS].sel, cpu.rip]
@@ -129,9 +129,6 @@ def _deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None
     cpu.update_mode()
     cpu.record_event(EV_KIND[kind], vector, error_code, frame[4], rflags)
 
-
-def canonical(a: int) -> bool:
-    return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
 def _deliver32(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import capstone.x86_const as X
 
 from .faults import Fault
-from .regs import FS, GS, MASK, REGMAP, RSP, SEGMAP, SS
+from .regs import FS, GS, MASK, REGMAP, RSP, SEGMAP, SS, canonical
 
 if TYPE_CHECKING:
     from .cpu import Cpu
@@ -56,9 +56,6 @@ def reg_writer(reg: int) -> Writer:
         c.regs[idx] = (c.regs[idx] & keep) | (v & m)
     return wn
 
-
-def _canonical(a: int) -> bool:
-    return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
 def mem_segment(mem: X.X86OpMem) -> int:
@@ -113,7 +110,7 @@ def mem_ea(mem: X.X86OpMem, mode: int, addr_size: int, next_rip: int) -> Reader:
 
             def ea_stack(c: Cpu) -> int:
                 a = inner(c)
-                if not _canonical(a):
+                if not canonical(a):
                     raise Fault(12, 0)
                 return a
             ea = ea_stack

@@ -89,3 +89,11 @@ DRMAP = {getattr(X, f"X86_REG_DR{i}"): i for i in range(16)}
 
 # Interrupt shadows (SDM 6.8.3): STI, and MOV SS / POP SS which also holds off debug traps.
 SHADOW_STI, SHADOW_MOVSS = 1, 2
+
+
+CANON_LO, CANON_HI = 0x0000_7FFF_FFFF_FFFF, 0xFFFF_8000_0000_0000
+
+
+def canonical(addr: int) -> bool:
+    """48-bit canonical form: bits 63:47 all equal (SDM vol 1 3.3.7.1, APM vol 2 5.3.1)."""
+    return addr <= CANON_LO or addr >= CANON_HI

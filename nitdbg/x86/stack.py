@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .faults import Fault
-from .regs import RSP, SS
+from .regs import RSP, SS, canonical
 from .segments import ATTR_DB
 
 if TYPE_CHECKING:
@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
-
-def _canon(a: int) -> bool:
-    return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
 def stack_mask(c: Cpu) -> int:
@@ -34,7 +31,7 @@ def stack_mask(c: Cpu) -> int:
 def stack_lin(c: Cpu, sp: int) -> int:
     """Linear address of stack offset `sp` (already masked to the stack width)."""
     if c.mode == 64:
-        if not _canon(sp):
+        if not canonical(sp):
             raise Fault(12, 0)
         return sp
     return (c.seg[SS].base + sp) & 0xFFFF_FFFF
@@ -52,7 +49,7 @@ def push(c: Cpu, value: int, size: int) -> None:
     """Write first, then commit RSP, so a faulting push leaves RSP unchanged."""
     if c.mode == 64:
         sp = (c.regs[RSP] - size) & M64
-        if not _canon(sp):
+        if not canonical(sp):
             raise Fault(12, 0)
         c.wr(sp, size, value)
         c.regs[RSP] = sp
@@ -78,7 +75,7 @@ def peek(c: Cpu, size: int, offset: int = 0) -> int:
     """Read the stack at RSP+offset without popping."""
     if c.mode == 64:
         a = (c.regs[RSP] + offset) & M64
-        if not _canon(a):
+        if not canonical(a):
             raise Fault(12, 0)
         return c.rd(a, size)
     m = 0xFFFF_FFFF if c.seg[SS].attrib & ATTR_DB else 0xFFFF

@@ -12,15 +12,12 @@ import capstone.x86_const as X
 from ..decode import Decoded, translates
 from ..faults import Fault
 from ..flags import COND_FUNCS
-from ..regs import CF, MASK, OF, PF, RBP, RSP, SF, ZF
+from ..regs import CF, MASK, OF, PF, RBP, RSP, SF, ZF, canonical
 from ..stack import peek, push, push_frame, set_sp, stack_lin, stack_mask
 from .data import cc_from_mnemonic
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
-
-def _canon(a: int) -> bool:
-    return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
 def _ipmask(d: Decoded) -> int:
@@ -31,7 +28,7 @@ def _ipmask(d: Decoded) -> int:
 
 def _check_target(c, t: int) -> None:
     # A near branch to a non-canonical address faults on the branch itself (#GP(0)).
-    if c.mode == 64 and not _canon(t):
+    if c.mode == 64 and not canonical(t):
         raise Fault(13, 0)
 
 
@@ -43,7 +40,7 @@ def _direct_target(d: Decoded) -> int | None:
     """Target of a relative branch, or None when it is non-canonical (the taken branch
     then raises #GP(0))."""
     t = d.ops[0].imm & _ipmask(d)
-    if d.mode == 64 and not _canon(t):
+    if d.mode == 64 and not canonical(t):
         return None
     return t
 
@@ -186,10 +183,10 @@ def ret(d: Decoded):
 
         def ret64(c):
             sp = c.regs[RSP]
-            if not _canon(sp):
+            if not canonical(sp):
                 raise Fault(12, 0)
             t = c.rd(sp, 8)
-            if not _canon(t):
+            if not canonical(t):
                 raise Fault(13, 0)
             c.regs[RSP] = (sp + release) & M64
             c.rip = t
@@ -240,7 +237,7 @@ def enter(d: Decoded):
         if level:
             values.append(frame & m)
         new_sp = (frame - (len(values) - 1) * size - alloc) & sm
-        if c.mode == 64 and not _canon(new_sp):
+        if c.mode == 64 and not canonical(new_sp):
             raise Fault(12, 0)
         push_frame(c, values, size)
         set_sp(c, new_sp)

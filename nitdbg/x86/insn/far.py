@@ -24,7 +24,7 @@ import capstone.x86_const as X
 
 from ..decode import Decoded, translates
 from ..faults import Fault
-from ..regs import CS, DS, EFER_LMA, ES, FS, GS, MASK, RSP, SS
+from ..regs import CS, DS, EFER_LMA, ES, FS, GS, MASK, RSP, SS, canonical
 from ..segments import ATTR_DB, ATTR_L, ATTR_P, ATTR_S, Segment, decode_descriptor
 from ..stack import peek, push_frame, set_sp, stack_mask
 
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 T_CODE, T_CONFORMING, T_WRITABLE, T_ACCESSED = 0x8, 0x4, 0x2, 0x1
 
-
-def _canon(a: int) -> bool:
-    return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
 
 def read_descriptor(c: Cpu, sel: int) -> tuple[Segment, int]:
@@ -93,7 +90,7 @@ def code_target(c: Cpu, sel: int, reason: str = "jmp",
 def _target_rip(c: Cpu, seg: Segment, off: int) -> int:
     """A target offset must be canonical for 64-bit code, within the limit otherwise."""
     if c.efer & EFER_LMA and seg.attrib & ATTR_L:
-        if not _canon(off):
+        if not canonical(off):
             raise Fault(13, 0)
         return off
     if off > seg.limit:

@@ -11,8 +11,7 @@ import capstone.x86_const as X
 
 from ..decode import F_LOADS_RF, Decoded, translates
 from ..faults import Fault
-from ..interrupts import canonical
-from ..regs import CS, DS, ES, FS, GS, IF, IOPL, NT, RF, RFLAGS_WRITABLE, RSP, SS, VM
+from ..regs import CS, DS, ES, FS, GS, IF, IOPL, NT, RF, RFLAGS_WRITABLE, RSP, SS, VM, canonical
 from ..retire import EV_IRET
 from ..segments import ATTR_L, ATTR_S, Segment, decode_descriptor
 from ..stack import peek

@@ -28,7 +28,7 @@ from .. import flags as F
 from ..decode import Decoded, Translator, translates
 from ..faults import Fault
 from ..operands import reg_writer
-from ..regs import DF, ES, FS, GS, MASK, RCX, RDI, RSI, SS, TF, ZF
+from ..regs import DF, ES, FS, GS, MASK, RCX, RDI, RSI, SS, TF, ZF, canonical
 
 if TYPE_CHECKING:
     from ..cpu import Cpu
@@ -43,9 +43,6 @@ _ACC = {1: X.X86_REG_AL, 2: X.X86_REG_AX, 4: X.X86_REG_EAX, 8: X.X86_REG_RAX}
 SSE_FORMS: dict[int, Translator] = {}
 
 
-def _canon(a: int) -> bool:
-    return a <= 0x0000_7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
-
 
 def _lin(mode: int, seg: int):
     """Offset -> linear address through segment `seg` in `mode`."""
@@ -55,7 +52,7 @@ def _lin(mode: int, seg: int):
         if seg == SS:
             def lin_ss(c, off):
                 # a non-canonical stack-segment reference is #SS(0) (SDM vol 3 6.15)
-                if not _canon(off):
+                if not canonical(off):
                     raise Fault(12, 0)
                 return off
             return lin_ss

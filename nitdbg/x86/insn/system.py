@@ -7,7 +7,6 @@ import capstone.x86_const as X
 
 from ..decode import F_NO_SSTEP, Decoded, translates
 from ..faults import Fault
-from ..interrupts import canonical
 from ..regs import (
     AC,
     CF,
@@ -52,6 +51,7 @@ from ..regs import (
     SS,
     TF,
     VM,
+    canonical,
 )
 from ..segments import Segment, decode_descriptor
 from ..stack import pop, push
@@ -443,33 +443,24 @@ def mov_cr_dr(d: Decoded):
     """MOV to/from CRn/DRn: capstone reports them as MOV with a CR/DR register operand."""
     r0, r1 = d.ops[0].reg, d.ops[1].reg
     m = 0xFFFF_FFFF if d.mode != 64 else M64
+    # control registers need CPL 0; debug registers also honour DR7.GD
     if r0 in CRMAP or r1 in CRMAP:
-        if r0 in CRMAP:
-            n, rd = CRMAP[r0], d.reader(1)
+        regmap, check, read, write = CRMAP, _cpl0, read_cr, write_cr
+    else:
+        regmap, check, read, write = DRMAP, _dr_access, read_dr, write_dr
+    if r0 in regmap:
+        n, rd = regmap[r0], d.reader(1)
 
-            def to_cr(c):
-                _cpl0(c)
-                write_cr(c, n, rd(c) & m)
-            return to_cr
-        n, wr = CRMAP[r1], d.writer(0)
+        def to_reg(c):
+            check(c)
+            write(c, n, rd(c) & m)
+        return to_reg
+    n, wr = regmap[r1], d.writer(0)
 
-        def from_cr(c):
-            _cpl0(c)
-            wr(c, read_cr(c, n) & m)
-        return from_cr
-    if r0 in DRMAP:
-        n, rd = DRMAP[r0], d.reader(1)
-
-        def to_dr(c):
-            _dr_access(c)
-            write_dr(c, n, rd(c) & m)
-        return to_dr
-    n, wr = DRMAP[r1], d.writer(0)
-
-    def from_dr(c):
-        _dr_access(c)
-        wr(c, read_dr(c, n) & m)
-    return from_dr
+    def from_reg(c):
+        check(c)
+        wr(c, read(c, n) & m)
+    return from_reg
 
 
 def _dr_access(c) -> None:
