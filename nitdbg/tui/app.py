@@ -65,6 +65,8 @@ class NitdbgApp(App):
         # the worker thread blocks on its queue: tell it to end so the process can exit
         self.machine.interrupt.set()
         self.machine.submit(Request("quit"))
+        # let it write the session's end record before the process goes
+        self.machine.finished.wait(timeout=10)
 
 
 def run_app(machine_kwargs: dict | None = None, record: str | None = "") -> int:

@@ -89,6 +89,7 @@ class MachineWorker:
         self.q: queue.Queue[Request] = queue.Queue()
         self.state = WorkerState()
         self.interrupt = threading.Event()
+        self.finished = threading.Event()     # the loop has ended (session closed)
         self.m: Machine | None = None
         self.selected = 0
         self.since: dict[int, int] = {}
@@ -114,6 +115,12 @@ class MachineWorker:
 
     # ------------------------------------------------------------------ worker thread
     def loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.finished.set()
+
+    def _loop(self) -> None:
         from ..machine import MachineError
         try:
             self._start()
