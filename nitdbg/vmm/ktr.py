@@ -249,6 +249,13 @@ class Ktr:
         self._put(vcpu if cpu is None else cpu, timestamp, "vm %s[%d]: " + fmt,
                   (vmname, vcpu, *args), 0)
 
+    def take_over(self, other: Ktr) -> None:
+        """Continue another ring (the host's trace survives a VM reset)."""
+        self.entries = other.entries
+        self._buf = list(other._buf)
+        self._idx = other._idx
+        self._seq = other._seq
+
     def clear(self) -> None:
         """debug.ktr.clear=1: ktr_idx = 0 and every slot zeroed."""
         self._buf = [None] * self.entries
