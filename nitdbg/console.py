@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
+from .hostcmds import HOST_COMMANDS, DiskFiles
 from .machine import Machine, MachineError, StopEvent, describe_stop
 
 SURFACES = ("host", "guest", "ddb")
@@ -109,6 +110,10 @@ class Console:
                 data = b"\x03" if line.strip() == "^C" else line.encode() + b"\r"
                 self.m.console_input(data)
                 self._settle()
+            elif is_host_line(line):
+                # the plan's host lines, typed while the guest sits in ddb
+                self.out(f"({host_word(line)} runs on the host; you stay at db>)\n")
+                self._dispatch("host", line)
             else:
                 self.out(self.m.debugger(line))
                 self.flush_console()
@@ -153,6 +158,20 @@ class Console:
         if self.surface == "guest":
             return GUEST_WORDS
         return DDB_WORDS + self.m.symbols.names()
+
+
+# host commands that are not ddb commands (ddb's own `help` stays ddb's)
+_HOST_AT_DB = frozenset(HOST_COMMANDS) - {"help"} | {"sudo"}
+
+
+def is_host_line(line: str) -> bool:
+    words = line.split()
+    return bool(words) and words[0] in _HOST_AT_DB
+
+
+def host_word(line: str) -> str:
+    words = line.split()
+    return words[1] if words[0] == "sudo" and len(words) > 1 else words[0]
 
 
 def run_script(console: Console, lines: Iterable[str], echo: TextIO) -> None:
@@ -225,8 +244,11 @@ def colour_out(text: str) -> None:
             print_formatted_text(line, end="")
 
 
-def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+         cwd: str | None = None) -> int:
     interactive = stdin.isatty() and stdout.isatty()
+    # the host shell's files are real files, relative paths against our working directory
+    machine.shell.fs = DiskFiles(cwd if cwd is not None else os.getcwd())
     if interactive:
         console = Console(machine, colour_out)
     else:

@@ -49,6 +49,18 @@ def machine_config(m: Machine, tunables: dict[str, str] | None = None) -> dict[s
             "retire_order": vm.vcpus[0].cpu.retire.capacity.bit_length() - 1}
 
 
+def files_written(m: Machine) -> list[list]:
+    """[path as typed, sha256, size] of each host file the last input wrote."""
+    return [w.as_record() for w in m.shell.take_written()]
+
+
+def add_files_written(ck: dict, m: Machine) -> None:
+    """Files written by an input go into its checkpoint, so replay can verify them."""
+    files = files_written(m)
+    if files:
+        ck["files"] = files
+
+
 class SessionWriter:
     """Append-only JSON Lines writer: whole lines, flushed and fsync'ed one by one."""
 
@@ -128,6 +140,7 @@ class RecordingMachine:
         if error is not None:
             ck["error"] = error
         ck.update(checkpoint.take(m))
+        add_files_written(ck, m)
         self.writer.write(ck)
         if error is not None:
             raise MachineError(error)
