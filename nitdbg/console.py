@@ -54,6 +54,7 @@ class Console:
         self._printed = 0
         self._boots = machine.boots     # a reset starts a new serial transcript
         self._off_said = False
+        self._last_stop = ""
 
     @property
     def prompt(self) -> str:
@@ -136,13 +137,15 @@ class Console:
         self._after_stop(ev)
 
     def _after_stop(self, ev: StopEvent) -> None:
+        msg = ""
         if ev.reason == "kdb":
             self.out(self.m.enter_debugger(ev))
             self.flush_console()
         else:
             msg = describe_stop(self.m, ev)
-            if msg:
+            if msg and msg != self._last_stop:     # a deadlock is said once, not per command
                 self.out(msg)
+        self._last_stop = msg
         self._follow_surface()
 
     def _follow_surface(self) -> None:

@@ -401,7 +401,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
     """One line for a stop that is not a debugger entry (empty when there is nothing to say)."""
     if ev.reason == "deadlock":
         spins = ", ".join(f"vCPU {c} spins in {sym}" for c, sym in ev.info["spins"].items())
-        return f"watchdog: no vCPU makes progress: {spins}\n"
+        return f"watchdog: no vCPU makes progress: {spins} (bhyvectl --vm={m.vm.name} " \
+               "--force-reset reboots the VM)\n"
     if ev.reason == "poweroff":
         return POWERED_OFF.format(name=m.vm.name) + "\n"
     if ev.reason == "shutdown":
