@@ -54,10 +54,11 @@ def files_written(m: Machine) -> list[list]:
     return [w.as_record() for w in m.shell.take_written()]
 
 
-def add_files_written(ck: dict, m: Machine) -> None:
-    """Files written by an input go into its checkpoint, so replay can verify them."""
+def add_files_written(ck: dict, m: Machine, op: str) -> None:
+    """The files a host line wrote go into its checkpoint (an empty list when none), so
+    replay can verify them; a checkpoint without the key predates file records."""
     files = files_written(m)
-    if files:
+    if files or op == "host":
         ck["files"] = files
 
 
@@ -140,7 +141,7 @@ class RecordingMachine:
         if error is not None:
             ck["error"] = error
         ck.update(checkpoint.take(m))
-        add_files_written(ck, m)
+        add_files_written(ck, m, op)
         self.writer.write(ck)
         if error is not None:
             raise MachineError(error)

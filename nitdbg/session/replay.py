@@ -116,8 +116,8 @@ def replay(path: str | os.PathLike, verify: bool = True,
             diff = checkpoint.first_difference(mine, rec)
             if diff is None and rec.get("error") != error:
                 diff = f"error {error!r} != {rec.get('error')!r}"
-            if diff is None and wrote is not None:
-                diff = files_difference(wrote, rec.get("files", []))
+            if diff is None and wrote is not None and "files" in rec:
+                diff = files_difference(wrote, rec["files"])
             if diff is None and rec.get("out") != ops.result_digest(result):
                 what = ops.describe(pending["op"], pending["args"]) if pending else "?"
                 diff = f"output of input {rec.get('input')} ({what}) differs"
