@@ -52,6 +52,7 @@ def m(booted) -> Machine:
     ("sleep -1", "sleep: invalid time interval: -1 (seconds of virtual time, 0 to 3600)\n"),
     ("sleep 1e3", "sleep: invalid time interval: 1e3 (seconds of virtual time, 0 to 3600)\n"),
     ("ktrdump -x -o /tmp/x", None),
+    ("sysctl debug.nit.recursive_nmi=1 debug.nit.nope=1", "sysctl: unknown oid 'debug.nit.nope'\n"),
 ])
 def test_a_rejected_host_line_says_one_thing_and_changes_nothing(m, line, says):
     before = take(m)

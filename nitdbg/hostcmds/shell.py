@@ -100,6 +100,14 @@ class HostShell:
         if not args:
             raise HostError("usage: sysctl [-bdehiNnoqTtWx] [ -B <bufsize> ] [-f filename] "
                             "name[=value] ...\n")
+        tree = self.m.vm.sysctl
+        names = [re.split("[=:]", a, maxsplit=1)[0].rstrip() for a in args
+                 if not a.startswith("-")]
+        if len(names) > 1 and any("=" in a for a in args):
+            # several names with a write: refuse the line before setting any of them
+            for n in names:
+                if n not in tree:
+                    raise HostError(_guest_hints(f"sysctl: unknown oid '{n}'\n", args))
 
         def act(_in: str) -> str:
             res = self.m.vm.sysctl.run(args)
