@@ -21,7 +21,8 @@ from .machine import Machine, MachineError, StopEvent, describe_stop
 
 SURFACES = ("host", "guest", "ddb")
 PROMPTS = {"host": "host$ ", "guest": "guest# ", "ddb": "db> "}
-HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "sudo", "--vm=vm2",
+HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "help", "sudo",
+              "--vm=vm2", "--force-reset", "--force-poweroff",
               "--cpu=0", "--cpu=-1", "--assert-lapic-lvt=1", "--inject-nmi", "--get-stats",
               "--get-rip", "--get-rflags", "--get-dr6", "--get-intinfo",
               "--get-vmcb-intercepts", "--get-vmcb-exit-details", "--get-vmcb-virq",
