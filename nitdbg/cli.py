@@ -137,7 +137,12 @@ def _tui(a: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"nitdbg: the TUI is not available ({e}); try 'nitdbg console'", file=sys.stderr)
         return 1
-    return run_app(_machine_kwargs(a), record=_record_target(a)) or 0
+    import os
+
+    from .hostcmds import DiskFiles
+    kw = _machine_kwargs(a)
+    kw["host_files"] = DiskFiles(os.getcwd())     # host$ files are real files, as in console
+    return run_app(kw, record=_record_target(a)) or 0
 
 
 def _console(a: argparse.Namespace) -> int:

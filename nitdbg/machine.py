@@ -15,7 +15,7 @@ from pathlib import Path
 from .guest.boot import BootImage, VcpuBootState, load_kernel
 from .guest.elf import LoadError
 from .guest.symbols import SymbolTable
-from .hostcmds import POWERED_OFF, HostShell
+from .hostcmds import POWERED_OFF, HostFiles, HostShell
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
 from .x86.regs import GPR_NAMES, RAX
@@ -55,7 +55,7 @@ class Machine:
     def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int = 2,
                  ram_size: int = 64 << 20, policy: str = "iret-tracing", name: str = "vm2",
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
-                 retire_order: int = 18):
+                 retire_order: int = 18, host_files: HostFiles | None = None):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
         # what force_reset() rebuilds the VM from
         self._config = {"kernel": path, "vcpus": vcpus, "ram_size": ram_size,
@@ -68,7 +68,9 @@ class Machine:
         self.powered_off = False
         self.listeners: list[Callable[[StopEvent], None]] = []
         self.total_retired = 0
-        self.shell = HostShell(self)
+        # where ktrdump -o writes and cat/grep read: a memory table unless a front end
+        # passes the real disk (DiskFiles)
+        self.shell = HostShell(self, host_files)
 
     def _build(self) -> None:
         """Load the kernel into a new VM from self._config (construction and reset)."""

@@ -46,3 +46,15 @@ def test_the_plans_i386_tsnmi_steps_from_the_console():
     assert r.returncode == 0, r.stderr
     assert "debug.tsnmi: 1" in r.stdout
     assert "Number of times vNMI unblocked speculatively\t1" in r.stdout
+
+
+def test_the_tui_gets_the_guest_and_real_host_files(monkeypatch, tmp_path):
+    import nitdbg.tui.app as app
+    from nitdbg.cli import main
+    from nitdbg.hostcmds import DiskFiles
+    seen = {}
+    monkeypatch.setattr(app, "run_app", lambda kw, record: seen.update(kw) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--guest", "i386", "--no-record"]) == 0
+    assert seen["kernel"].endswith("firmware/i386/kernel.elf") and seen["vcpus"] == 1
+    assert isinstance(seen["host_files"], DiskFiles) and seen["host_files"].cwd == str(tmp_path)
