@@ -11,7 +11,9 @@ section of the seed runs as a script and its transcript can be diffed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import TextIO
@@ -56,6 +58,7 @@ class Console:
         self._boots = machine.boots     # a reset starts a new serial transcript
         self._off_said = False
         self._last_stop = ""
+        self.busy = False               # a line is running (for ^C)
 
     @property
     def prompt(self) -> str:
@@ -178,13 +181,37 @@ def host_word(line: str) -> str:
     return words[1] if words[0] == "sudo" and len(words) > 1 else words[0]
 
 
+def feed_interruptible(console: Console, line: str) -> None:
+    """Feed one line; ^C while it runs stops the machine cleanly at its next scheduling
+    step (see install_ctrl_c) instead of killing the console."""
+    console.busy = True
+    try:
+        console.feed(line)
+    finally:
+        console.busy = False
+        console.m.clear_interrupt()
+
+
+def install_ctrl_c(console: Console) -> None:
+    """SIGINT while a line runs asks the machine to stop (the handler only sets a flag);
+    between lines it is the ordinary KeyboardInterrupt."""
+    def handler(signum: int, frame: object) -> None:
+        if console.busy:
+            console.m.request_interrupt()
+        else:
+            raise KeyboardInterrupt
+    with contextlib.suppress(ValueError):      # not the main thread: leave SIGINT alone
+        signal.signal(signal.SIGINT, handler)
+
+
 def run_script(console: Console, lines: Iterable[str], echo: TextIO) -> None:
     for line in lines:
         if not console.at_line_start:
             echo.write("\n")
         echo.write(console.prompt + line.rstrip("\n") + "\n")
+        echo.flush()
         console.at_line_start = True
-        console.feed(line)
+        feed_interruptible(console, line)
 
 
 def run_interactive(console: Console) -> None:
@@ -218,7 +245,7 @@ def run_interactive(console: Console) -> None:
             return
         if line.strip() in ("quit", "exit") and console.surface == "host":
             return
-        console.feed(line)
+        feed_interruptible(console, line)
 
 
 def data_dir() -> str:
@@ -265,6 +292,7 @@ def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdou
     except MachineError as e:
         print(f"nitdbg: {e}", file=sys.stderr)
         return 1
+    install_ctrl_c(console)
     if interactive:
         run_interactive(console)
     else:

@@ -68,6 +68,13 @@ class Machine:
         self.powered_off = False
         self.listeners: list[Callable[[StopEvent], None]] = []
         self.total_retired = 0
+        # ^C: a front end's signal handler sets the flag (request_interrupt); run() stops at
+        # its next scheduling step and notes which step it was, so a recording can replay
+        # the same stop (stop_at_step) without anything here reading a clock.
+        self.sched_steps = 0
+        self._interrupt = False
+        self.interrupted_at: int | None = None
+        self.stop_at_step: int | None = None
         # where ktrdump -o writes and cat/grep read: a memory table unless a front end
         # passes the real disk (DiskFiles)
         self.shell = HostShell(self, host_files)
@@ -124,6 +131,15 @@ class Machine:
         for vcpu in list(self.in_kdb):
             self.leave_kdb(vcpu)
         self.powered_off = True
+
+    def request_interrupt(self) -> None:
+        """^C: stop the current run at its next scheduling step (safe from a signal
+        handler: it only sets a flag)."""
+        self._interrupt = True
+
+    def clear_interrupt(self) -> None:
+        """A ^C that came after the run it meant to stop stops nothing later."""
+        self._interrupt = False
 
     def _check_on(self) -> None:
         if self.powered_off:
@@ -220,6 +236,11 @@ class Machine:
         while True:
             if max_insns is not None and retired >= max_insns:
                 return StopEvent("budget")
+            if self._interrupt or self.sched_steps == self.stop_at_step:
+                self._interrupt = False
+                self.interrupted_at = self.sched_steps
+                return StopEvent("interrupted")
+            self.sched_steps += 1
             if until is not None and until():
                 return StopEvent("until")
             v = self.pick()
@@ -407,6 +428,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
                "--force-reset reboots the VM)\n"
     if ev.reason == "poweroff":
         return POWERED_OFF.format(name=m.vm.name) + "\n"
+    if ev.reason == "interrupted":
+        return "^C: stopped\n"
     if ev.reason == "shutdown":
         return f"vm {m.vm.name}: shutdown ({ev.info.get('reason', 'triple fault')})\n"
     if ev.reason == "debug_exit":

@@ -145,8 +145,13 @@ class HostShell:
         ns = _seconds_to_ns(args[0])
 
         def act(_in: str) -> str:
-            if not self.m.powered_off:
-                self.m.run(until_ns=self.m.now() + ns)
+            if self.m.powered_off:
+                return ""
+            start = self.m.now()
+            ev = self.m.run(until_ns=start + ns)
+            if ev.reason == "interrupted":
+                return f"sleep: interrupted (^C) after {(self.m.now() - start) / NS_PER_SEC:.3f}" \
+                       " s of virtual time\n"
             return ""
         return act
 

@@ -142,6 +142,9 @@ class RecordingMachine:
             ck["error"] = error
         ck.update(checkpoint.take(m))
         add_files_written(ck, m, op)
+        if m.interrupted_at is not None:       # ^C: replay stops at the same step
+            ck["interrupted_at"] = m.interrupted_at
+            m.interrupted_at = None
         self.writer.write(ck)
         if error is not None:
             raise MachineError(error)

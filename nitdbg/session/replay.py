@@ -94,12 +94,16 @@ def replay(path: str | os.PathLike, verify: bool = True,
                                   " (replaying vs recorded)")
                 break
             pending, error = rec, None
+            m.stop_at_step = interrupted_at(s.records, i)
             try:
                 result = ops.apply(target, rec["op"], rec["args"])
             except MachineError as e:
                 result, error = None, str(e)
             except KeyError as e:
                 raise SessionError(f"{s.path}: record {i + 2} lacks {e}") from None
+            finally:
+                m.stop_at_step = None
+                m.interrupted_at = None
             # (a re-recording takes the list for its own checkpoints)
             wrote = files_written(m) if not isinstance(target, RecordingMachine) else None
             res.files.extend(w[0] for w in wrote or [])
@@ -133,6 +137,15 @@ def replay(path: str | os.PathLike, verify: bool = True,
         target.close()
     res.retired = m.total_retired
     return res
+
+
+def interrupted_at(records: list[dict], i: int) -> int | None:
+    """The scheduling step at which input i was stopped by ^C, from its checkpoint."""
+    if i + 1 < len(records) and records[i + 1].get("t") == "ck":
+        step = records[i + 1].get("interrupted_at")
+        if isinstance(step, int) and not isinstance(step, bool):
+            return step
+    return None
 
 
 def files_difference(mine: list[list], recorded: object) -> str | None:
