@@ -45,8 +45,8 @@ def m(booted) -> Machine:
      "bhyvectl: --setcap and --getcap need --capname (capabilities: pause_exit)\n"),
     ("sysctl debug.nit.recursive_nmi=1 |", "sh: syntax error near unexpected token `|'\n"),
     ("sysctl debug.nit.recursive_nmi=1 | grep -E '('", "grep: Unmatched ( or \\(\n"),
-    ("sudo bhyvectl --vm=vm2 --inject-nmi | cat", "sh: only grep may follow a pipe here, "
-                                                  "not 'cat'\n"),
+    ("sudo bhyvectl --vm=vm2 --inject-nmi | cat", "sh: only grep, head, tail, wc may follow a "
+                                                  "pipe here, not 'cat'\n"),
     ("sleep nan", "sleep: invalid time interval: nan (seconds of virtual time, 0 to 3600)\n"),
     ("sleep inf", "sleep: invalid time interval: inf (seconds of virtual time, 0 to 3600)\n"),
     ("sleep -1", "sleep: invalid time interval: -1 (seconds of virtual time, 0 to 3600)\n"),
@@ -293,3 +293,24 @@ def test_the_regex_engine_agrees_with_python_re_on_random_posix_patterns():
 def test_patterns_too_large_are_refused():
     with pytest.raises(RegexError, match="pattern too large"):
         compile_regex("((((a{255}){255}){255}))", extended=True)
+
+
+@pytest.mark.parametrize("line, want", [
+    ("cat /a | head -2", "1\n2\n"),
+    ("cat /a | head -n 1", "1\n"),
+    ("cat /a | tail -n 2", "3\n4\n"),
+    ("cat /a | tail -0", ""),
+    ("cat /a | grep -v 2 | wc -l", "       3\n"),
+    ("wc -lw /a", "       4       4 /a\n"),
+    ("head -1 /a /nope /a", "==> /a <==\n1\nhead: /nope: No such file or directory\n\n"
+                            "==> /a <==\n1\n"),
+])
+def test_head_tail_and_wc_after_a_pipe_and_on_files(line, want):
+    assert _grep(line, {"/a": "1\n2\n3\n4\n"}, stdin="") == want
+
+
+def test_a_bad_head_is_refused_before_the_pipe_runs(m):
+    before = take(m)
+    assert m.host("sysctl debug.nit.recursive_nmi=1 | head -z") == \
+        "head: illegal option -- z\nusage: head [-n lines] [file ...]\n"
+    assert take(m) == before

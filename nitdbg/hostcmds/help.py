@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-HOST_COMMANDS = ("bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "help")
+HOST_COMMANDS = ("bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "head", "tail", "wc",
+                 "help")
+PIPE_FILTERS = ("grep", "head", "tail", "wc")
 
 _HELP = {
     "bhyvectl": """\
@@ -43,13 +45,22 @@ grep [-EFGHchilnqsvx] [-A N] [-B N] [-C N] [-e PATTERN] PATTERN [FILE ...]
   Patterns are POSIX (basic, or extended with -E), matched in linear time; back-references
   are refused.
 """,
+    "head": """\
+head [-n N] [FILE ...]                        the first N lines (10); tail: the last N
+""",
+    "tail": """\
+tail [-n N] [FILE ...]                        the last N lines (10)
+""",
+    "wc": """\
+wc [-lwc] [FILE ...]                          lines, words, bytes
+""",
     "help": """\
 help [COMMAND]                                this text
 """,
 }
 
 _INTRO = """\
-Host commands (a leading `sudo` is accepted; `CMD | grep ...` pipes):
+Host commands (a leading `sudo` is accepted; `CMD | grep ...`, `| head`, `| tail`, `| wc`):
 """
 _OUTRO = """\
 The console: @guest / @host / @db switch the prompt; `@guest LINE` sends one line to the guest.
@@ -59,5 +70,5 @@ At db> the host commands above run on the host and leave you at db>.
 
 def host_help(command: str | None = None) -> str | None:
     if command is None:
-        return _INTRO + "".join(_HELP[c] for c in HOST_COMMANDS) + _OUTRO
+        return _INTRO + "".join(_HELP[c] for c in HOST_COMMANDS if c != "tail") + _OUTRO
     return _HELP.get(command)

@@ -20,7 +20,8 @@ from .bhyvectl import prepare_bhyvectl
 from .errors import HostError
 from .files import HostFileError, HostFiles, MemoryFiles, Written, written
 from .grep import GrepSource, GrepUsage, grep, make_matcher, parse_grep_args
-from .help import HOST_COMMANDS, host_help
+from .help import HOST_COMMANDS, PIPE_FILTERS, host_help
+from .textutils import prepare_head_tail, prepare_wc
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -76,8 +77,9 @@ class HostShell:
                 argv = argv[1:]
             if not argv:
                 raise HostError("sh: syntax error near unexpected token `|'\n")
-            if i > 0 and argv[0] != "grep":
-                raise HostError(f"sh: only grep may follow a pipe here, not '{argv[0]}'\n")
+            if i > 0 and argv[0] not in PIPE_FILTERS:
+                raise HostError(f"sh: only {', '.join(PIPE_FILTERS)} may follow a pipe here, "
+                                f"not '{argv[0]}'\n")
             stages.append(self._prepare(argv, piped=i > 0))
         return stages
 
@@ -86,6 +88,8 @@ class HostShell:
         prep = {"bhyvectl": self._bhyvectl, "sysctl": self._sysctl, "ktrdump": self._ktrdump,
                 "sleep": self._sleep, "cat": self._cat, "grep": self._grep,
                 "help": self._help}.get(name)
+        if name in ("head", "tail", "wc"):
+            return self._text(name, args)
         if prep is None:
             raise HostError(f"{name}: command not found (host commands: "
                             f"{', '.join(HOST_COMMANDS)}; `help` lists their options)\n")
@@ -191,6 +195,11 @@ class HostShell:
                     sources.append(GrepSource(n, None, f"grep: {e}\n"))
             return grep(o, match, sources)
         return act
+
+    def _text(self, name: str, args: list[str]) -> Stage:
+        run = prepare_wc(args) if name == "wc" else prepare_head_tail(name, args)
+
+        return lambda _in: run(_in, self.fs.read)
 
     def _help(self, args: list[str], piped: bool) -> Stage:
         text = host_help(args[0] if args else None)
