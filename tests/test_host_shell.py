@@ -314,3 +314,9 @@ def test_a_bad_head_is_refused_before_the_pipe_runs(m):
     assert m.host("sysctl debug.nit.recursive_nmi=1 | head -z") == \
         "head: illegal option -- z\nusage: head [-n lines] [file ...]\n"
     assert take(m) == before
+
+
+def test_deeply_nested_groups_are_refused_not_a_recursion_error():
+    with pytest.raises(RegexError, match="nested deeper than"):
+        compile_regex("(" * 500 + "a" + ")" * 500, extended=True)
+    assert compile_regex("(" * 64 + "a" + ")" * 64, extended=True).search("xa")

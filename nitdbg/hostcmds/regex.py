@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass
 
 RE_DUP_MAX = 255          # POSIX <limits.h>
+MAX_DEPTH = 64            # nested groups (the parser and the compiler recurse per group)
 MAX_STATES = 20_000       # a pattern that needs more is refused
 _DFA_CACHE = 4096         # transitions kept before the cache is dropped and rebuilt
 
@@ -61,6 +62,11 @@ class _Parser:
         self.toks = _tokens(pattern, extended)
         self.i = 0
         self.icase = icase
+        depth = 0
+        for t in self.toks:
+            depth += (t == ("op", "(")) - (t == ("op", ")"))
+            if depth > MAX_DEPTH:
+                raise RegexError(f"groups nested deeper than {MAX_DEPTH}")
 
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
