@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ..guest.symbols import SymbolTable
 from .errors import DdbError
 from .lex import Lexer, is_hex_word
 
 M64 = (1 << 64) - 1
+MAX_DEPTH = 64      # parentheses and unary minus nested deeper are refused, not recursed into
 
 
 class ExprContext:
@@ -20,6 +22,7 @@ class ExprContext:
         self.symbols = symbols
         self.var = var
         self.dot = dot
+        self.depth = 0            # nesting of ( and unary -, bounded by MAX_DEPTH
 
 
 def starts_expression(lx: Lexer) -> bool:
@@ -61,8 +64,20 @@ def _mul(lx: Lexer, ctx: ExprContext) -> int:
 
 def _unary(lx: Lexer, ctx: ExprContext) -> int:
     if lx.accept("-"):
-        return -_unary(lx, ctx)
+        with _nested(ctx):
+            return -_unary(lx, ctx)
     return _term(lx, ctx)
+
+
+@contextmanager
+def _nested(ctx: ExprContext) -> Iterator[None]:
+    ctx.depth += 1
+    try:
+        if ctx.depth > MAX_DEPTH:
+            raise DdbError(f"Expression too deeply nested (more than {MAX_DEPTH} levels)")
+        yield
+    finally:
+        ctx.depth -= 1
 
 
 def _term(lx: Lexer, ctx: ExprContext) -> int:
@@ -80,7 +95,8 @@ def _term(lx: Lexer, ctx: ExprContext) -> int:
     if t.kind == "var":
         return ctx.var(t.text)
     if t.kind == "punct" and t.text == "(":
-        v = _add(lx, ctx)
+        with _nested(ctx):
+            v = _add(lx, ctx)
         if not lx.accept(")"):
             raise DdbError("Syntax error")
         return v

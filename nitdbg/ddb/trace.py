@@ -35,7 +35,7 @@ def backtrace(db: Ddb, count: int = -1) -> str:
     tf = db.frame()
     pc, rsp, frame = tf["tf_rip"], tf["tf_rsp"], tf["tf_rbp"]
     out = [f"Tracing pid {db.thread[0]} tid {db.thread[1]}\n"]
-    count = MAX_FRAMES if count < 0 else count
+    count = MAX_FRAMES if count < 0 else min(count, MAX_FRAMES)   # a looping chain ends
     first = True
     q = db.read_q
     while count > 0:

@@ -10,6 +10,7 @@ from ..svm.vmcb import Iopm, Msrpm
 from ..x86.cpu import Cpu
 from ..x86.hooks import Hooks
 from ..x86.memory import PhysMem
+from ..x86.paging import ACC_SUPERVISOR, walk
 from ..x86.regs import RDI, RDX, RSI
 from .devices.debugcon import DebugCon
 from .devices.debugexit import DebugExit
@@ -263,28 +264,40 @@ class Vm:
         finally:
             cpu.hooks = saved
 
+    def gla2hpa_nofault(self, v: Vcpu, gla: int) -> int:
+        """gla2hpa without side effects (bhyve's vm_gla2gpa_nofault, check_only): the walk
+        sets no accessed or dirty bit, so a debugger reading memory leaves the guest's page
+        tables as they were, whether the read succeeds or not."""
+        cpu, view = v.cpu, self._hostview
+        gpa = walk(cpu, gla, ACC_SUPERVISOR,
+                   lambda a, size: self.mem.read(view.gpa(cpu, a, 0, True), size))
+        return view.gpa(cpu, gpa, 0, False)
+
     def read_guest(self, v: Vcpu, gla: int, n: int) -> bytes:
-        """Read guest-virtual memory the way the vCPU sees it (one walk per page)."""
+        """Read guest-virtual memory the way the vCPU sees it (one walk per page, with no
+        side effect on the guest's page tables)."""
         out = bytearray()
         while n > 0:
             chunk = min(n, 4096 - (gla & 0xFFF))
-            out += self.mem.read_bytes(self.gla2hpa(v, gla), chunk)
-            gla += chunk
+            out += self.mem.read_bytes(self.gla2hpa_nofault(v, gla), chunk)
+            gla = (gla + chunk) & 0xFFFF_FFFF_FFFF_FFFF
             n -= chunk
         return bytes(out)
 
     def write_guest(self, v: Vcpu, gla: int, data: bytes) -> None:
         """Write guest-virtual memory; decoded instructions cached from it are dropped on
         every vCPU (a debugger planting int3 is self-modifying code)."""
+        plan = []                      # translate every page first: all or nothing
         i = 0
         while i < len(data):
             chunk = min(len(data) - i, 4096 - (gla & 0xFFF))
-            hpa = self.gla2hpa(v, gla)
-            self.mem.write_bytes(hpa, data[i:i + chunk])
+            plan.append((self.gla2hpa_nofault(v, gla), data[i:i + chunk]))
+            gla = (gla + chunk) & 0xFFFF_FFFF_FFFF_FFFF
+            i += chunk
+        for hpa, part in plan:
+            self.mem.write_bytes(hpa, part)
             for other in self.vcpus:
                 other.cpu.invalidate_code_page(hpa >> 12)
-            gla += chunk
-            i += chunk
 
     # ------------------------------------------------------------------ hypercall
     def hypercall(self, v: Vcpu) -> UserExit | None:
