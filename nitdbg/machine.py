@@ -57,6 +57,8 @@ class Machine:
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
                  retire_order: int = 18):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
+        if not 1 <= quantum <= 1_000_000:
+            raise MachineError(f"quantum {quantum} is out of range 1..1000000 instructions")
         try:
             image = load_kernel(str(path), vcpus, ram_size)
         except LoadError as e:
