@@ -24,7 +24,6 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ..guest.elf import LoadError
 from ..machine import DEFAULT_KERNEL, I386_KERNEL, Machine, MachineError
 from ..session.format import SessionError, read_session
 from ..session.replay import replay
