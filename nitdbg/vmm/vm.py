@@ -11,21 +11,21 @@ from ..x86.cpu import Cpu
 from ..x86.hooks import Hooks
 from ..x86.memory import PhysMem
 from ..x86.paging import ACC_SUPERVISOR, walk
-from ..x86.regs import RDI, RDX, RSI
+from ..x86.regs import EFER_LMA, RDI, RDX, RSI
 from .devices.debugcon import DebugCon
 from .devices.debugexit import DebugExit
 from .devices.iobus import IoBus
 from .devices.nmiport import NmiStatusPort
 from .devices.uart16550 import Uart16550
+from .hypercall import HC_KDB_ENTER, HC_PANIC, HYPERCALL_PORT
 from .ktr import Ktr, register_ktr_sysctls
 from .nmi_policy import make_policy
 from .stats import VmmStats
 from .sysctl import NitKnobs, SysctlTree, register_nit_knobs, register_vmm_tunables
-from .vcpu import HYPERCALL_PORT, UserExit, Vcpu
+from .vcpu import UserExit, Vcpu
 from .vlapic import Vlapic
 
 XAPIC_BASE = 0xFEE0_0000
-HC_KDB_ENTER, HC_PANIC = 1, 2
 NS_PER_USEC = 1000
 
 
@@ -236,7 +236,7 @@ class Vm:
         address, so that the IRET raises #GP."""
         cpu = v.cpu
         rsp = v.vmcb.rsp
-        size = 8 if v.vmcb.efer & 0x400 else 4
+        size = 8 if v.vmcb.efer & EFER_LMA else 4
         try:
             hpa = self.gla2hpa(v, rsp)
         except Exception as e:  # noqa: BLE001 - a guest page we cannot reach: say so
@@ -301,7 +301,7 @@ class Vm:
 
     # ------------------------------------------------------------------ hypercall
     def hypercall(self, v: Vcpu) -> UserExit | None:
-        """outl %eax, $0xE0 from the guest firmware (see nitdbg/guest/abi.py)."""
+        """outl %eax, $HYPERCALL_PORT from the guest firmware (nitdbg/vmm/hypercall.py)."""
         nr = v.vmcb.rax & 0xFFFF_FFFF
         regs = v.cpu.regs
         if nr == HC_KDB_ENTER:
