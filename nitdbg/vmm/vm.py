@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..svm.npt import NestedPageTable
 from ..svm.vmcb import Iopm, Msrpm
 from ..x86.cpu import Cpu
+from ..x86.faults import Fault
 from ..x86.hooks import Hooks
 from ..x86.memory import PhysMem
 from ..x86.paging import ACC_SUPERVISOR, walk
@@ -239,7 +240,7 @@ class Vm:
         size = 8 if v.vmcb.efer & EFER_LMA else 4
         try:
             hpa = self.gla2hpa(v, rsp)
-        except Exception as e:  # noqa: BLE001 - a guest page we cannot reach: say so
+        except (Fault, ValueError) as e:   # a guest page we cannot reach: say so
             v.log("Cannot rewrite the iret frame at %#lx: %s", rsp, str(e))
             return
         old = self.mem.read(hpa, size)
