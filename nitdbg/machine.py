@@ -47,7 +47,7 @@ class StopEvent:
     """Why run() returned."""
 
     reason: str                 # budget, kdb, shutdown, debug_exit, idle, panic, unhandled,
-    vcpu: int | None = None     # time, until, stopped
+    vcpu: int | None = None     # time, until, stopped, internal (info: rip, bytes, error)
     info: dict = field(default_factory=dict)
 
 
@@ -365,6 +365,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
+    if ev.reason == "internal":
+        return f"vm {m.vm.name}: vCPU {ev.vcpu} stopped: {ev.info.get('message')}\n"
     return ""
 
 

@@ -32,7 +32,8 @@ INTR_TYPE_NAMES = {TYPE_INTR: "hwintr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "except
 class UserExit:
     """An exit the hypervisor hands to userspace (bhyve's VM_EXITCODE_*)."""
 
-    kind: str                # kdb, panic, hlt, bogus, shutdown, debug_exit, quantum, unhandled
+    kind: str                # kdb, panic, hlt, bogus, shutdown, debug_exit, quantum, unhandled,
+    #                          internal (a bug in nitdbg stopped the vCPU)
     vcpu: int
     info: dict = field(default_factory=dict)
 
@@ -224,6 +225,9 @@ class Vcpu:
         cpu = self.cpu
         start = cpu.icount
         while True:
+            if cpu.internal_error is not None:
+                # a bug in nitdbg stopped the vCPU: userspace tells the person, nothing runs
+                return UserExit("internal", self.id, cpu.internal_error.info())
             left = budget - (cpu.icount - start)
             if self.svm.in_guest:
                 deadline = self.vm.next_deadline(self)

@@ -4,7 +4,7 @@ cache (with the code-page masks that catch self-modifying code)."""
 from __future__ import annotations
 
 from .decode import Insn, unsupported_text
-from .faults import Fault, Unsupported
+from .faults import BUG_ERRORS, Fault, InternalError, Unsupported
 from .hooks import ACC_FETCH, ACC_USER, ACC_WRITE
 from .paging import walk
 from .regs import (
@@ -154,16 +154,12 @@ class Mmu(CpuState):
                     raise
         try:
             insn = self.decoder.translate(code, rip, self.mode)
-        except Exception as e:  # noqa: BLE001 - a translator bug must not crash the host:
-            # the guest gets #UD and the record names the instruction (DESIGN.md)
+        except BUG_ERRORS as e:
+            # a translator bug: the run stops and the front end names the instruction
             ci = self.decoder.decode(code, rip, self.mode)
             n = ci.size if ci is not None else 1
-            text = (f"unsupported instruction {code[:n].hex(' ')} "
-                    f"({ci.mnemonic + ' ' + ci.op_str if ci else '(bad)'}) at {rip:#x}: "
-                    f"translator error {type(e).__name__}")
-            self.last_unsupported = (rip, bytes(code[:n]), text)
-            self.hooks.unsupported(self, rip, bytes(code[:n]), text)
-            raise Unsupported(text) from None
+            text = f"{ci.mnemonic} {ci.op_str}".strip() if ci is not None else "(bad)"
+            raise InternalError(rip, code[:n], text, e) from None
         if insn.fn is None:
             text = unsupported_text(insn)
             self.last_unsupported = (rip, insn.code, text)
