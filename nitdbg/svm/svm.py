@@ -309,6 +309,15 @@ class Svm(Hooks):
     def io_out(self, cpu: Cpu, port: int, size: int, value: int, next_rip: int) -> None:
         self._io(port, size, False, next_rip)
 
+    def io_string(self, cpu: Cpu, port: int, size: int, is_in: bool, rep: bool,
+                  addr_size: int, seg: int, next_rip: int) -> None:
+        """INS/OUTS: the IOIO exit reports STR, REP, the address size and the segment
+        (APM vol 2 15.10.2, figure 15-2); EXITINFO2 is the next RIP."""
+        if self.vmcb.intercepted("IOIO_PROT") and self.iopm.io_intercepted(port, size):
+            info = ec.IoioInfo(port=port, size=size, is_in=is_in, string=True, rep=rep,
+                               addr_size=addr_size, seg=seg)
+            self._intercept(ec.VMEXIT_IOIO, info.encode(), next_rip, next_rip)
+
     def _io(self, port: int, size: int, is_in: bool, next_rip: int) -> None:
         if self.vmcb.intercepted("IOIO_PROT") and self.iopm.io_intercepted(port, size):
             info = ec.IoioInfo(port=port, size=size, is_in=is_in)

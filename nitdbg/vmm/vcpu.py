@@ -19,6 +19,7 @@ from ..svm.vmcb import Vmcb
 from ..x86.cpu import Cpu
 from ..x86.regs import DR6_BS, HAS_ERRCODE, IF, TF
 from .hypercall import HYPERCALL_PORT
+from .inout_str import emulate_inout_str
 from .nmi_policy import NMI_IDLE, NMI_TRACING
 
 if TYPE_CHECKING:
@@ -383,6 +384,9 @@ class Vcpu:
         self.stat("VMEXIT_INOUT")
         io = ec.IoioInfo.decode(e.info1)
         vm = self.vm
+        if io.string:
+            emulate_inout_str(self, io, e)
+            return None
         if io.port == HYPERCALL_PORT and not io.is_in:
             return vm.hypercall(self)
         if io.is_in:

@@ -251,16 +251,18 @@ class Vm:
               bad)
 
     # ------------------------------------------------------------------ guest memory access
-    def gla2hpa(self, v: Vcpu, gla: int) -> int:
+    def gla2hpa(self, v: Vcpu, gla: int, access: int = ACC_SUPERVISOR) -> int:
         """Translate a guest-linear address with the guest's own paging (bhyve's
-        vm_gla2gpa) and the hypervisor's map of guest RAM. It does not go through the
-        nested page tables, so it works while they are invalidated. Raises Fault (#PF)
-        for an unmapped guest address and ValueError for one outside guest RAM."""
+        vm_gla2gpa, setting accessed/dirty bits as the access would) and the hypervisor's
+        map of guest RAM. It does not go through the nested page tables, so it works while
+        they are invalidated. `access`: ACC_* bits checked at the guest's CPL (default an
+        implicit supervisor read). Raises Fault (#PF) for an unmapped guest address or a
+        denied access and ValueError for one outside guest RAM."""
         cpu = v.cpu
         saved = cpu.hooks
         cpu.hooks = self._hostview
         try:
-            gpa = cpu.translate(gla, 0x100)
+            gpa = cpu.translate(gla, access)
             return self._hostview.gpa(cpu, gpa, 0, False)
         finally:
             cpu.hooks = saved
