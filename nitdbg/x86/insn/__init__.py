@@ -7,10 +7,12 @@ from . import (  # noqa: F401
     control,
     data,
     far,
+    fpu,
     iret,
     logic,
     shift,
     string,
     stringio,
     system,
+    xlat,
 )
