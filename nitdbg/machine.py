@@ -189,9 +189,11 @@ class Machine:
             q = self.quantum if self._runnable() > 1 else SOLO_QUANTUM
             if max_insns is not None:
                 q = min(q, max_insns - retired)
-            before = v.cpu.icount
+            before, restarts = v.cpu.icount, v.restarts
             ux = v.run(q)
-            retired += v.cpu.icount - before
+            # the budget counts instructions, and restarts of an emulated REP INS/OUTS as
+            # the work they are (they retire nothing until its last iteration)
+            retired += v.cpu.icount - before + v.restarts - restarts
             self.total_retired += v.cpu.icount - before
             ev = self._userspace(ux)
             if ev is None:

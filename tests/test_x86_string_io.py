@@ -162,3 +162,32 @@ def test_rep_insb_from_an_unclaimed_port_under_svm_reads_all_ones(started):
     assert m.vm.read_guest(m.vcpus[0], c.regs[3], 41)[:40] == b"\xff" * 40
     assert len(exits) == 3
     assert all(ec.IoioInfo.decode(e.info1).is_in for e in exits)
+
+
+def test_a_rep_with_an_enormous_count_runs_in_slices_between_iterations():
+    """SDM vol 2 REP: an interrupted REP resumes with the registers of the completed
+    iterations; one execution here is at most REP_SLICE of them."""
+    from nitdbg.x86.insn.string import REP_SLICE
+    m = LongModeMachine("""
+        lea buf(%rip), %rdi
+        mov $-1, %rcx
+        go: rep stosb
+        hlt
+        buf: .byte 0
+    """)
+    m.cpu.run(3)                 # lea, mov, one slice of the rep
+    c = m.cpu
+    assert c.rip == m.syms["go"] and c.regs[1] == (1 << 64) - 1 - REP_SLICE
+    assert c.regs[7] == m.syms["buf"] + REP_SLICE
+
+
+def test_rep_outs_with_an_enormous_count_under_svm_keeps_run_bounded(started):
+    m, exits = _guest(started, """
+        mov $-1, %rcx
+        mov $0x2f0, %dx
+        rep outsb
+        done: jmp done
+    """)
+    ev = m.run(max_insns=2000)
+    assert ev.reason == "budget"
+    assert 0 < len(exits) <= 2000 and m.vcpus[0].cpu.regs[1] < (1 << 64) - 1

@@ -92,6 +92,38 @@ def _line(words: list[str]) -> st.SearchStrategy:
     return st.lists(st.sampled_from(words) | st.text(max_size=6), max_size=7).map(" ".join)
 
 
+# Per-command vocabularies: lines that get past the first word, so the parsers are reached.
+HOST_ARGS = {
+    "bhyvectl": ["--vm=vm2", "--vm=vm9", "--vm=", "--cpu=0", "--cpu=-1", "--cpu=1", "--cpu=x",
+                 "--inject-nmi", "--assert-lapic-lvt=1", "--assert-lapic-lvt=0",
+                 "--assert-lapic-lvt=9", "--get-stats", "--get-rip", "--get-rflags",
+                 "--get-dr6", "--get-intinfo", "--get-vmcb-intercepts", "--capname=foo",
+                 "--get-vmcb-exit-details", "--get-vmcb-virq", "--bogus", "-h"],
+    "sysctl": ["debug.nit.delay_usecs=800000", "debug.nit.delay_usecs=-1",
+               "debug.nit.recursive_nmi=1", "debug.nit.invalidate_nested_mappings=1",
+               "debug.nit.bounce_to_userspace=1", "debug.ktr.clear=1", "debug.nit",
+               "debug.nit.nosuch=1", "hw.vmm.trace_guest_exceptions=1", "-a", "-n", "=",
+               "debug.nit.delay_usecs=1e99", "debug.nit.delay_usecs=0x10"],
+    "ktrdump": ["-c", "-t", "-q", "-l", "-r", "-f", "-H", "-cto", "/tmp/k", "-o", "-i", "-z",
+                "-cto/tmp/k"],
+    "sleep": ["1", "0", "0.5", "-1", "nan", "inf", "1e9", "3600", "x", "0.000001"],
+    "cat": ["/tmp/k", "/tmp/nope", "/etc/passwd", "-n"],
+    "grep": ["-c", "vNMI", "(a+)+$", "[", "-v", "-e", "a*a*a*a*a*a*b", "x{1,99999}"],
+}
+
+
+@st.composite
+def host_line(draw: Callable) -> str:
+    cmd = draw(st.sampled_from(sorted(HOST_ARGS)))
+    args = draw(st.lists(st.sampled_from(HOST_ARGS[cmd]) | st.text(max_size=5), max_size=4))
+    line = " ".join([cmd, *args])
+    if draw(st.booleans()):
+        line = "sudo " + line
+    tail = draw(st.sampled_from(["", "", " | grep vNMI", " | grep -c x", " |", " | cat",
+                                 " | grep '(a+)+$'", " ||", " | grep"]))
+    return line + tail
+
+
 # ---------------------------------------------------------------------- host shell
 def _booted() -> Machine:
     m = Machine(vcpus=1)
@@ -121,7 +153,7 @@ def host_target() -> Target:
             return Outcome("rejected")
         return Outcome()
 
-    return Target("host", _line(HOST_WORDS), run)
+    return Target("host", host_line() | _line(HOST_WORDS), run)
 
 
 # ---------------------------------------------------------------------- the debugger
@@ -323,23 +355,33 @@ def guest_code(draw: Callable) -> tuple[str, bytes]:
             parts.append(draw(st.binary(min_size=1, max_size=8)))
         else:
             parts.append(b"\x0f" + draw(st.binary(min_size=1, max_size=5)))
-    return draw(st.sampled_from(["amd64", "i386"])), b"".join(parts)
+    return draw(st.sampled_from(["amd64", "i386", "amd64-kdb"])), b"".join(parts)
 
 
 def guestcode_target() -> Target:
+    """Random code three ways: at the entry of the amd64 and the i386 kernels (no IDT yet:
+    the first fault shuts down), and in the booted amd64 kernel where ddb stopped it (its
+    IDT, handlers, kdb and the hypervisor's exits all take part)."""
     bases = {"amd64": Machine(vcpus=1), "i386": Machine(kernel=I386_KERNEL, vcpus=1)}
     for m in bases.values():
         m.step_vcpu(0)
+    bases["amd64-kdb"] = in_ddb()
 
     def run(case: tuple[str, bytes]) -> Outcome:
         kind, code = case
         m = bases[kind].clone()
         v = m.vcpus[0]
         try:
-            # the code replaces the firmware at the vCPU's RIP once its first instruction ran
-            # (from then on the vCPU's paging state is the guest's)
-            m.vm.write_guest(v, v.cpu.rip, code)
-            ev = m.run(max_insns=5_000)
+            if kind == "amd64-kdb":
+                # the code replaces the instructions where the guest resumes from ddb
+                m.vm.write_guest(v, m.ddb.frame()["tf_rip"], code)
+                m.debugger("c", max_insns=5_000)
+                ev = m.run(max_insns=5_000)
+            else:
+                # the code replaces the firmware at the vCPU's RIP once its first instruction
+                # ran (from then on the vCPU's paging state is the guest's)
+                m.vm.write_guest(v, v.cpu.rip, code)
+                ev = m.run(max_insns=5_000)
         except Exception as e:  # noqa: BLE001 - the fuzzer's outermost layer counts escapes
             return _escape(e)
         errs = internal_errors(m)

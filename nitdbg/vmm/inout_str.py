@@ -70,6 +70,7 @@ def emulate_inout_str(v: Vcpu, io: IoioInfo, e: Exit) -> None:
         v.reflect_exception(fault.vector, fault.error_code)
     elif io.rep and count - done:
         vmcb.rip = e.rip                       # vm_restart_instruction: more to do
+        v.restarts += 1                        # work that retires nothing (Vcpu.run)
 
 
 def _element(v: Vcpu, io: IoioInfo, gla: int) -> None:

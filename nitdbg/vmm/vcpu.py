@@ -67,6 +67,9 @@ class Vcpu:
         self.stopped_by_host = False     # the machine holds it (in the debugger)
         self.last_exit: Exit | None = None
         self.exit_count = 0
+        # Restarts of an instruction the hypervisor emulates piecewise (REP INS/OUTS): they
+        # retire nothing, so run() counts them against its budget and the host stays bounded.
+        self.restarts = 0
         # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
         # time of the first one)
         self.pause_spin: tuple[int, int, int, int] | None = None
@@ -225,7 +228,10 @@ class Vcpu:
         needed. A vCPU whose budget runs out stays in guest mode (see Svm.vmrun)."""
         cpu = self.cpu
         start = cpu.icount
+        restarts0 = self.restarts
         while True:
+            if self.restarts - restarts0 >= budget:
+                return UserExit("quantum", self.id)
             if cpu.internal_error is not None:
                 # a bug in nitdbg stopped the vCPU: userspace tells the person, nothing runs
                 return UserExit("internal", self.id, cpu.internal_error.info())

@@ -22,7 +22,7 @@ import capstone.x86_const as X
 from ..decode import Decoded, translates
 from ..hooks import ACC_WRITE
 from ..regs import DF, ES, MASK, RCX, RDI, RSI, TF
-from .string import _SEG_PREFIX, _lin, _setter
+from .string import _SEG_PREFIX, REP_SLICE, _lin, _setter
 from .system import _io_check
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ def string_io(d: Decoded):
             return
         n = c.regs[RCX] & am
         stepping = c.rflags & TF
-        while n:
+        rest = n - min(n, REP_SLICE)          # as for MOVS: a slice per execution
+        while n > rest:
             one(c, port, off)                 # a fault leaves the completed iterations
             off = (off + delta) & am
             n -= 1
