@@ -20,7 +20,8 @@ def parts(m: Machine) -> dict[str, str]:
                         ck["now"]])
     out["vlapic"] = _sha([la.state() for la in m.vm.vlapics])
     out["machine"] = _sha([sorted(m.in_kdb.items()), sorted(m.stopped), m.shutdown,
-                           m.exit_status, m.total_retired])
+                           m.exit_status, m.total_retired, getattr(m, "powered_off", None),
+                           getattr(m, "boots", None)])
     out["host_files"] = _sha(sorted(m.shell.files.items()))
     out["ddb"] = ddb_state.digest(m._ddb) if m._ddb is not None else "-"
     return out
