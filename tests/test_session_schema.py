@@ -185,3 +185,15 @@ def test_console_bytes_above_latin1_are_refused(tmp_path):
                     "icount": 0, "now": 0})
     assert "record 4 (in): args.data: a character above U+00FF" in _refusal(
         _write(tmp_path, recs))
+
+
+def test_checkpoint_file_records_and_interrupts_are_checked_too(tmp_path):
+    recs = _records()
+    recs[2]["files"] = [["/tmp/ktrdump.out", "a" * 64, 120]]
+    recs[2]["interrupted_at"] = 7
+    read_session(_write(tmp_path, recs))
+    recs[2]["files"] = [["/tmp/ktrdump.out", "zz", 120]]
+    assert "record 3 (ck): files[0][1]:" in _refusal(_write(tmp_path, recs))
+    recs[2]["files"] = []
+    recs[2]["interrupted_at"] = "soon"
+    assert "record 3 (ck): interrupted_at:" in _refusal(_write(tmp_path, recs))

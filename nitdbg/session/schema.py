@@ -127,7 +127,25 @@ class List(Schema):
         for i, x in enumerate(v):
             p = self.item.check(x)
             if p is not None:
-                return Problem(f"[{i}]" + (f".{p.where}" if p.where else ""), p.what)
+                return _at(f"[{i}]", p)
+        return None
+
+
+@dataclass(frozen=True)
+class Tuple(Schema):
+    """A JSON list of fixed length, item i of schema items[i]."""
+
+    items: tuple[Schema, ...]
+
+    def check(self, v: Any) -> Problem | None:
+        if type(v) is not list:
+            return Problem("", f"{_show(v)} is {_kind(v)}, not a list")
+        if len(v) != len(self.items):
+            return Problem("", f"a list of {len(v)} items (want {len(self.items)})")
+        for i, (x, sch) in enumerate(zip(v, self.items, strict=True)):
+            p = sch.check(x)
+            if p is not None:
+                return _at(f"[{i}]", p)
         return None
 
 
@@ -229,14 +247,17 @@ HEADER = obj(
 
 INPUT = obj(("icount", "now"), t=Const("in"), n=COUNT, op=Str(32, tuple(ARGS)),
             args=Map(Int()), icount=COUNT, now=COUNT)       # args: checked per op below
-CHECKPOINT = obj(("error",), t=Const("ck"), n=COUNT, input=COUNT, out=Str(hex_len=16),
-                 error=Str(4096), icount=COUNT, now=COUNT, regs=List(REGS),
-                 vcpus=List(VCPU_STATE), knobs=KNOBS, surface=Str(choices=("guest", "ddb")),
-                 digests=DIGESTS)
+# The host shell's files an input wrote ([path as typed, sha256, size]) and the scheduling
+# step a ^C stopped it at: optional checkpoint fields (the host shell, session/record.py).
+FILES_WRITTEN = List(Tuple((Str(4096), Str(hex_len=64), Int(0, 1 << 40))), max_len=MAX_ITEMS)
+CHECKPOINT = obj(("error", "files", "interrupted_at"), t=Const("ck"), n=COUNT, input=COUNT,
+                 out=Str(hex_len=16), error=Str(4096), icount=COUNT, now=COUNT,
+                 regs=List(REGS), vcpus=List(VCPU_STATE), knobs=KNOBS,
+                 surface=Str(choices=("guest", "ddb")), digests=DIGESTS, files=FILES_WRITTEN,
+                 interrupted_at=COUNT)
 END = obj(t=Const("end"), inputs=COUNT, checkpoints=COUNT, icount=COUNT, now=COUNT)
 
-# Record types by their "t". Other engineers' record types plug in here (the "file written"
-# record of the host shell's files: RECORD_SCHEMAS["file"] = obj(...)).
+# Record types by their "t": a new record type plugs in here with its schema.
 RECORD_SCHEMAS: dict[str, Obj] = {"in": INPUT, "ck": CHECKPOINT, "end": END}
 
 
