@@ -47,7 +47,8 @@ class StopEvent:
     """Why run() returned."""
 
     reason: str                 # budget, kdb, shutdown, debug_exit, idle, panic, unhandled,
-    vcpu: int | None = None     # time, until, stopped, poweroff
+    vcpu: int | None = None     # time, until, stopped, poweroff,
+    #                             internal (info: rip, bytes, insn, error, message)
     info: dict = field(default_factory=dict)
 
 
@@ -57,6 +58,8 @@ class Machine:
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
                  retire_order: int = 18, host_files: HostFiles | None = None):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
+        if not 1 <= quantum <= 1_000_000:
+            raise MachineError(f"quantum {quantum} is out of range 1..1000000 instructions")
         # what force_reset() rebuilds the VM from
         self._config = {"kernel": path, "vcpus": vcpus, "ram_size": ram_size,
                         "policy": policy, "name": name, "tunables": dict(tunables or {}),
@@ -257,9 +260,11 @@ class Machine:
             q = self.quantum if self._runnable() > 1 else SOLO_QUANTUM
             if max_insns is not None:
                 q = min(q, max_insns - retired)
-            before = v.cpu.icount
+            before, restarts = v.cpu.icount, v.restarts
             ux = v.run(q)
-            retired += v.cpu.icount - before
+            # the budget counts instructions, and restarts of an emulated REP INS/OUTS as
+            # the work they are (they retire nothing until its last iteration)
+            retired += v.cpu.icount - before + v.restarts - restarts
             self.total_retired += v.cpu.icount - before
             ev = self._userspace(ux)
             if ev is None:
@@ -438,6 +443,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
+    if ev.reason == "internal":
+        return f"vm {m.vm.name}: vCPU {ev.vcpu} stopped: {ev.info.get('message')}\n"
     return ""
 
 
