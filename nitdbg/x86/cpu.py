@@ -16,6 +16,7 @@ from . import interrupts
 from .decode import F_LOADS_RF, F_NO_SSTEP, Decoder, Insn, unsupported_text
 from .faults import Fault, Intercepted, Unsupported
 from .hooks import ACC_FETCH, ACC_USER, ACC_WRITE, Hooks
+from .hoststop import HostStop
 from .memory import PhysMem
 from .regs import (
     CR0_PE,
@@ -103,6 +104,7 @@ class Cpu:
         self.mode = 16
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
         self.exec_bps: list[tuple[int, int]] = []             # (addr, index)
+        self.host_stop: HostStop | None = None    # the gdb stub's conditions (hoststop.py)
         self.update_mode()
 
     # ------------------------------------------------------------------ mode and caches
@@ -313,6 +315,8 @@ class Cpu:
         hpa = self.lin_to_hpa(lin, flags)
         if self.data_bps:
             self._data_bp_check(lin, size, False)
+        if self.host_stop is not None and self.host_stop.watches:
+            self.host_stop.access(lin, size, False)
         page = self.mem.page(hpa >> 12)
         if page is None:
             return self.mem.read(hpa, size)
@@ -335,6 +339,8 @@ class Cpu:
         hpa = self.lin_to_hpa(lin, ACC_WRITE | flags)
         if self.data_bps:
             self._data_bp_check(lin, size, True)
+        if self.host_stop is not None and self.host_stop.watches:
+            self.host_stop.access(lin, size, True)
         hppn = hpa >> 12
         page = self.mem.page(hppn)
         if page is None:
@@ -355,6 +361,8 @@ class Cpu:
 
     def _watched(self, lin: int) -> bool:
         pn = lin >> 12
+        if self.host_stop is not None and self.host_stop.watches_page(pn):
+            return True
         return any(lo >> 12 == pn or (hi - 1) >> 12 == pn for lo, hi, _, _ in self.data_bps)
 
     def _data_bp_check(self, lin: int, size: int, write: bool) -> None:
@@ -489,6 +497,10 @@ class Cpu:
             self.stop_requested = False
             self.stop_reason = "stop"
             return -1
+        hs = self.host_stop
+        if hs is not None and hs.before_events(self):
+            self.stop_reason = "host"
+            return -1
         shadow = self.shadow
         try:
             r = self._boundary_event(shadow)
@@ -499,6 +511,9 @@ class Cpu:
             return -1
         if r:
             return r if r < 0 else 0
+        if hs is not None and hs.before_fetch(self):
+            self.stop_reason = "host"
+            return -1
         self.shadow = 0
         rip = self.rip
         rflags = self.rflags
@@ -604,7 +619,7 @@ class Cpu:
         self.attention = bool(
             self.rflags & (TF | RF) or self.pending_db or self.shadow or self.nmi_pending
             or (self.intr_pending and self.rflags & IF) or self.exec_bps or self.halted
-            or self.shutdown or self.stop_requested)
+            or self.shutdown or self.stop_requested or self.host_stop is not None)
 
     def request_stop(self) -> None:
         self.stop_requested = True
