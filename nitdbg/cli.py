@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--events-out", metavar="FILE.jsonl", help="JSON Lines event log")
     r.add_argument("--trace-instructions", action="store_true",
                    help="include every retired instruction in the events log")
+    r.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="wait for gdb here before the first guest instruction (loopback "
+                        "unless a host is given); reverse-stepi/continue work")
     sub.add_parser("scenario", help="the seed's test plan as scenarios", add_help=False)
     sub.add_parser("replay", help="replay a recorded .nitrec session", add_help=False)
     b = sub.add_parser("bench", help="performance figures")
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return _console(a)
         if a.cmd == "run":
             from .runner import run_headless
+            if a.gdb:
+                return _run_gdb(a)
             return run_headless(a, _make_machine(a))
         if a.cmd == "bench":
             from . import bench
@@ -148,6 +153,38 @@ def _console(a: argparse.Namespace) -> int:
     finally:
         rec.close()
         print(f"session recorded: {rec.path}", file=sys.stderr)
+
+
+def _run_gdb(a: argparse.Namespace) -> int:
+    """`nitdbg run --gdb`: hold the machine for gdb (like qemu -s -S); after gdb detaches
+    the run goes on headless, after `kill` it ends."""
+    from .gdb import GdbServer, parse_endpoint
+    from .runner import run_headless
+    from .timeline import Timeline
+    try:
+        host, port = parse_endpoint(a.gdb)
+    except ValueError as e:
+        print(f"nitdbg: {e}", file=sys.stderr)
+        return 2
+    m = _make_machine(a)
+    for s in a.sysctl:
+        res = m.vm.sysctl.run([s])
+        if res.status:
+            print(res.stderr.strip(), file=sys.stderr)
+            return 1
+    a.sysctl = []
+    try:
+        server = GdbServer(m, host, port)
+    except OSError as e:
+        print(f"nitdbg: --gdb {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    Timeline(m)
+    how = server.serve()
+    if how == "kill":
+        sys.stdout.buffer.write(m.console_output())
+        sys.stdout.flush()
+        return 0
+    return run_headless(a, m)
 
 
 def _delegate(cmd: str, rest: list[str]) -> int:

@@ -403,7 +403,7 @@ class Machine:
             d.update(rax=vm.rax, rsp=vm.rsp, rip=vm.rip, rflags=vm.rflags, efer=vm.efer)
             for n in names:
                 sg = vm.seg(n)
-                d[n], d[n + "_base"] = sg.sel, sg.base
+                d[n], d[n + "_base"] = sg.selector, sg.base
         return d
 
     @_input
@@ -430,15 +430,19 @@ class Machine:
             if v.svm.in_guest:
                 c.seg[FS if name == "fs_base" else GS].base = value
             else:
-                sg = v.vmcb.seg(name[:2])
-                sg.set(sg.sel, sg.attrib, sg.limit, value)
+                v.vmcb.seg(name[:2]).base = value
         else:
             raise MachineError(f"register {name} cannot be written")
 
     def read_mem(self, vcpu: int, addr: int, n: int) -> bytes:
         """Guest-virtual memory as the vCPU sees it (its page tables, guest RAM)."""
+        v = self._vcpu(vcpu)
+        if not v.svm.in_guest and v.exit_count == 0 and v.cpu.icount == 0:
+            # before its first VMRUN the guest's paging state is only in the VMCB; loading
+            # it now is what that VMRUN will do anyway
+            v.svm.load_guest()
         try:
-            return self.vm.read_guest(self._vcpu(vcpu), addr, n)
+            return self.vm.read_guest(v, addr, n)
         except Exception as e:  # noqa: BLE001 - #PF or outside RAM: one line for the user
             raise MachineError(f"cannot access memory at {addr:#x}") from e
 
