@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _machine_args(c)
     _record_args(c)
     c.add_argument("--replay", metavar="FILE", help="play a recorded session back")
+    c.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="also serve gdb here (loopback unless a host is given)")
+    c.add_argument("--timeline", action="store_true",
+                   help="keep the history for `back` / `back-stop` at host$ (on with --gdb)")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
     r.add_argument("--max-instructions", type=int, default=100_000_000)
@@ -140,7 +144,8 @@ def _console(a: argparse.Namespace) -> int:
         return main_replay([a.replay, "--show", "--step", "--verify"])
     target = _record_target(a)
     if target is None:
-        return console.main(_make_machine(a))
+        m = _make_machine(a)
+        return console.main(m) if _console_extras(a, m) else 1
     from .machine import MachineError
     from .session import SessionError, start_recording
     try:
@@ -149,10 +154,27 @@ def _console(a: argparse.Namespace) -> int:
         print(f"nitdbg: {e}", file=sys.stderr)
         return 1
     try:
+        if not _console_extras(a, rec.machine):
+            return 1
         return console.main(rec)
     finally:
         rec.close()
         print(f"session recorded: {rec.path}", file=sys.stderr)
+
+
+def _console_extras(a: argparse.Namespace, m) -> bool:  # noqa: ANN001 - a Machine
+    """--timeline and --gdb for the console; False (after one line) if --gdb cannot serve."""
+    if a.gdb:
+        from .gdb import serve_in_thread
+        try:
+            serve_in_thread(m, a.gdb)
+        except (ValueError, OSError) as e:
+            print(f"nitdbg: --gdb: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return False
+    elif a.timeline:
+        from .timeline import Timeline
+        Timeline(m)
+    return True
 
 
 def _run_gdb(a: argparse.Namespace) -> int:

@@ -49,11 +49,19 @@ def _input(fn: Callable) -> Callable:
     checkpoint repeats it exactly."""
     @functools.wraps(fn)
     def wrapper(self: Machine, *args, **kwargs):
-        tl = self.timeline
-        if tl is None or self._in_op:
-            return fn(self, *args, **kwargs)
-        return tl.apply(fn.__name__, args, kwargs)
+        lock = self.lock
+        if lock is not None:               # a gdb stub on another thread (gdb/server.py)
+            with lock:
+                return _call(self, fn, args, kwargs)
+        return _call(self, fn, args, kwargs)
     return wrapper
+
+
+def _call(m: Machine, fn: Callable, args: tuple, kwargs: dict):  # noqa: ANN202
+    tl = m.timeline
+    if tl is None or m._in_op:
+        return fn(m, *args, **kwargs)
+    return tl.apply(fn.__name__, args, kwargs)
 
 
 @dataclass
@@ -104,19 +112,48 @@ class Machine:
         to return to: replay steps back by cloning forward from the nearest one)."""
         import copy
         listeners, self.listeners = self.listeners, []
-        timeline = self.__dict__.pop("timeline", None)
+        # the timeline (it holds clones) and a thread lock are the host's, not the state's
+        host = {k: self.__dict__.pop(k) for k in ("timeline", "lock") if k in self.__dict__}
         try:
             return copy.deepcopy(self)
         finally:
             self.listeners = listeners
-            if timeline is not None:
-                self.timeline = timeline
+            self.__dict__.update(host)
 
     # ------------------------------------------------------------------ host side
-    @_input
     def host(self, line: str) -> str:
-        """A host command line (bhyvectl, sysctl, ktrdump, sleep, cat, | grep)."""
+        """A host command line (bhyvectl, sysctl, ktrdump, sleep, cat, | grep), or `back
+        [VCPU]` / `back-stop` to go back in time (with a timeline attached)."""
+        word, _, rest = line.strip().partition(" ")
+        if word in ("back", "back-stop"):
+            return self._back(word, rest.strip())
+        return self._host(line)
+
+    @_input
+    def _host(self, line: str) -> str:
         return self.shell.run(line)
+
+    def _back(self, word: str, rest: str) -> str:
+        try:
+            if word == "back":
+                if rest and not rest.isdigit():
+                    return "back: usage: back [VCPU]\n"
+                ev = self.step_back(int(rest or "0"))
+            else:
+                if rest:
+                    return "back-stop: usage: back-stop\n"
+                ddb = [b.address for b in self._ddb.breaks.user_breakpoints()] \
+                    if self._ddb is not None else []
+                gdb = self.timeline.gdb_points() if self.timeline is not None else ((), ())
+                ev = self.back_to_stop(tuple(ddb) + tuple(gdb[0]), tuple(gdb[1]))
+        except MachineError as e:
+            return f"{word}: {e}\n"
+        if ev.reason == "begin":
+            return f"{word}: at the start of the recorded history\n"
+        k = ev.vcpu if ev.vcpu is not None else 0
+        rip = self.live_regs(k)["rip"]
+        return (f"{word}: vCPU {k} at {self.symbols.format(rip)} ({rip:#x}), "
+                f"{self.vm.vcpus[k].cpu.icount} instructions retired\n")
 
     @_input
     def assert_lapic_lvt(self, vcpu: int, pin: int = 1) -> None:
@@ -187,6 +224,8 @@ class Machine:
         virtual time is used up, `until()` holds, or nothing can run."""
         if self.shutdown is not None:
             return StopEvent("shutdown", None, {"reason": self.shutdown})
+        if self.held_by is not None and not self._host_running:
+            return StopEvent("held", None, {"by": self.held_by})
         if self.in_kdb:
             return StopEvent("kdb", next(iter(self.in_kdb)), {})
         retired = 0
@@ -386,6 +425,8 @@ class Machine:
     _in_op = False                   # inside a recorded input (nested calls are not inputs)
     host_overlay: dict | None = None  # the timeline's seek/probe conditions during re-execution
     held_by: str | None = None       # "gdb" while the stub holds every vCPU
+    _host_running = False            # run_stops is running them for it
+    lock = None                      # a threading.RLock when gdb runs on its own thread
 
     def live_regs(self, vcpu: int) -> dict[str, int]:
         """The guest registers now: the CPU model's while the vCPU stays in guest mode
@@ -475,6 +516,7 @@ class Machine:
         saved = set(self.stopped)
         self.stopped = set(range(len(self.vm.vcpus))) - set(vcpus)
         self.arm_host_stops(stops)
+        self._host_running = True
         try:
             ev = self.run(max_insns=max_insns)
             if ev.reason == "gdb":
@@ -482,6 +524,7 @@ class Machine:
                 ev.info["hit"] = hs.hit if hs is not None else None
             return ev
         finally:
+            self._host_running = False
             self.stopped = saved
             self.arm_host_stops({})
 
@@ -510,13 +553,13 @@ class Machine:
     def step_back(self, vcpu: int = 0) -> StopEvent:
         """Reverse-stepi: back to just before vCPU `vcpu` executed its last instruction."""
         if self.timeline is None:
-            raise MachineError("going back needs the timeline (nitdbg.timeline.Timeline)")
+            raise MachineError("going back needs the history: start with --timeline or --gdb")
         return self.timeline.step_back(vcpu)
 
     def back_to_stop(self, bps: tuple[int, ...] = (), watches: tuple = ()) -> StopEvent:
         """Reverse-continue: back to the previous hit of a breakpoint or watchpoint."""
         if self.timeline is None:
-            raise MachineError("going back needs the timeline (nitdbg.timeline.Timeline)")
+            raise MachineError("going back needs the history: start with --timeline or --gdb")
         return self.timeline.back_to_stop(bps, watches)
 
 def describe_stop(m: Machine, ev: StopEvent) -> str:
@@ -532,6 +575,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
+    if ev.reason == "held":
+        return f"vm {m.vm.name}: {ev.info['by']} holds every vCPU; continue there to run them\n"
     return ""
 
 

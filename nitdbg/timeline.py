@@ -182,6 +182,14 @@ class Timeline:
         return True
 
     # ------------------------------------------------------------------ going back
+    # the gdb stub's breakpoints and watchpoints, for `back-stop` typed at the console
+    points_provider = None
+
+    def gdb_points(self) -> tuple[tuple[int, ...], tuple]:
+        if self.points_provider is None:
+            return (), ()
+        return self.points_provider()
+
     def at_start(self, vcpu: int) -> bool:
         return self._icounts()[vcpu] <= self.marks[0].icounts[vcpu]
 

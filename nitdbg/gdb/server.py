@@ -40,19 +40,24 @@ class GdbServer:
     def _guard(self):  # noqa: ANN202
         return self.lock if self.lock is not None else nullcontext()
 
-    def serve(self, once: bool = True) -> str:
-        """Take gdb connections; returns "detach", "kill" or "eof" after the last one."""
+    def serve(self, once: bool = True, hold_first: bool = True) -> str:
+        """Take gdb connections; returns "detach", "kill" or "eof" after the last one.
+        `hold_first`: hold the machine from now on (run --gdb, like qemu -S), else only
+        while a gdb is connected (the console's --gdb)."""
         self.log(f"gdb: waiting for a connection on {self.address[0]}:{self.address[1]}")
-        with self._guard():
-            self.m.hold("gdb")
+        if hold_first:
+            with self._guard():
+                self.m.hold("gdb")
         while True:
             conn, peer = self.sock.accept()
+            with self._guard():
+                self.m.hold("gdb")
             self.log(f"gdb: connected from {peer[0]}:{peer[1]}")
             how = Session(self, conn).run()
             self.log(f"gdb: {how}")
+            with self._guard():
+                self.m.hold(None)
             if once or how == "kill":
-                with self._guard():
-                    self.m.hold(None)
                 self.sock.close()
                 return how
 
@@ -137,3 +142,19 @@ class Session:
             elif ev[0] == "bad" and self.stub.ack:
                 self.conn.sendall(b"-" if ev[1] == "checksum" else b"+")
         return self.interrupt
+
+
+def serve_in_thread(m: Machine, endpoint: str, log=None) -> GdbServer:  # noqa: ANN001
+    """The stub beside another front end (the console, the TUI): gdb is served on a thread
+    and every input to the machine takes `m.lock`, so the two never run it at once. A
+    timeline is attached if there is none, for reverse execution. Raises ValueError or
+    OSError for a bad or busy endpoint."""
+    from ..timeline import Timeline
+    host, port = parse_endpoint(endpoint)
+    server = GdbServer(m, host, port, log=log)
+    m.lock = server.lock = threading.RLock()
+    if m.timeline is None:
+        Timeline(m)
+    threading.Thread(target=server.serve, kwargs={"once": False, "hold_first": False},
+                     name="nitdbg-gdb", daemon=True).start()
+    return server

@@ -95,6 +95,9 @@ class Stub:
         if self.layout is None:
             self.layout = target.layout(_is_elf64(self.m))
         self.last_stop = self.stop_reply(StopEvent("gdb", 0, {"hit": ("initial",)}))
+        if self.m.timeline is not None:
+            self.m.timeline.points_provider = lambda: (tuple(self.sw | self.hw),
+                                                       tuple(self.watches))
 
     @property
     def nvcpu(self) -> int:
@@ -323,7 +326,7 @@ class Stub:
                     break
         ddb = m._ddb
         if ddb is not None:
-            for b in ddb.breakpoints.list:
+            for b in ddb.breaks.list:
                 if b.saved is not None and addr <= b.address < addr + len(data):
                     data[b.address - addr] = b.saved
         return bytes(data)
