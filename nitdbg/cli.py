@@ -233,6 +233,8 @@ def _bench_extras() -> dict:
         extras["tui"] = tui
     except ImportError:
         pass
+    from .gdb.bench import bench_figures as gdb
+    extras["gdb"] = gdb
     return extras
 
 
