@@ -118,6 +118,7 @@ class Session:
                     if isinstance(reply, Resume):
                         self.interrupt = False
                         reply = self.stub.resume(reply, self._interrupted)
+                        self.interrupt = False       # the ^C is answered by this stop
                 self.send(reply)
                 if self.stub.killed:
                     return "kill"
