@@ -206,6 +206,7 @@ def _run_gdb(a: argparse.Namespace) -> int:
         sys.stdout.buffer.write(m.console_output())
         sys.stdout.flush()
         return 0
+    m.timeline = None                  # gdb has gone: no more history to keep
     return run_headless(a, m)
 
 

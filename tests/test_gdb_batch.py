@@ -103,3 +103,17 @@ def test_nmi_injected_from_the_host_while_gdb_holds_the_machine_reaches_nmi_iret
     assert out.count("0xffffffff802006f0 <Xnmi+250>:\tiretq") == 2, out
     rip = re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)
     assert rip and int(rip[0], 16) != 0xFFFFFFFF802006F0
+
+
+def test_gdb_and_ddb_share_the_machine():
+    """The guest enters ddb on an NMI (kdb_on_nmi set by gdb writing guest memory); ddb's
+    banner reaches gdb's console, `monitor db` talks to ddb, and ddb's `s` is carried out
+    when gdb lets the machine run."""
+    out = gdb_session("break cpu_idle_acpi", "continue", "delete",
+                      "set var *(int *)&kdb_on_nmi = 1",
+                      "monitor bhyvectl --vm=vm2 --assert-lapic-lvt=1 --cpu=1",
+                      "continue", "monitor db bt", "monitor db s", "continue")
+    assert "Stopped at\tcpu_idle_acpi:\tsti" in out, out
+    assert "cpu_idle_acpi() at cpu_idle_acpi/frame" in out
+    assert "gdb holds every vCPU" in out          # ddb's `s` waits for gdb's continue
+    assert "Stopped at\tcpu_idle_acpi+0x1:\thlt" in out

@@ -119,6 +119,10 @@ class Session:
                         self.interrupt = False
                         reply = self.stub.resume(reply, self._interrupted)
                         self.interrupt = False       # the ^C is answered by this stop
+                        for note in self.stub.notes:
+                            if note:
+                                self.send(b"O" + note.encode().hex().encode())
+                        self.stub.notes.clear()
                 self.send(reply)
                 if self.stub.killed:
                     return "kill"

@@ -89,6 +89,7 @@ class Stub:
     watches: dict[tuple[int, int, int], None] = field(default_factory=dict)
     threads_listed: bool | None = None
     last_stop: bytes = b"S05"
+    notes: list[str] = field(default_factory=list)   # text for gdb's console (O packets)
     layout: target.Layout = None    # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -475,6 +476,10 @@ class Stub:
                 ev = self._forward(r, interrupted)
         except MachineError:
             return E_STATE
+        if ev.reason == "kdb" and ev.vcpu is not None:
+            # the guest entered its debugger: ddb takes the stop as it would at the console
+            # (its banner goes to gdb's console; `monitor db LINE` talks to it)
+            self.notes.append(m.enter_debugger(ev))
         self.last_stop = self.stop_reply(ev)
         return self.last_stop
 
