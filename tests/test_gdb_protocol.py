@@ -149,3 +149,22 @@ def test_reverse_continue_without_an_earlier_stop_reports_the_start_of_history(s
     stub.resume(r, lambda wait=False: False)
     reply = stub.resume(stub.handle(b"bc"), lambda wait=False: False)
     assert b"replaylog:begin;" in reply
+
+
+def _go(stub: Stub, packet: bytes = b"vCont;c") -> bytes:
+    return stub.resume(stub.handle(packet), lambda wait=False: False)
+
+
+def test_a_hardware_breakpoint_stop_says_hwbreak(stub: Stub):
+    idle = stub.m.symbols.address("cpu_idle_acpi")
+    assert stub.handle(b"Z1,%x,1" % idle) == b"OK"
+    reply = _go(stub)
+    assert b"hwbreak:;" in reply and stub.m.live_regs(int(reply[10:11]) - 1)["rip"] == idle
+
+
+def test_a_read_watchpoint_stops_after_the_read_with_its_address(stub: Stub):
+    ticks = stub.m.symbols.address("ticks")
+    assert stub.handle(b"Z3,%x,4" % ticks) == b"OK"
+    reply = _go(stub)
+    assert b"rwatch:%x;" % ticks in reply, reply
+    assert stub.handle(b"z3,%x,4" % ticks) == b"OK" and not stub.watches
