@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tui", help="the Textual app (the default)")
     _machine_args(t)
     _record_args(t)
+    t.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="also serve gdb here (loopback unless a host is given)")
+    t.add_argument("--timeline", action="store_true",
+                   help="keep the history for `back` / `back-stop` (on with --gdb)")
     c = sub.add_parser("console", help="the machine on a line prompt (host$, guest#, db>)")
     _machine_args(c)
     _record_args(c)
@@ -130,7 +134,40 @@ def _tui(a: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"nitdbg: the TUI is not available ({e}); try 'nitdbg console'", file=sys.stderr)
         return 1
+    if a.gdb or a.timeline:
+        try:
+            _tui_gdb_hook(a)
+        except ValueError as e:
+            print(f"nitdbg: {e}", file=sys.stderr)
+            return 2
     return run_app(_machine_kwargs(a), record=_record_target(a)) or 0
+
+
+def _tui_gdb_hook(a: argparse.Namespace) -> None:
+    """--gdb / --timeline for the TUI without touching it: once its worker has built and
+    booted the machine, serve gdb beside it (or keep the history). The worker's inputs go
+    through the machine's @_input methods, which take the stub's lock."""
+    from .gdb.server import parse_endpoint
+    from .tui import worker
+    if a.gdb:
+        parse_endpoint(a.gdb)          # a bad endpoint fails here, before the app starts
+    start = worker.MachineWorker._start
+
+    def _start(self) -> None:  # noqa: ANN001
+        start(self)
+        m = getattr(self.m, "machine", self.m)      # under a session recorder
+        if a.gdb:
+            from .gdb import serve_in_thread
+            try:
+                srv = serve_in_thread(m, a.gdb, log=lambda s: self._out(s + "\n", "info"))
+            except OSError as e:
+                self._out(f"gdb: {a.gdb}: {e.strerror or e}\n", "error")
+                return
+            self._out(f"gdb: serving on {srv.address[0]}:{srv.address[1]}\n", "info")
+        else:
+            from .timeline import Timeline
+            Timeline(m)
+    worker.MachineWorker._start = _start
 
 
 def _console(a: argparse.Namespace) -> int:
@@ -169,7 +206,7 @@ def _console_extras(a: argparse.Namespace, m) -> bool:  # noqa: ANN001 - a Machi
         try:
             serve_in_thread(m, a.gdb)
         except (ValueError, OSError) as e:
-            print(f"nitdbg: --gdb: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            print(f"nitdbg: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return False
     elif a.timeline:
         from .timeline import Timeline

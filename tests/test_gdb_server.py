@@ -115,3 +115,40 @@ def test_run_gdb_with_a_bad_endpoint_says_so_in_one_line():
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["nitdbg: --gdb needs [HOST:]PORT, not 'nohost:port'"]
+
+
+def test_the_tui_serves_gdb_with_its_machine(monkeypatch):
+    pytest.importorskip("textual")
+    import argparse
+    import asyncio
+
+    from nitdbg import cli
+    from nitdbg.tui import worker
+    monkeypatch.setattr(worker.MachineWorker, "_start", worker.MachineWorker._start)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli._tui_gdb_hook(argparse.Namespace(gdb=f"127.0.0.1:{port}", timeline=False))
+    from nitdbg.tui.app import NitdbgApp
+    replies: list[bytes] = []
+
+    async def drive() -> None:
+        app = NitdbgApp({}, record=None)
+        async with app.run_test() as pilot:
+            for _ in range(300):
+                await pilot.pause(0.1)
+                if app.machine.state.booted:
+                    break
+            for _ in range(50):
+                try:
+                    c = Raw(port)
+                    break
+                except OSError:
+                    await pilot.pause(0.1)
+            for p in (b"?", b"qfThreadInfo", b"D"):
+                c.send(frame(p))
+                replies.append(c.reply())
+
+    asyncio.run(drive())
+    assert replies[0].startswith(b"T05thread:") and replies[1] == b"m1,2"
+    assert replies[2] == b"OK"
