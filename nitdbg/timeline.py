@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .x86.cpu import Cpu
 
 SPACING = 100_000       # retired instructions between marks (a step back repeats at most this)
+STOP_SPACING = 2_000    # ... or this many when the machine stopped for a host debugger
+STOP_OPS = 16           # ... or after this many inputs since the last mark
 RECENT = 8              # the newest marks are all kept ...
 PER_BAND = 2            # ... older ones: this many per power-of-two band of age
 
@@ -75,10 +77,11 @@ class Timeline:
         finally:
             m._in_op = False
             self.ops.append(op)
-            ran = m.total_retired - self.marks[-1].total
-            # a mark after every stop that retired something keeps a step back short
-            if ran >= self.spacing or (name == "run_stops" and m.total_retired > before
-                                       and ran > 0):
+            last = self.marks[-1]
+            ran = m.total_retired - last.total
+            # near a stop, marks come closer, so a step back repeats little
+            if ran >= self.spacing or (name == "run_stops" and m.total_retired > before and (
+                    ran >= STOP_SPACING or len(self.ops) - last.n_ops >= STOP_OPS)):
                 self._mark()
 
     def _icounts(self) -> tuple[int, ...]:
