@@ -25,7 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def gdb_session(*commands: str, extra: tuple[str, ...] = ()) -> str:
+def gdb_session(*commands: str, extra: tuple[str, ...] = (), kernel: Path = KERNEL) -> str:
     """Start nitdbg with --gdb on a free port, run gdb -batch with `commands`, return what
     gdb printed."""
     port = _free_port()
@@ -40,7 +40,7 @@ def gdb_session(*commands: str, extra: tuple[str, ...] = ()) -> str:
                 "-ex", f"target remote 127.0.0.1:{port}"]
         for c in commands:
             args += ["-ex", c]
-        out = subprocess.run([*args, str(KERNEL)], capture_output=True, text=True,
+        out = subprocess.run([*args, str(kernel)], capture_output=True, text=True,
                              timeout=60, cwd=ROOT)
         return out.stdout + out.stderr
     finally:
@@ -117,3 +117,13 @@ def test_gdb_and_ddb_share_the_machine():
     assert "cpu_idle_acpi() at cpu_idle_acpi/frame" in out
     assert "gdb holds every vCPU" in out          # ddb's `s` waits for gdb's continue
     assert "Stopped at\tcpu_idle_acpi+0x1:\thlt" in out
+
+
+def test_an_i386_guest_gets_the_i386_register_file():
+    i386 = ROOT / "firmware" / "i386" / "kernel.elf"
+    out = gdb_session("info registers eip esp", "stepi", "reverse-stepi", "info registers eip",
+                      "show architecture", kernel=i386,
+                      extra=("--kernel", str(i386), "--vcpus", "1"))
+    assert re.search(r"eip\s+0x10000c\s+0x10000c <_start>", out), out
+    assert len(re.findall(r"eip\s+0x10000c ", out)) == 2, out
+    assert "i386" in out and "x86-64" not in out
