@@ -223,6 +223,8 @@ ARGS: dict[str, Obj] = {
     "run_until_output": obj(text=Str(256, latin1=True), max_insns=BUDGET),
     "step_vcpu": obj(vcpu=VCPU, unit=Str(choices=("insn", "exit")), limit=BUDGET),
     "leave_kdb": obj(vcpu=VCPU),
+    "force_reset": obj(),
+    "force_poweroff": obj(),
 }
 
 REG = Int(0, U64)
