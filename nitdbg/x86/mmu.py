@@ -207,6 +207,10 @@ class Mmu(CpuState):
         self.code_pages.pop(hppn, None)
         for cache, rip in self._code_rips.pop(hppn, ()):
             cache.pop(rip, None)
+        # A translated block may hold any of them: drop all blocks, and make a block that is
+        # running stop at the next instruction boundary (self-modifying code).
+        self.drop_blocks()
+        self.attention = True
 
     def read_virt(self, lin: int, n: int) -> bytes:
         """Debugger read by linear address, without side effects on TLB contents."""

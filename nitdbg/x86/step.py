@@ -9,7 +9,7 @@ the slow step then works through the boundary in the order of SDM vol 3 table 6-
 
 from __future__ import annotations
 
-from . import interrupts
+from . import blocks, interrupts
 from .decode import F_LOADS_RF, F_NO_SSTEP
 from .events import Events
 from .faults import Fault, Intercepted
@@ -37,13 +37,44 @@ class StepLoop(Events, Mmu):
         # Anything that changes the decode cache in use (mode, CPL) sets `attention`, so the
         # local copy is refreshed after every slow step.
         icache = self.icache
+        bcache = self.bcache
+        use_blocks = self.blocks_enabled and not self.data_bps
         while self.icount < end:
             if self.attention:
                 if self._slow_step() < 0:
                     return self.icount - start
                 icache = self.icache
+                bcache = self.bcache
+                use_blocks = self.blocks_enabled and not self.data_bps
                 continue
             rip = self.rip
+            if use_blocks:
+                blk = bcache.get(rip, 0)
+                if blk == 0:
+                    hot = self.bhot.get(rip, 0) + 1
+                    self.bhot[rip] = hot
+                    if hot >= blocks.HOT:
+                        blk = bcache[rip] = blocks.build(self, rip)
+                if blk:
+                    try:
+                        if blk(self, end - self.icount):
+                            continue
+                    except Fault as f:
+                        # the block left the state as at the start of the faulting instruction
+                        if self._fault(f) < 0:
+                            return self.icount - start
+                        icache = self.icache
+                        bcache = self.bcache
+                        continue
+                    except Intercepted:
+                        self.stop_reason = "intercept"
+                        return self.icount - start
+                    except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+                        if self._internal_error(self.rip, e) < 0:
+                            return self.icount - start
+                        icache = self.icache
+                        bcache = self.bcache
+                        continue
             insn = icache.get(rip)
             try:
                 if insn is None:
@@ -55,6 +86,7 @@ class StepLoop(Events, Mmu):
                 if self._fault(f) < 0:
                     return self.icount - start
                 icache = self.icache
+                bcache = self.bcache
                 continue
             except Intercepted:
                 self.rip = rip
@@ -67,6 +99,7 @@ class StepLoop(Events, Mmu):
                 if self._internal_error(rip, e) < 0:
                     return self.icount - start
                 icache = self.icache
+                bcache = self.bcache
                 continue
             n = self.icount
             ring[n & mask] = rip
