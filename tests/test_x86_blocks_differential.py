@@ -171,7 +171,8 @@ def _sequence(r: random.Random) -> bytes:
             inner = b"".join(body) + b"\xff\xc9"
             if len(inner) + 2 > 127:
                 inner = b"\xff\xc9"
-            parts.append(b"\xb9" + n.to_bytes(4, "little") + inner + bytes([0x75, (-(len(inner) + 2)) & 0xFF]))
+            back = (-(len(inner) + 2)) & 0xFF
+            parts.append(b"\xb9" + n.to_bytes(4, "little") + inner + bytes([0x75, back]))
         elif kind < 0.5:                           # jcc over the body
             inner = b"".join(body)
             if len(inner) < 127:
