@@ -471,6 +471,39 @@ def build(cpu: Cpu, rip: int) -> Block | None:
     instruction is not one the translator handles (or the mode is not 64-bit)."""
     if cpu.mode != 64:
         return None
+    # Only instructions already fetched and decoded: building a block must not walk page
+    # tables, fetch or report an unsupported instruction the guest has not reached.
+    page_end = (rip | 0xFFF) + 1
+    icache = cpu.icache
+    run: list = []
+    cur = rip
+    while len(run) < MAX_INSNS:
+        insn = icache.get(cur)
+        if insn is None or insn.fn is None or insn.flags or cur + insn.length > page_end:
+            break
+        run.append(insn)
+        cur = insn.next
+        if cur >= page_end:
+            break
+    if not run:
+        return None
+    key = tuple((i.addr, i.code) for i in run)
+    fn = _COMPILED.get(key, False)
+    if fn is False:
+        fn = _translate(cpu, rip, run)
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = fn
+    return fn
+
+
+# Compiled blocks by their instructions (address and bytes), shared by every vCPU of the
+# process: a block function holds no CPU state, and every new machine runs the same firmware.
+_COMPILED: dict[tuple, Block | None] = {}
+_COMPILED_MAX = 1 << 14
+
+
+def _translate(cpu: Cpu, rip: int, run: list) -> Block | None:
     g = _Gen(rip)
     addrs: list[int] = []
     bodies: list[list[str]] = []
@@ -478,13 +511,7 @@ def build(cpu: Cpu, rip: int) -> Block | None:
     terminal = None
     page_end = (rip | 0xFFF) + 1
     cur = rip
-    icache = cpu.icache
-    while len(addrs) < MAX_INSNS:
-        # Only instructions already fetched and decoded: building a block must not walk page
-        # tables, fetch or report an unsupported instruction the guest has not reached.
-        insn = icache.get(cur)
-        if insn is None or insn.fn is None or insn.flags or cur + insn.length > page_end:
-            break
+    for insn in run:
         ci = cpu.decoder.decode(insn.code, cur, 64)
         if ci is None:
             break

@@ -18,6 +18,11 @@ from .regs import (
 )
 from .state import CpuState
 
+# Decoded instructions by (the 15 fetched bytes, address, mode), shared by every vCPU of the
+# process: an Insn holds no CPU state, and every new machine decodes the same firmware.
+_DECODED: dict[tuple[bytes, int, int], Insn] = {}
+_DECODED_MAX = 1 << 17
+
 
 class Mmu(CpuState):
     # ------------------------------------------------------------------ paging
@@ -236,7 +241,13 @@ class Mmu(CpuState):
                 if need is None or need > first:
                     raise
         try:
-            insn = self.decoder.translate(code, rip, self.mode)
+            key = (code, rip, self.mode)
+            insn = _DECODED.get(key)
+            if insn is None:
+                insn = self.decoder.translate(code, rip, self.mode)
+                if len(_DECODED) >= _DECODED_MAX:
+                    _DECODED.clear()
+                _DECODED[key] = insn
         except Exception as e:  # noqa: BLE001 - a translator bug must not crash the host:
             # the guest gets #UD and the record names the instruction (DESIGN.md)
             ci = self.decoder.decode(code, rip, self.mode)
