@@ -21,6 +21,7 @@ propagates to the step loop, which handles it as it does for the per-instruction
 from __future__ import annotations
 
 import os
+import struct
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -56,7 +57,9 @@ class _Unsupported(Exception):  # noqa: N818 - internal signal: the block ends b
 
 
 _GLOBALS_BASE: dict = {"Fault": Fault, "CF": CF, "NA": NA, "ARITH": ARITH}
-for _s in (1, 2, 4, 8):
+for _s, _fmt in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<Q")):
+    _GLOBALS_BASE[f"LD{_s}"] = struct.Struct(_fmt).unpack_from   # little-endian page access
+    _GLOBALS_BASE[f"ST{_s}"] = struct.Struct(_fmt).pack_into
     _GLOBALS_BASE[f"ADD{_s}"] = ADD[_s]
     _GLOBALS_BASE[f"SUB{_s}"] = SUB[_s]
     _GLOBALS_BASE[f"SZP{_s}"] = SZP[_s]
@@ -164,11 +167,12 @@ class _Gen:
         self.cur.append(f"p = tr({addr} >> 12)")
         self.cur.append(f"o = {addr} & 4095")
         if size == 1:
-            self.cur.append(f"{dst} = p[o] if p is not None else rds({addr}, 1, 0)")
-            return
-        self.cur.append(f"if p is not None and o <= {4096 - size}: "
-                        f"{dst} = int.from_bytes(p[o:o + {size}], 'little')")
-        self.cur.append(f"else: {dst} = rds({addr}, {size}, 0)")
+            self.cur.append(f"if p is not None: {dst} = p[o]")
+        else:
+            self.cur.append(f"if p is not None and o <= {4096 - size}: "
+                            f"{dst} = LD{size}(p, o)[0]")
+        # the slow path may have raised an event (MMIO): `s` ends the block after this one
+        self.cur += ["else:", f"    {dst} = rds({addr}, {size}, 0)", "    s = c.attention"]
 
     def store(self, addr: str, size: int, value: str) -> None:
         self.slow = True
@@ -177,9 +181,9 @@ class _Gen:
         if size == 1:
             self.cur.append(f"if p is not None: p[o] = {value}")
         else:
-            self.cur.append(f"if p is not None and o <= {4096 - size}: "
-                            f"p[o:o + {size}] = ({value}).to_bytes({size}, 'little')")
-        self.cur.append(f"else: wrs({addr}, {size}, {value}, 0)")
+            self.cur.append(f"if p is not None and o <= {4096 - size}: ST{size}(p, o, {value})")
+        # ... or written to decoded code (self-modifying code sets attention)
+        self.cur += ["else:", f"    wrs({addr}, {size}, {value}, 0)", "    s = c.attention"]
 
     def src(self, d, i: int, size: int) -> str:
         """Operand i as a value of `size` (register, immediate or memory)."""
@@ -572,7 +576,7 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
         w(f"    r{r} = regs[{r}]")
     w("    fl = c.rflags")
     w("    tr = c.tlb_r.get; tw = c.tlb_w.get; rds = c._rd_slow; wrs = c._wr_slow")
-    w("    it = 0; x = 0; nrip = 0")
+    w("    it = 0; x = 0; nrip = 0; s = False")
     if loops:
         w(f"    maxit = left // {n}")
     w("    try:")
@@ -587,7 +591,7 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
         for line in body:
             w(ind + sub(line))
         if slow and j < n - 1:
-            w(f"{ind}if c.attention:")
+            w(f"{ind}if s:")
             w(f"{ind}    x = {j + 1}")
             w(f"{ind}    break")
             exit_sites.add(j + 1)
