@@ -281,6 +281,18 @@ def test_a_fault_inside_a_block_leaves_the_state_of_the_faulting_instruction(mon
     assert on[7] == HOLE + 0x100 and regs[0] == 1 and ring[-2:] == [CODE + 3, CODE]
 
 
+def test_a_fault_on_the_first_instruction_of_a_later_pass_of_a_looping_block(monkeypatch):
+    """mov rax, [rbx]; mov [rbp], rax; add rbx, 1 MiB; jmp back: the third pass's load hits
+    the hole; the #PF is reported at the load with two passes (8 instructions) retired."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    code = bytes.fromhex("488b03" "48894500" "4881c300001000" "ebf0")
+    off = _run(code, False, False, (), [1000])
+    on = _run(code, True, False, (), [1000])
+    assert on == off
+    assert on[7] == DATA + 0x200000 and on[3] == 9
+    assert on[4][:9] == [PF_H] + [CODE + 0xE, CODE + 7, CODE + 3, CODE] * 2
+
+
 def test_a_store_into_the_running_block_ends_it_at_the_next_instruction(monkeypatch):
     """Self-modifying code: the patched instruction executes with its new bytes."""
     monkeypatch.setattr(blocks, "HOT", 1)

@@ -585,7 +585,7 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
     exit_sites = {0}
     for j, (body, (faults, slow)) in enumerate(zip(bodies, markers, strict=True)):
         if faults:
-            if j:
+            if j or loops:          # a later pass must not keep the previous pass's x
                 w(f"{ind}x = {j}")
             exit_sites.add(j)
         for line in body:
