@@ -293,6 +293,56 @@ def test_a_fault_on_the_first_instruction_of_a_later_pass_of_a_looping_block(mon
     assert on[4][:9] == [PF_H] + [CODE + 0xE, CODE + 7, CODE + 3, CODE] * 2
 
 
+class _Probe:
+    """An MMIO device that records what it sees of the vCPU at each access, and on a write
+    of 1 raises an NMI (an event that must be taken at the next instruction boundary)."""
+
+    def __init__(self) -> None:
+        self.cpu: Cpu | None = None
+        self.seen: list = []
+
+    def _look(self, kind: str, off: int, value: int) -> None:
+        c = self.cpu
+        self.seen.append((kind, off, value, c.icount, c.rip, c.rflags, list(c.regs)))
+
+    def mmio_read(self, off: int, size: int) -> int:
+        self._look("r", off, size)
+        return 0x1234
+
+    def mmio_write(self, off: int, size: int, value: int) -> None:
+        self._look("w", off, value)
+        if value == 1:
+            self.cpu.raise_nmi()
+
+
+def test_mmio_inside_a_block_sees_the_vcpu_as_the_per_insn_path_does(monkeypatch):
+    """A device reached from inside a block sees the count, RIP, flags and registers of the
+    instruction making the access, and an NMI it raises is taken right after it."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    mmio = 0x30000
+    # rsi = mmio; loop 3x: add rax, 7; mov [rsi], rax; mov rdx, [rsi+8]; cmp eax, 15;
+    # sete cl... (not translated) -> keep to: add; store; load; dec ecx; jnz; then
+    # mov qword [rsi], 1 (NMI) ; add rax, 1 ; hlt
+    code = bytes.fromhex("be00000300" "b903000000" "4883c007" "488906" "488b5608" "ffc9"
+                         "75f2" "48c70601000000" "4883c001" "f4")
+    outs = []
+    for on in (False, True):
+        probe = _Probe()
+        c = _cpu(code, on)
+        c.mem.map_mmio(mmio, 0x1000, probe)
+        probe.cpu = c
+        mem = c.mem
+        h = 0xF300
+        mem.write(IDT + 2 * 16, 8, (h & 0xFFFF) | (0x08 << 16) | (0x8E << 40)
+                  | ((h >> 16) << 48))
+        mem.write_bytes(h, b"\xf4")                # the NMI handler stops
+        c.run(1000)
+        outs.append((probe.seen, _state(c)))
+    assert outs[0] == outs[1]
+    seen, st = outs[1]
+    assert len(seen) == 7 and st[1] == 0xF301 and st[0][0] == 21
+
+
 def test_a_store_into_the_running_block_ends_it_at_the_next_instruction(monkeypatch):
     """Self-modifying code: the patched instruction executes with its new bytes."""
     monkeypatch.setattr(blocks, "HOT", 1)

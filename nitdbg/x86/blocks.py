@@ -172,7 +172,8 @@ class _Gen:
             self.cur.append(f"if p is not None and o <= {4096 - size}: "
                             f"{dst} = LD{size}(p, o)[0]")
         # the slow path may have raised an event (MMIO): `s` ends the block after this one
-        self.cur += ["else:", f"    {dst} = rds({addr}, {size}, 0)", "    s = c.attention"]
+        self.cur += ["else:", "    @SYNC@", f"    {dst} = rds({addr}, {size}, 0)",
+                     "    s = c.attention"]
 
     def store(self, addr: str, size: int, value: str) -> None:
         self.slow = True
@@ -183,7 +184,8 @@ class _Gen:
         else:
             self.cur.append(f"if p is not None and o <= {4096 - size}: ST{size}(p, o, {value})")
         # ... or written to decoded code (self-modifying code sets attention)
-        self.cur += ["else:", f"    wrs({addr}, {size}, {value}, 0)", "    s = c.attention"]
+        self.cur += ["else:", "    @SYNC@", f"    wrs({addr}, {size}, {value}, 0)",
+                     "    s = c.attention"]
 
     def src(self, d, i: int, size: int) -> str:
         """Operand i as a value of `size` (register, immediate or memory)."""
@@ -574,7 +576,7 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
     w("    regs = c.regs")
     for r in sorted(g.loaded | g.written):
         w(f"    r{r} = regs[{r}]")
-    w("    fl = c.rflags")
+    w("    fl = c.rflags; i0 = c.icount")
     w("    tr = c.tlb_r.get; tw = c.tlb_w.get; rds = c._rd_slow; wrs = c._wr_slow")
     w("    it = 0; x = 0; nrip = 0; s = False")
     if loops:
@@ -589,6 +591,18 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
                 w(f"{ind}x = {j}")
             exit_sites.add(j)
         for line in body:
+            if line.endswith("@SYNC@"):
+                # Leaving the fast path (a page walk, MMIO, a code page) may run device or
+                # hypervisor code: let it see the vCPU as the per-instruction path shows it
+                # during this instruction (RIP already at the next one, the count before it).
+                st = g.sites.get(j, BASE) if j else BASE
+                e = sub(st.expr)
+                nxt = (addrs + [fallthrough])[j + 1]
+                parts = [f"c.icount = i0 + it * {n} + {j}", f"c.rip = {nxt:#x}"]
+                parts += [f"regs[{r}] = r{r}" for r in sorted(g.written)]
+                parts.append("c.rflags = fl" if e == "(fl & ARITH)"
+                             else f"c.rflags = (fl & NA) | ({e})")
+                line = line.replace("@SYNC@", "; ".join(parts))
             w(ind + sub(line))
         if slow and j < n - 1:
             w(f"{ind}if s:")
@@ -640,7 +654,7 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
     s("c.rip = nrip if x == 0 and it else ADDRS[x]")
     s(f"N = it * {n} + x")
     s("if N:")
-    s("    rt = c.retire; i0 = c.icount; c.icount = i0 + N")
+    s("    rt = c.retire; c.icount = i0 + N")
     s("    p = i0 & rt.mask")
     s(f"    if N <= {n} and p + N <= rt.capacity: "
       f"rt.rips[p:p + N] = RIPS if N == {n} else RIPS[:N]")

@@ -53,7 +53,7 @@ class StepLoop(Events, Mmu):
                 if blk == 0:
                     hot = self.bhot.get(rip, 0) + 1
                     self.bhot[rip] = hot
-                    if hot >= blocks.HOT:
+                    if hot >= blocks.HOT and rip in icache:   # decoded on an earlier pass
                         blk = bcache[rip] = blocks.build(self, rip)
                 if blk:
                     try:
