@@ -83,6 +83,8 @@ def _mem_operand(r: random.Random) -> tuple[int, int]:
     roll = r.random()
     if roll < 0.03:
         return 12, r.randrange(0, 0x70, 8)          # the hole: #PF
+    if roll < 0.07:                                 # wherever a data register points:
+        return r.choice(DREGS), r.randrange(-0x80, 0x78, 8)   # often #PF or #GP, later
     if roll < 0.35:
         return 4, r.randrange(-0x40, 0x40, 8)        # the stack
     return r.choice((3, 5)), r.randrange(-0x80, 0x78, r.choice((1, 8)))
