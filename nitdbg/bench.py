@@ -186,6 +186,8 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             add("unicorn_bare_alu_branch_loop_ips", _unicorn("a", False, 20_000_000))
             add("unicorn_bare_memory_push_pop_loop_ips", _unicorn("b", False, 10_000_000))
     del wm
+    import gc
+    gc.collect()                     # the machines' pages before the extras measure
     figs: dict[str, float] = {}
     spread: dict[str, dict[str, float]] = {}
     for name, xs in samples.items():
