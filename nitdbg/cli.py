@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="performance figures")
     b.add_argument("--json", action="store_true")
     b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--vs-unicorn", action="store_true",
+                   help="also run loops a and b under Unicorn (pip install -e '.[bench]')")
     return p
 
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_headless(a, _make_machine(a))
         if a.cmd == "bench":
             from . import bench
-            return bench.run(a.json, a.runs, extra=_bench_extras())
+            return bench.run(a.json, a.runs, extra=_bench_extras(), vs_unicorn=a.vs_unicorn)
     except KeyboardInterrupt:
         return 130
     p.print_help()
