@@ -12,10 +12,12 @@ from typing import Any
 
 from ..machine import Machine, MachineError, StopEvent
 from ..session.format import SUFFIX
+from ..vmm.nmi_policy import POLICIES as NMI_POLICIES
 from ..session.record import RecordingMachine
 from .evidence import UPSTREAM_CLEARED, Check, Trace, TraceLine
 
-POLICIES = ("iret-tracing", "bhyve-upstream")
+# every registered NMI policy (nitdbg/vmm/nmi/), the default first
+POLICIES = tuple(NMI_POLICIES)
 KTRFILE = "/tmp/ktrdump.out"
 # ddb `c` runs the guest until its next stop; an idle guest never stops, so bound it
 CONTINUE_INSNS = 200_000
