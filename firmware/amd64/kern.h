@@ -109,6 +109,10 @@ extern char Xint0x80_syscall[], Xtimerint[], Xerrorint[], Xspuriousint[];
 extern int mp_ncpus;
 extern volatile int ticks;
 extern int kdb_on_nmi;
+/* debug.sstest: single-step a loop with TF, counting the trace traps (sysctl.c) */
+extern int sstest_steps, sstest_traps;
+extern volatile int sstest_active;
+void sstest_run(void);
 extern char ostype[];
 extern volatile uint32_t started_cpus_mask;
 
