@@ -262,7 +262,7 @@ class Vcpu:
                     return UserExit("quantum", self.id)
                 self.inj_interrupts()
                 if self.policy.before_vmrun(self):
-                    self.kicked = True        # exit right after the event is delivered
+                    self.exit_after_injection()
                 self.vm.current_vcpu = self.id
                 exit_ = self.svm.vmrun(0 if self.kicked else self._limit(left))
                 if exit_ is None:
@@ -297,6 +297,11 @@ class Vcpu:
             return left
         per = self.cpu.retire.ns_per_insn
         return max(1, min(left, (deadline - self.cpu.now() + per - 1) // per))
+
+    def exit_after_injection(self) -> None:
+        """Exit again right after VMRUN has delivered EVENTINJ, before the first guest
+        instruction (bhyve's self-IPI_AST, KVM's forced immediate exit)."""
+        self.kicked = True
 
     def kick(self) -> None:
         """vcpu_notify_event: make a vCPU in guest mode exit so new events are seen."""

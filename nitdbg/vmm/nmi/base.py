@@ -87,6 +87,9 @@ class NmiPolicy:
             return True
         elif vmcb.eventinj & EVENTINJ_VALID:
             v.log("Cannot inject NMI due to eventinj %#lx", vmcb.eventinj)
+            # "Use self-IPI to trigger a VM-exit as soon as possible after the event
+            # injection is completed" (ipi_cpu(curcpu, IPI_AST))
+            v.exit_after_injection()
         else:
             v.nmi_pending = False
             v.stat("VCPU_NMI_COUNT")
