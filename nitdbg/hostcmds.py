@@ -175,7 +175,8 @@ class HostShell:
             if opts.get("get-rip"):
                 out.append(f"rip[{c}]\t\t0x{vmcb.rip:016x}\n")
             if opts.get("get-rflags"):
-                out.append(f"rflags[{c}]\t0x{vmcb.rflags:016x}\n")
+                # as the policy lets tools read it (KVM hides its NMI-window TF/RF)
+                out.append(f"rflags[{c}]\t0x{v.guest_rflags:016x}\n")
             if opts.get("get-dr6"):
                 out.append(f"dr6[{c}]\t\t0x{vmcb.dr6:016x}\n")
             if opts.get("get-intinfo"):

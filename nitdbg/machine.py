@@ -363,6 +363,9 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
+    if ev.reason == "kassert":
+        # the hypervisor's own assertion (a bhyve kernel with INVARIANTS panics here)
+        return f"vm {m.vm.name}[{ev.vcpu}]: hypervisor panic: {ev.info.get('message', '')}\n"
     return ""
 
 
