@@ -12,8 +12,8 @@ from typing import Any
 
 from ..machine import Machine, MachineError, StopEvent
 from ..session.format import SUFFIX
-from ..vmm.nmi_policy import POLICIES as NMI_POLICIES
 from ..session.record import RecordingMachine
+from ..vmm.nmi_policy import POLICIES as NMI_POLICIES
 from .evidence import UPSTREAM_CLEARED, Check, Trace, TraceLine
 
 # every registered NMI policy (nitdbg/vmm/nmi/), the default first

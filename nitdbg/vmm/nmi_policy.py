@@ -2,9 +2,24 @@
 
 Kept as the import path for the registry: `POLICIES` and `make_policy(name)`."""
 
-from .nmi import (IRET_EXCEPTIONS, NMI_BLOCKED, NMI_IDLE, NMI_TRACING, POLICIES, BhyveUpstream,
-                  BhyveUpstreamNoShadow, IretTracing, Kvm, KvmState, NmiPolicy, NmiState,
-                  TracingState, Vnmi, VnmiState, make_policy)
+from .nmi import (
+                  IRET_EXCEPTIONS,
+                  NMI_BLOCKED,
+                  NMI_IDLE,
+                  NMI_TRACING,
+                  POLICIES,
+                  BhyveUpstream,
+                  BhyveUpstreamNoShadow,
+                  IretTracing,
+                  Kvm,
+                  KvmState,
+                  NmiPolicy,
+                  NmiState,
+                  TracingState,
+                  Vnmi,
+                  VnmiState,
+                  make_policy,
+)
 
 __all__ = ["IRET_EXCEPTIONS", "NMI_BLOCKED", "NMI_IDLE", "NMI_TRACING", "POLICIES",
            "BhyveUpstream", "BhyveUpstreamNoShadow", "IretTracing", "Kvm", "KvmState",
