@@ -109,10 +109,6 @@ extern char Xint0x80_syscall[], Xtimerint[], Xerrorint[], Xspuriousint[];
 extern int mp_ncpus;
 extern volatile int ticks;
 extern int kdb_on_nmi;
-/* debug.sstest: single-step a loop with TF, counting the trace traps (sysctl.c) */
-extern int sstest_steps, sstest_traps;
-extern volatile int sstest_active;
-void sstest_run(void);
 extern char ostype[];
 extern volatile uint32_t started_cpus_mask;
 
@@ -145,6 +141,8 @@ void sigexit(struct trapframe *tf, int sig);
 const char *curproc_name(int cpu, int *pid);
 
 /* sysctl.c */
+int sstest_sysctl(const char *name, void *old, size_t *oldlen, const void *new,
+    size_t newlen, int *kind);
 int kern_sysctlbyname(const char *name, void *old, size_t *oldlen, const void *new,
     size_t newlen, int *kind);
 

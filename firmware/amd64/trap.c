@@ -283,10 +283,6 @@ void trap(struct trapframe *tf)
 		goto out;
 	}
 
-	if (type == T_TRCTRAP && sstest_active && !(kdb_stepping & (1u << cpu))) {
-		sstest_traps++;		/* debug.sstest counts its own trace traps */
-		return;
-	}
 	switch (type) {
 	case T_BPTFLT:
 	case T_TRCTRAP:
