@@ -28,6 +28,8 @@ BHYVECTL_USAGE = (
     "       [--get-rip]\n"
     "       [--get-rflags]\n"
     "       [--get-dr6]\n"
+    "       [--set-dr0..3=<address>]\n"
+    "       [--set-dr7=<value>]\n"
     "       [--get-intinfo]\n"
     "       [--get-vmcb-intercepts]\n"
     "       [--get-vmcb-exit-details]\n"
@@ -37,7 +39,8 @@ BHYVECTL_USAGE = (
     "       [--getcap]\n")
 _FLAGS = ("inject-nmi", "get-stats", "get-rip", "get-rflags", "get-dr6", "get-intinfo",
           "get-vmcb-intercepts", "get-vmcb-exit-details", "get-vmcb-virq", "getcap")
-_VALUED = ("vm", "cpu", "assert-lapic-lvt", "capname", "setcap")
+_SET_DR = ("set-dr0", "set-dr1", "set-dr2", "set-dr3", "set-dr7")
+_VALUED = ("vm", "cpu", "assert-lapic-lvt", "capname", "setcap", *_SET_DR)
 CAPS = ("pause_exit",)
 
 
@@ -69,6 +72,17 @@ class HostShell:
             else:
                 return f"sh: only grep may follow a pipe here, not '{argv[0]}'\n"
         return out
+
+    def _set_drs(self, c: int, drs: dict[int, int]) -> None:
+        """vm_set_register(VM_REG_GUEST_DRn): DR0-3 live in the vCPU, DR7 in the VMCB."""
+        if not drs:
+            return
+        v = self.m.vcpus[c]
+        for n, val in drs.items():
+            v.cpu.dr[n] = val
+            if n == 7:
+                v.vmcb.dr7 = val
+        v.cpu.update_debug()
 
     def _command(self, argv: list[str]) -> str:
         name, args = argv[0], argv[1:]
@@ -141,6 +155,16 @@ class HostShell:
             return f"bhyvectl: vcpu {cpu} out of range (the VM has {ncpu} vcpus)\n"
         cpus = list(range(ncpu)) if cpu == -1 else [cpu]
         out: list[str] = []
+        drs: dict[int, int] = {}
+        for key in _SET_DR:
+            if key in opts:
+                try:
+                    val = int(str(opts[key]), 0)
+                    if not 0 <= val < 1 << 64:
+                        raise ValueError
+                except ValueError:
+                    return f"bhyvectl: invalid value for --{key} '{opts[key]}'\n"
+                drs[int(key[-1])] = val
         if opts.get("inject-nmi"):
             for c in cpus:
                 self.m.inject_nmi(c)
@@ -170,6 +194,7 @@ class HostShell:
         elif "setcap" in opts or opts.get("getcap"):
             return "bhyvectl: --setcap and --getcap need --capname\n"
         for c in cpus:
+            self._set_drs(c, drs)
             v = self.m.vcpus[c]
             vmcb = v.vmcb
             if opts.get("get-rip"):

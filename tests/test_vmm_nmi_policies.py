@@ -306,3 +306,13 @@ def test_a_pending_nmi_is_delivered_after_the_first_handlers_iret_completed(poli
     irets = events(m, seq, EV_IRET)
     assert len(nmis) == 2 and irets and irets[0].seq <= nmis[1].seq
     assert irets[0].rip == nmis[1].rip            # taken at the IRET's return address
+
+
+def test_bhyvectl_set_dr_programs_the_debug_registers_and_rejects_bad_values():
+    m = Machine(vcpus=2)
+    assert m.host("bhyvectl --vm=vm2 --cpu=-1 --set-dr0=0x1000 --set-dr7=0x401") == ""
+    assert all(v.cpu.dr[0] == 0x1000 and v.vmcb.dr7 == 0x401 for v in m.vcpus)
+    assert m.vcpus[0].cpu.exec_bps
+    out = m.host("bhyvectl --vm=vm2 --set-dr1=zz")
+    assert out.count("\n") == 1 and "invalid value for --set-dr1" in out
+    assert m.vcpus[0].cpu.dr[1] == 0

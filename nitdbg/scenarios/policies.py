@@ -51,24 +51,18 @@ def _nmi_stop(ctx: Ctx, m: Machine) -> StopEvent | None:
     return ev
 
 
-def _set_dr(m: Machine, slot: int, addr: int, rw: int, length: int) -> None:
-    """Program DRn and its DR7 enable/RW/LEN bits, as the guest's debugger would (SDM
-    17.2.4: LEN 0 = 1 byte, 2 = 8 bytes; RW 0 = execute, 3 = read/write)."""
+def _set_dr(ctx: Ctx, m: Machine, slot: int, addr: int, rw: int, length: int) -> None:
+    """Program DRn and its DR7 enable/RW/LEN bits from the host (bhyvectl --set-drN, a
+    recorded input; SDM 17.2.4: LEN 0 = 1 byte, 2 = 8 bytes; RW 0 = execute, 3 = r/w)."""
     len_bits = {1: 0, 2: 1, 4: 3, 8: 2}[length]
-    for v in m.vcpus:
-        dr7 = v.vmcb.dr7 | (1 << (2 * slot))
-        dr7 &= ~(0xF << (16 + 4 * slot))
-        dr7 |= (rw | (len_bits << 2)) << (16 + 4 * slot)
-        v.cpu.dr[slot] = addr
-        v.vmcb.dr7 = dr7
-        v.cpu.dr[7] = dr7
-        v.cpu.update_debug()
+    dr7 = m.vcpus[0].vmcb.dr7 | (1 << (2 * slot))
+    dr7 &= ~(0xF << (16 + 4 * slot))
+    dr7 |= (rw | (len_bits << 2)) << (16 + 4 * slot)
+    ctx.host(m, f"bhyvectl --vm=vm2 --cpu=-1 --set-dr{slot}={addr:#x} --set-dr7={dr7:#x}")
 
 
-def _clear_drs(m: Machine) -> None:
-    for v in m.vcpus:
-        v.vmcb.dr7 = v.cpu.dr[7] = 0x400
-        v.cpu.update_debug()
+def _clear_drs(ctx: Ctx, m: Machine) -> None:
+    ctx.host(m, "bhyvectl --vm=vm2 --cpu=-1 --set-dr7=0x400")
 
 
 def _kdb_stop(ctx: Ctx, m: Machine, out: str) -> dict:
@@ -160,7 +154,7 @@ def hw_breakpoint_nmi_return(ctx: Ctx) -> None:
         return
     tf = abi.unpack_trapframe(m.vm.read_guest(m.vcpus[0], ev.info["trapframe"], 192))
     target = tf["tf_rip"]
-    _set_dr(m, 0, target, 0, 1)
+    _set_dr(ctx, m, 0, target, 0, 1)
     seq = m.vcpus[0].cpu.icount
     out = ctx.ddb(m, "c", max_insns=CONTINUE_INSNS)
     stop = _kdb_stop(ctx, m, out)
@@ -173,7 +167,7 @@ def hw_breakpoint_nmi_return(ctx: Ctx) -> None:
               ([_fmt(m, db) + f" dr6 {db.dr6:#x}"] if db else ["no #DB"])
               + [f"stop: type {stop.get('type')} at "
                  f"{m.symbols.format(stop['tf_rip']) if stop else '-'}"])
-    _clear_drs(m)
+    _clear_drs(ctx, m)
     ctx.ddb(m, "c", max_insns=CONTINUE_INSNS)
     ans = ctx.guest(m, "sysctl kern.ostype")
     ctx.check("with DR7 cleared, 'c': the guest runs on", "kern.ostype: FreeBSD" in ans,
@@ -189,7 +183,7 @@ def watch_nmi_frame(ctx: Ctx) -> None:
     slot = ev.info["trapframe"] + TF_RIP
     target = abi.unpack_trapframe(m.vm.read_guest(m.vcpus[0], ev.info["trapframe"],
                                                   192))["tf_rip"]
-    _set_dr(m, 1, slot, 3, 8)
+    _set_dr(ctx, m, 1, slot, 3, 8)
     seq = m.vcpus[0].cpu.icount
     out = ctx.ddb(m, "c", max_insns=CONTINUE_INSNS)
     stop = _kdb_stop(ctx, m, out)
@@ -205,7 +199,7 @@ def watch_nmi_frame(ctx: Ctx) -> None:
                                                    else ["no #DB"]))
     ctx.check("the #DB is the watchpoint's alone (DR6.BS clear: nobody single-stepped)",
               db is not None and not db.dr6 & 0x4000, [f"dr6 {db.dr6:#x}" if db else "no #DB"])
-    _clear_drs(m)
+    _clear_drs(ctx, m)
     ctx.ddb(m, "c", max_insns=CONTINUE_INSNS)
 
 
