@@ -316,3 +316,8 @@ def test_bhyvectl_set_dr_programs_the_debug_registers_and_rejects_bad_values():
     out = m.host("bhyvectl --vm=vm2 --set-dr1=zz")
     assert out.count("\n") == 1 and "invalid value for --set-dr1" in out
     assert m.vcpus[0].cpu.dr[1] == 0
+
+
+def test_the_teaching_variant_is_not_among_the_policies_compared_by_default():
+    from nitdbg.vmm.nmi_policy import MAIN_POLICIES
+    assert MAIN_POLICIES == ("iret-tracing", "bhyve-upstream", "kvm", "vnmi")

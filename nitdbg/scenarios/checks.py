@@ -80,7 +80,8 @@ def npf_checks(ctx: Ctx, m: Machine, tr: Trace, bounce: bool) -> None:
               f"(nmi_iret = {nmi_iret:#x})", bool(rips) and rips == {nmi_iret},
               [f"exit rips: {', '.join(m.symbols.format(r) for r in sorted(rips))}"],
               upstream="upstream clears blocking at the IRET exit and lets the guest run on, "
-              "so the nested page faults continue past the IRET, in the code after it")
+              "so the nested page faults continue past the IRET, in the code after it",
+              only=SEED_LINES)   # the window ends at "vNMIs unblocked precisely"
     ctx.check('this is followed by "vNMIs unblocked precisely"', u is not None
               and (not npfs or u.pos > npfs[-1].pos), lines(u),
               upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)

@@ -11,6 +11,8 @@ from .vnmi import Vnmi, VnmiState
 
 POLICIES: dict[str, type[NmiPolicy]] = {
     p.name: p for p in (IretTracing, BhyveUpstream, Kvm, Vnmi, BhyveUpstreamNoShadow)}
+# the policies a comparison runs by default (teaching variants only on request)
+MAIN_POLICIES: tuple[str, ...] = tuple(n for n, p in POLICIES.items() if not p.teaching)
 
 
 def make_policy(name: str) -> NmiPolicy:
@@ -21,6 +23,6 @@ def make_policy(name: str) -> NmiPolicy:
                          f"{', '.join(sorted(POLICIES))})") from None
 
 
-__all__ = ["IRET_EXCEPTIONS", "NMI_BLOCKED", "NMI_IDLE", "NMI_TRACING", "POLICIES",
+__all__ = ["IRET_EXCEPTIONS", "MAIN_POLICIES", "NMI_BLOCKED", "NMI_IDLE", "NMI_TRACING", "POLICIES",
            "BhyveUpstream", "BhyveUpstreamNoShadow", "IretTracing", "Kvm", "KvmState",
            "NmiPolicy", "NmiState", "TracingState", "Vnmi", "VnmiState", "make_policy"]

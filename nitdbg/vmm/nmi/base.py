@@ -38,6 +38,7 @@ class NmiPolicy:
 
     name = "base"
     source = ""                      # where the behaviour comes from (for the README/UI)
+    teaching = False                 # a variant for teaching, not compared by default
     state_type: type[NmiState] = NmiState
 
     def __init__(self) -> None:
