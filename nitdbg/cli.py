@@ -7,8 +7,9 @@ import argparse
 import sys
 
 from . import __version__
+from .vmm.nmi_policy import POLICIES as _NMI_POLICIES
 
-POLICIES = ("iret-tracing", "bhyve-upstream")
+POLICIES = tuple(_NMI_POLICIES)       # every registered NMI policy, the default first
 
 
 def _record_args(p: argparse.ArgumentParser) -> None:
