@@ -26,7 +26,9 @@ def _record_target(a: argparse.Namespace) -> str | None:
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", help="guest ELF (default: the amd64 firmware)")
-    p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs (default 2)")
+    p.add_argument("--vcpus", type=int, default=None,
+                   help="number of vCPUs (default 2; 1 for a multiboot kernel, as QEMU's"
+                   " -smp: its APs wait for INIT-SIPI-SIPI)")
     p.add_argument("--policy", choices=POLICIES, default="iret-tracing",
                    help="how the hypervisor ends NMI blocking")
     p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")

@@ -16,6 +16,7 @@ from .guest.boot import BootImage, VcpuBootState, load_kernel
 from .guest.elf import LoadError
 from .guest.symbols import SymbolTable
 from .hostcmds import HostShell
+from .vmm import initsipi
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
 from .x86.regs import GPR_NAMES, RAX
@@ -52,7 +53,7 @@ class StopEvent:
 
 
 class Machine:
-    def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int = 2,
+    def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int | None = None,
                  ram_size: int = 64 << 20, policy: str = "iret-tracing", name: str = "vm2",
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
                  retire_order: int = 18):
@@ -360,10 +361,25 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
     if ev.reason == "debug_exit":
         return f"vm {m.vm.name}: isa-debug-exit, status {ev.info['status']}\n"
     if ev.reason == "unhandled":
-        return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
+        return describe_unhandled(m, ev.info)
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
     return ""
+
+
+def describe_unhandled(m: Machine, info: dict) -> str:
+    """One line for an exit the hypervisor cannot handle: the exit, where, the guest RIP."""
+    from .svm import exitcodes as ec
+    code = info.get("exitcode")
+    what = f"{ec.apm_name(code)} ({code:#x})" if isinstance(code, int) else "exit"
+    where = ""
+    if "gpa" in info:
+        where = f" at gpa {info['gpa']:#x}"
+    elif "port" in info:
+        where = f" at port {info['port']:#x}"
+    rip = info.get("rip")
+    at = f", guest rip {rip:#x} ({m.symbols.format(rip)})" if isinstance(rip, int) else ""
+    return f"vm {m.vm.name}: unhandled exit {what}{where}{at}\n"
 
 
 def apply_boot_state(v: Vcpu, st: VcpuBootState) -> None:
@@ -386,3 +402,5 @@ def apply_boot_state(v: Vcpu, st: VcpuBootState) -> None:
         else:
             v.cpu.regs[i] = val
     v.nextrip = st.rip
+    if st.wait_for_sipi:
+        initsipi.enter_wait_for_sipi(v.vm, v)

@@ -128,4 +128,4 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
         sys.stderr.write(msg)
     if m.exit_status is not None:
         return m.exit_status
-    return 0
+    return 1 if ev is not None and ev.reason == "unhandled" else 0

@@ -16,6 +16,7 @@ from .devices.debugexit import DebugExit
 from .devices.iobus import IoBus
 from .devices.nmiport import NmiStatusPort
 from .devices.uart16550 import Uart16550
+from . import initsipi
 from .ktr import Ktr, register_ktr_sysctls
 from .nmi_policy import make_policy
 from .stats import VmmStats
@@ -94,6 +95,7 @@ class Vm:
         self.iobus.register(self.debugcon, 0xE9, 1)
         self.debug_exit = DebugExit()
         self.iobus.register(self.debug_exit, 0xF4, 4)
+        self.iobus.register(self.debug_exit, 0x501, 2)   # QEMU's default iobase, iosize
         self.nmiport = NmiStatusPort(on_read=self._port61_read)
         self.iobus.register(self.nmiport, 0x61, 1)
         self.current_vcpu = 0
@@ -185,6 +187,10 @@ class Vm:
                 self.vlapics[d].set_intr(vector)
                 target.halted = target.halted and not target.wake_pending()
                 target.kick()
+            elif mode == "init":
+                initsipi.enter_wait_for_sipi(self, target)
+            elif mode == "startup":
+                initsipi.startup(self, target, vector)
             self.stats.incr(src, "IPIS_SENT", 1, d)
 
     def assert_lapic_lvt(self, vcpu: int, pin: int) -> None:

@@ -495,6 +495,12 @@ def read_dr(c, n: int) -> int:
 # ---------------------------------------------------------------- segments and tables
 def load_data_seg(c, idx: int, sel: int) -> None:
     """MOV/POP to a data segment register (SDM vol 2 MOV, 3.4.3)."""
+    if not c.cr0 & CR0_PE:
+        # Real mode: the base is selector * 16; limit and attributes stay as they are
+        # (SDM vol 3 20.1.1, the "unreal mode" of a cached descriptor).
+        s = c.seg[idx]
+        s.sel, s.base = sel, sel << 4
+        return
     if sel & 0xFFFC == 0:
         if idx == SS and not (c.mode == 64 and c.cpl < 3):
             raise Fault(13, 0)
@@ -542,8 +548,8 @@ def lgdt(d: Decoded):
         a = ea(c)
         limit = c.rd(a, 2)
         base = c.rd(a + 2, bsize)
-        if bsize == 4 and d.opsz:
-            base &= 0xFFFFFF
+        if bsize == 4 and d.opsz == (d.mode != 16):
+            base &= 0xFFFFFF    # 16-bit operand size: a 24-bit base (SDM vol 2 LGDT)
         t = c.gdtr if is_gdt else c.idtr
         t.base, t.limit = base, limit
     return lgdt_
