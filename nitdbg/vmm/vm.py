@@ -11,12 +11,12 @@ from ..x86.cpu import Cpu
 from ..x86.hooks import Hooks
 from ..x86.memory import PhysMem
 from ..x86.regs import RDI, RDX, RSI
+from . import initsipi
 from .devices.debugcon import DebugCon
 from .devices.debugexit import DebugExit
 from .devices.iobus import IoBus
 from .devices.nmiport import NmiStatusPort
 from .devices.uart16550 import Uart16550
-from . import initsipi
 from .ktr import Ktr, register_ktr_sysctls
 from .nmi_policy import make_policy
 from .stats import VmmStats
