@@ -19,6 +19,7 @@ from .devices.nmiport import NmiStatusPort
 from .devices.uart16550 import Uart16550
 from .ktr import Ktr, register_ktr_sysctls
 from .nmi_policy import make_policy
+from .pcplatform import PcPlatform
 from .stats import VmmStats
 from .sysctl import NitKnobs, SysctlTree, register_nit_knobs, register_vmm_tunables
 from .vcpu import HYPERCALL_PORT, UserExit, Vcpu
@@ -109,6 +110,7 @@ class Vm:
             v = self.vcpus[i]
             self.vlapics.append(Vlapic(i, v.now, on_nmi=v.inject_nmi, on_ipi=self._ipi,
                                        peers=self._peers))
+        self.pc = PcPlatform(self)    # I/O APIC, RTC, PIT, 8259 pair (vmm/pcplatform.py)
         for v in self.vcpus:
             self._init_vmcb(v)
         self.booted = False
@@ -151,12 +153,19 @@ class Vm:
 
     # ------------------------------------------------------------------ time
     def next_deadline(self, v: Vcpu) -> int | None:
-        return self.vlapics[v.id].next_deadline()
+        d = self.vlapics[v.id].next_deadline()
+        if v.id == 0:                 # the platform timers run on vCPU 0's clock
+            p = self.pc.next_deadline()
+            if p is not None and (d is None or p < d):
+                d = p
+        return d
 
     def fire_timers(self, v: Vcpu) -> None:
         vl = self.vlapics[v.id]
-        d = vl.next_deadline()
         now = v.now()
+        if v.id == 0:
+            self.pc.fire(now)
+        d = vl.next_deadline()
         if d is not None and d <= now:
             if vl.fire(now):
                 self.stats.incr(v.id, "VLAPIC_INTR_TIMER")

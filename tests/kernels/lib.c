@@ -139,3 +139,10 @@ void pic_mask(u8 master, u8 slave)
 	outb(0x21, master);
 	outb(0xa1, slave);
 }
+
+/* An AP started by a kernel that does not expect any just halts (start.S). */
+void ap_main(u32 index) __attribute__((weak));
+void ap_main(u32 index)
+{
+	(void)index;
+}
