@@ -21,6 +21,14 @@ void ap_main(u32 index)
 	__atomic_fetch_add(&arrived, 1, __ATOMIC_SEQ_CST);
 }
 
+#define VEC_TIMER	0x30
+
+static void timer(u32 vector)
+{
+	(void)vector;
+	lapic_eoi();
+}
+
 static void icr_send(u32 low)
 {
 	lapic_write(LAPIC_ICR_HI, 0);
@@ -43,7 +51,11 @@ int kmain(void)
 
 	for (i = 0; i < (u32)(ap_tramp_end - ap_tramp); i++)
 		dst[i] = (u8)ap_tramp[i];
+	idt_init();
+	pic_mask(0xff, 0xff);
 	lapic_enable();
+	set_handler(VEC_TIMER, timer);
+	ioapic_route(2, RTE_DM_FIXED | VEC_TIMER, 0);
 	puts("smp: BSP apic id ");
 	putdec(lapic_read(LAPIC_ID) >> 24);
 	puts(", starting APs\n");
@@ -52,8 +64,16 @@ int kmain(void)
 	icr_send(ICR_STARTUP);
 	delay(1000);
 	icr_send(ICR_STARTUP);
-	while (arrived < NCPUS - 1 && spins < 1000000)
-		spins++;
+	/* Wait for the APs: at most two 8254 mode-0 runs of 65535 ticks (110 ms), each
+	 * ending in IRQ 0 through I/O APIC pin 2, halted in between. */
+	for (spins = 0; spins < 2 && arrived < NCPUS - 1; spins++) {
+		outb(0x43, 0x30);			/* channel 0, LSB then MSB, mode 0 */
+		outb(0x40, 0xff);
+		outb(0x40, 0xff);
+		sti_hlt();
+		cli();
+	}
+	ioapic_route(2, RTE_MASKED, 0);
 	/* Report in APIC-ID order: which AP won which index depends on timing. */
 	for (i = 0; i < arrived; i++)
 		for (j = i + 1; j < arrived; j++)
