@@ -48,6 +48,8 @@ def _machine_kwargs(a: argparse.Namespace) -> dict:
           "tunables": tunables}
     if a.vcpus is not None:
         kw["vcpus"] = a.vcpus
+    if getattr(a, "boot", "auto") != "auto":
+        kw["boot"] = a.boot
     return kw
 
 
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--replay", metavar="FILE", help="play a recorded session back")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
+    r.add_argument("--boot", choices=("auto", "amd64", "multiboot"), default="auto",
+                   help="boot path: auto (ELF64 -> nitdbg's long-mode boot, else multiboot),"
+                   " or force one (multiboot runs a kernel's own QEMU entry, e.g. the amd64"
+                   " firmware's INIT-SIPI-SIPI start of its APs)")
     r.add_argument("--max-instructions", type=int, default=100_000_000)
     r.add_argument("--max-seconds", type=float, default=10.0,
                    help="stop after this much virtual time (default 10 s)")

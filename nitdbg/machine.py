@@ -56,10 +56,10 @@ class Machine:
     def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int | None = None,
                  ram_size: int = 64 << 20, policy: str = "iret-tracing", name: str = "vm2",
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
-                 retire_order: int = 18):
+                 retire_order: int = 18, boot: str = "auto"):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
         try:
-            image = load_kernel(str(path), vcpus, ram_size)
+            image = load_kernel(str(path), vcpus, ram_size, boot=boot)
         except LoadError as e:
             raise MachineError(str(e)) from None
         except OSError as e:

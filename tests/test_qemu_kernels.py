@@ -110,3 +110,14 @@ def test_committed_kernels_match_a_fresh_build(tmp_path: Path) -> None:
     for elf in sorted(KDIR.glob("*.elf")):
         assert (tmp_path / elf.name).read_bytes() == elf.read_bytes(), (
             f"tests/kernels/{elf.name} is stale: run `make -C tests/kernels` and commit it")
+
+
+def test_amd64_firmware_multiboot_entry_starts_its_aps_with_init_sipi_sipi_as_under_qemu() -> None:
+    """The amd64 firmware's _start32 (its QEMU entry) sends INIT, SIPI, SIPI through the
+    xAPIC and counts the APs that arrive; booted the multiboot way on 2 vCPUs, nitdbg's
+    AP comes up in real mode at 0x9000 and the banner says 2 CPUs, as QEMU -smp 2 does."""
+    from nitdbg.machine import Machine
+
+    m = Machine(vcpus=2, boot="multiboot")
+    assert m.run_until_output(b"# ", max_insns=40_000_000)
+    assert m.console_output().replace(b"\r", b"") == b"nitdbg amd64 firmware: 2 CPUs\n# "
