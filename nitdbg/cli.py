@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--events-out", metavar="FILE.jsonl", help="JSON Lines event log")
     r.add_argument("--trace-instructions", action="store_true",
                    help="include every retired instruction in the events log")
+    d = sub.add_parser("diff", help="compare a multiboot kernel's run with QEMU's, step by step")
+    d.add_argument("--qemu", metavar="KERNEL", required=True,
+                   help="multiboot kernel run under nitdbg and qemu-system-x86_64 -singlestep")
+    d.add_argument("--vcpus", type=int, default=None, help="vCPUs on both sides (default 1)")
+    d.add_argument("--max-instructions", type=int, default=20_000,
+                   help="instructions per vCPU to compare (default 20000)")
+    d.add_argument("--timeout", type=float, default=60.0,
+                   help="wall-clock seconds QEMU may run (default 60)")
     sub.add_parser("scenario", help="the seed's test plan as scenarios", add_help=False)
     sub.add_parser("replay", help="replay a recorded .nitrec session", add_help=False)
     b = sub.add_parser("bench", help="performance figures")
@@ -114,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "run":
             from .runner import run_headless
             return run_headless(a, _make_machine(a))
+        if a.cmd == "diff":
+            from .qemudiff import main_diff
+            return main_diff(a.qemu, a.vcpus, a.max_instructions, a.timeout)
         if a.cmd == "bench":
             from . import bench
             return bench.run(a.json, a.runs, extra=_bench_extras())
