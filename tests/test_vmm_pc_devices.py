@@ -422,3 +422,14 @@ def test_an_nmi_to_a_vcpu_waiting_for_sipi_stays_pending_and_does_not_wake_it() 
     v._ipi(0, [1], "init", 0)
     v.vcpus[1].inject_nmi()
     assert v.vcpus[1].halted and v.vcpus[1].nmi_pending and not v.vcpus[1].wake_pending()
+
+
+def test_device_counters_are_read_only_sysctls_of_the_vm() -> None:
+    v = vm()
+    rte_write(v.pc.ioapic, 8, 0x48)
+    v.pc.ioapic.pulse_irq(8)
+    assert v.sysctl.value("hw.vmm.vioapic.sent") == 1
+    assert v.sysctl.run(["hw.vmm.vioapic.sent=5"]).status != 0
+    w = copy.deepcopy(v)
+    w.pc.ioapic.pulse_irq(8)
+    assert (v.sysctl.value("hw.vmm.vioapic.sent"), w.sysctl.value("hw.vmm.vioapic.sent")) == (1, 2)

@@ -47,6 +47,16 @@ PIT_IOAPIC_PIN = 2
 RTC_IRQ = 8
 
 
+class CounterGetter:
+    """dev.counters[key] as a sysctl getter (an object, so a checkpoint copies it along)."""
+
+    def __init__(self, dev: object, key: str) -> None:
+        self.dev, self.key = dev, key
+
+    def __call__(self) -> int:
+        return self.dev.counters[self.key]
+
+
 class PcPlatform:
     def __init__(self, vm: Vm):
         self.vm = vm
@@ -71,6 +81,15 @@ class PcPlatform:
                  validator=lambda v: v in (0, 1),
                  descr="1: deliver I/O APIC messages as bhyve's vlapic does (NMI and INIT "
                        "dropped); 0: as the hardware")
+        # Each device's counters, read-only (sysctl hw.vmm.vioapic.sent, ...).
+        for node, dev in (("vioapic", self.ioapic), ("vatpic", self.pic),
+                          ("vatpit", self.pit), ("vrtc", self.rtc)):
+            if f"hw.vmm.{node}" not in vm.sysctl:
+                vm.sysctl.add_node(f"hw.vmm.{node}", f"bhyve {node}")
+            for key in dev.counters:
+                vm.sysctl.add_int(f"hw.vmm.{node}.{key}", access="ro",
+                                  getter=CounterGetter(dev, key),
+                                  descr=f"{dev.name} {key.replace('_', ' ')}")
 
     # -- clock -----------------------------------------------------------------------
     def _now(self) -> int:
