@@ -196,3 +196,18 @@ def test_cpuid_reports_decode_assists_and_nrip_save_for_the_exitinfo1_gpr() -> N
     assert cpuid_values(m.cpu, 0x8000_0000, 0)[0] >= 0x8000_000A
     edx = cpuid_values(m.cpu, 0x8000_000A, 0)[3]
     assert edx & (1 << 7) and edx & (1 << 3)
+
+
+def test_clts_and_lmsw_are_cr0_writes_with_exitinfo1_bit63_clear_apm_15_8_1() -> None:
+    m, svm, vmcb = svm_guest("w: clts\nnop", CR0_WRITE=True)
+    svm.vmrun(100)
+    assert (vmcb.exitcode, vmcb.exitinfo1, vmcb.rip) == (ec.VMEXIT_CR0_WRITE, 0, m.syms["w"])
+    m, svm, vmcb = svm_guest("movw $0x7, %ax\nw: lmsw %ax\nnop", CR0_SEL_WRITE=True)  # sets EM
+    svm.vmrun(100)
+    assert (vmcb.exitcode, vmcb.exitinfo1) == (ec.VMEXIT_CR0_SEL_WRITE, 0)
+
+
+def test_clts_does_not_trigger_the_cr0_selective_write_intercept_apm_15_9_1() -> None:
+    m, svm, vmcb = svm_guest("clts\nw: hlt", CR0_SEL_WRITE=True, HLT=True)
+    svm.vmrun(100)
+    assert vmcb.exitcode == ec.VMEXIT_HLT and vmcb.rip == m.syms["w"]

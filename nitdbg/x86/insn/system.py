@@ -666,8 +666,11 @@ def invlpg(d: Decoded):
 
 @translates(X.X86_INS_CLTS)
 def clts(d: Decoded):
+    nxt = d.next
+
     def clts_(c):
         _cpl0(c)
+        c.hooks.cr_write(c, 0, c.cr0 & ~CR0_TS, 0, nxt, False)
         c.cr0 &= ~CR0_TS
     return clts_
 
@@ -754,12 +757,15 @@ def smsw(d: Decoded):
 @translates(X.X86_INS_LMSW)
 def lmsw(d: Decoded):
     rd = d.reader(0, 2)
+    nxt = d.next
 
     def lmsw_(c):
         # LMSW loads PE, MP, EM, TS and can set but never clear PE (SDM vol 2 LMSW).
         _cpl0(c)
         v = rd(c) & 0xF
-        write_cr(c, 0, (c.cr0 & ~0xE) | v | (c.cr0 & CR0_PE))
+        new = (c.cr0 & ~0xE) | v | (c.cr0 & CR0_PE)
+        c.hooks.cr_write(c, 0, new, 0, nxt, False)
+        write_cr(c, 0, new)
     return lmsw_
 
 
