@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 from . import insn as _insn  # noqa: F401  (registers the translators)
 from .decode import Decoder, Insn
+from .faults import InternalError
 from .hooks import Hooks
+from .hoststop import HostStop
 from .memory import PhysMem
 from .regs import (
     CR0_PE,
@@ -62,6 +64,7 @@ class CpuState:
         self.task_switch_sel = 0
         self.task_switch_errcode: int | None = None
         self.last_unsupported: tuple[int, bytes, str] | None = None
+        self.internal_error: InternalError | None = None   # a bug in nitdbg stopped the vCPU
         # time and the retirement log
         self.icount = 0
         self.time_offset = 0
@@ -79,6 +82,7 @@ class CpuState:
         self.mode = 16
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
         self.exec_bps: list[tuple[int, int]] = []             # (addr, index)
+        self.host_stop: HostStop | None = None    # the gdb stub's conditions (hoststop.py)
         self.update_mode()
 
     # ------------------------------------------------------------------ mode and caches

@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import interrupts
 from .decode import F_LOADS_RF, F_NO_SSTEP
 from .events import Events
-from .faults import Fault, Intercepted
+from .faults import BUG_ERRORS, Fault, Intercepted, InternalError
 from .mmu import Mmu
 from .regs import (
     CS,
@@ -28,7 +28,20 @@ class StepLoop(Events, Mmu):
     # ------------------------------------------------------------------ running
     def run(self, budget: int) -> int:
         """Run up to `budget` instructions. Returns the number retired; `stop_reason` says why
-        it stopped: "budget", "hlt", "intercept", "shutdown", "stop"."""
+        it stopped: "budget", "hlt", "intercept", "shutdown", "stop", or "internal" (a bug in
+        nitdbg: `internal_error` holds the record, and the vCPU runs no further)."""
+        start = self.icount
+        if self.internal_error is not None:
+            self.stop_reason = "internal"
+            return 0
+        try:
+            return self._run(budget)
+        except (InternalError, *BUG_ERRORS) as e:
+            # a bug outside an instruction's own execution (event delivery, a boundary event)
+            self._internal_error(self.rip, e)
+            return self.icount - start
+
+    def _run(self, budget: int) -> int:
         ring = self.retire.rips
         mask = self.retire.mask
         self.stop_reason = ""
@@ -60,14 +73,11 @@ class StepLoop(Events, Mmu):
                 self.rip = rip
                 self.stop_reason = "intercept"
                 return self.icount - start
-            except (ArithmeticError, LookupError, TypeError, ValueError) as e:
-                # A bug in an instruction's semantics must not escape as a Python
-                # exception: the guest gets #UD and the record names the instruction.
-                self.rip = rip
-                if self._internal_error(rip, e) < 0:
-                    return self.icount - start
-                icache = self.icache
-                continue
+            except (InternalError, *BUG_ERRORS) as e:
+                # A bug in nitdbg must not escape as a Python exception: the run stops and
+                # the record names the instruction (InternalError).
+                self._internal_error(rip, e)
+                return self.icount - start
             n = self.icount
             ring[n & mask] = rip
             self.icount = n + 1
@@ -86,6 +96,10 @@ class StepLoop(Events, Mmu):
             self.stop_requested = False
             self.stop_reason = "stop"
             return -1
+        hs = self.host_stop
+        if hs is not None and hs.before_events(self):
+            self.stop_reason = "host"
+            return -1
         shadow = self.shadow
         try:
             r = self._boundary_event(shadow)
@@ -96,6 +110,9 @@ class StepLoop(Events, Mmu):
             return -1
         if r:
             return r if r < 0 else 0
+        if hs is not None and hs.before_fetch(self):
+            self.stop_reason = "host"
+            return -1
         self.shadow = 0
         rip = self.rip
         rflags = self.rflags
@@ -131,10 +148,10 @@ class StepLoop(Events, Mmu):
             self.shadow = shadow
             self.stop_reason = "intercept"
             return -1
-        except (ArithmeticError, LookupError, TypeError, ValueError) as e:
-            self.rip = rip
-            self.shadow = 0
-            return 0 if self._internal_error(rip, e) >= 0 else -1
+        except (InternalError, *BUG_ERRORS) as e:
+            self.pending_db = pending
+            self.shadow = shadow
+            return self._internal_error(rip, e)
         # RF is cleared once an instruction completes, unless that instruction loaded it
         # (IRET, task switch): then it lasts one more instruction (APM 13.1.3.1).
         if self.rflags & RF and not insn.flags & F_LOADS_RF:
@@ -201,7 +218,7 @@ class StepLoop(Events, Mmu):
         self.attention = bool(
             self.rflags & (TF | RF) or self.pending_db or self.shadow or self.nmi_pending
             or (self.intr_pending and self.rflags & IF) or self.exec_bps or self.halted
-            or self.shutdown or self.stop_requested)
+            or self.shutdown or self.stop_requested or self.host_stop is not None)
 
     def request_stop(self) -> None:
         self.stop_requested = True
