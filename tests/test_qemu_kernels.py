@@ -31,7 +31,7 @@ CASES = {
     "smp2-default-vcpus": ("smp2", None, "smp: BSP apic id 0, starting APs\n"
                                          "smp: 0 APs started, apic ids\n", FAIL),
     "rtc_ioapic": ("rtc_ioapic", None,
-                   "rtc_ioapic: edge: 8 periodic interrupts on vector 0x48, register C "
+                   "rtc_ioapic: edge: 8 periodic interrupts on vector 0x48, register C IRQF|PF "
                    "0x000000c0\n"
                    "rtc_ioapic: level: 4 interrupts, remote IRR in the handler 1, after EOI 0\n"
                    "rtc_ioapic: masked: 0 interrupts\n", PASS),

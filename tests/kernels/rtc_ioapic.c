@@ -48,8 +48,8 @@ int kmain(void)
 	got = run(8);
 	puts("rtc_ioapic: edge: ");
 	putdec(got);
-	puts(" periodic interrupts on vector 0x48, register C ");
-	puthex(c_flags);
+	puts(" periodic interrupts on vector 0x48, register C IRQF|PF ");
+	puthex(c_flags & 0xc0);		/* UF/AF depend on the wall clock under QEMU */
 	puts("\n");
 
 	ioapic_route(RTC_PIN, RTE_DM_FIXED | RTE_LEVEL | VEC_RTC, 0);
