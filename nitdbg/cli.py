@@ -37,7 +37,8 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                         "the default) or i386 (the 32-bit tsnmi kernel, 1 vCPU)")
     g.add_argument("--kernel", help="a guest ELF of your own (default: --guest amd64)")
     p.add_argument("--vcpus", type=int, default=None,
-                   help="number of vCPUs (default: 2 for amd64, 1 for i386)")
+                   help="number of vCPUs (default: 2 for amd64, 1 for i386 and any multiboot"
+                   " kernel, as QEMU's -smp: its APs wait for INIT-SIPI-SIPI)")
     p.add_argument("--policy", choices=POLICIES, default="iret-tracing",
                    help="how the hypervisor ends NMI blocking")
     p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
@@ -63,6 +64,8 @@ def _machine_kwargs(a: argparse.Namespace) -> dict:
           "tunables": tunables}
     if vcpus is not None:
         kw["vcpus"] = vcpus
+    if getattr(a, "boot", "auto") != "auto":
+        kw["boot"] = a.boot
     return kw
 
 
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the history for `back` / `back-stop` at host$ (on with --gdb)")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
+    r.add_argument("--boot", choices=("auto", "amd64", "multiboot"), default="auto",
+                   help="boot path: auto (ELF64 -> nitdbg's long-mode boot, else multiboot),"
+                   " or force one (multiboot runs a kernel's own QEMU entry, e.g. the amd64"
+                   " firmware's INIT-SIPI-SIPI start of its APs)")
     r.add_argument("--max-instructions", type=int, default=100_000_000)
     r.add_argument("--max-seconds", type=float, default=10.0,
                    help="stop after this much virtual time (default 10 s)")
@@ -110,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="wait for gdb here before the first guest instruction (loopback "
                         "unless a host is given); reverse-stepi/continue work")
+    d = sub.add_parser("diff", help="compare a multiboot kernel's run with QEMU's, step by step")
+    d.add_argument("--qemu", metavar="KERNEL", required=True,
+                   help="multiboot kernel run under nitdbg and qemu-system-x86_64 -singlestep")
+    d.add_argument("--vcpus", type=int, default=None, help="vCPUs on both sides (default 1)")
+    d.add_argument("--max-instructions", type=int, default=20_000,
+                   help="instructions per vCPU to compare (default 20000)")
+    d.add_argument("--timeout", type=float, default=60.0,
+                   help="wall-clock seconds QEMU may run (default 60)")
     sub.add_parser("scenario", help="the seed's test plan as scenarios", add_help=False)
     sub.add_parser("replay", help="replay a recorded .nitrec session", add_help=False)
     b = sub.add_parser("bench", help="performance figures")
@@ -138,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             if a.gdb:
                 return _run_gdb(a)
             return run_headless(a, _make_machine(a))
+        if a.cmd == "diff":
+            from .qemudiff import main_diff
+            return main_diff(a.qemu, a.vcpus, a.max_instructions, a.timeout)
         if a.cmd == "bench":
             from . import bench
             return bench.run(a.json, a.runs, extra=_bench_extras(), vs_unicorn=a.vs_unicorn)

@@ -17,6 +17,7 @@ from .guest.boot import BootImage, VcpuBootState, load_kernel
 from .guest.elf import LoadError
 from .guest.symbols import SymbolTable
 from .hostcmds import POWERED_OFF, HostFiles, HostShell
+from .vmm import initsipi
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
 from .x86.regs import GPR_NAMES, RAX
@@ -75,17 +76,18 @@ class StopEvent:
 
 
 class Machine:
-    def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int = 2,
+    def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int | None = None,
                  ram_size: int = 64 << 20, policy: str = "iret-tracing", name: str = "vm2",
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
-                 retire_order: int = 18, host_files: HostFiles | None = None):
+                 retire_order: int = 18, host_files: HostFiles | None = None,
+                 boot: str = "auto"):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
         if not 1 <= quantum <= 1_000_000:
             raise MachineError(f"quantum {quantum} is out of range 1..1000000 instructions")
         # what force_reset() rebuilds the VM from
         self._config = {"kernel": path, "vcpus": vcpus, "ram_size": ram_size,
                         "policy": policy, "name": name, "tunables": dict(tunables or {}),
-                        "retire_order": retire_order}
+                        "retire_order": retire_order, "boot": boot}
         self.kernel_path = path
         self.quantum = quantum
         self._build()
@@ -109,7 +111,7 @@ class Machine:
         c = self._config
         path = c["kernel"]
         try:
-            image = load_kernel(str(path), c["vcpus"], c["ram_size"])
+            image = load_kernel(str(path), c["vcpus"], c["ram_size"], boot=c["boot"])
         except LoadError as e:
             raise MachineError(str(e)) from None
         except OSError as e:
@@ -654,7 +656,7 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
     if ev.reason == "debug_exit":
         return f"vm {m.vm.name}: isa-debug-exit, status {ev.info['status']}\n"
     if ev.reason == "unhandled":
-        return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
+        return describe_unhandled(m, ev.info)
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
     if ev.reason == "internal":
@@ -665,6 +667,21 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         # the hypervisor's own assertion (a bhyve kernel with INVARIANTS panics here)
         return f"vm {m.vm.name}[{ev.vcpu}]: hypervisor panic: {ev.info.get('message', '')}\n"
     return ""
+
+
+def describe_unhandled(m: Machine, info: dict) -> str:
+    """One line for an exit the hypervisor cannot handle: the exit, where, the guest RIP."""
+    from .svm import exitcodes as ec
+    code = info.get("exitcode")
+    what = f"{ec.apm_name(code)} ({code:#x})" if isinstance(code, int) else "exit"
+    where = ""
+    if "gpa" in info:
+        where = f" at gpa {info['gpa']:#x}"
+    elif "port" in info:
+        where = f" at port {info['port']:#x}"
+    rip = info.get("rip")
+    at = f", guest rip {rip:#x} ({m.symbols.format(rip)})" if isinstance(rip, int) else ""
+    return f"vm {m.vm.name}: unhandled exit {what}{where}{at}\n"
 
 
 def apply_boot_state(v: Vcpu, st: VcpuBootState) -> None:
@@ -687,3 +704,5 @@ def apply_boot_state(v: Vcpu, st: VcpuBootState) -> None:
         else:
             v.cpu.regs[i] = val
     v.nextrip = st.rip
+    if st.wait_for_sipi:
+        initsipi.enter_wait_for_sipi(v.vm, v)

@@ -130,4 +130,4 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
             return 70            # EX_SOFTWARE: a bug in nitdbg, not the guest's exit status
     if m.exit_status is not None:
         return m.exit_status
-    return 0
+    return 1 if ev is not None and ev.reason == "unhandled" else 0

@@ -347,9 +347,13 @@ def test_load_kernel_picks_the_boot_path(images: dict[str, bytes]) -> None:
     # An ELF64 kernel that also carries a multiboot header (for QEMU) boots directly.
     assert load_kernel(images["kludge64"], 2, RAM).mode == "long"
     assert load_kernel(images["kludge64"], 1, RAM, boot="multiboot").mode == "protected"
-    with pytest.raises(BadBootConfig) as e:
-        load_kernel(images["mb32"], 2, RAM, name="k.elf")
-    assert "one vCPU" in _one_line(e)
+    # A multiboot kernel on several vCPUs: the BSP runs, the APs wait for SIPI (as QEMU).
+    smp = load_kernel(images["mb32"], 3, RAM, name="k.elf")
+    assert [v.wait_for_sipi for v in smp.vcpus] == [False, True, True]
+    assert len(load_kernel(images["mb32"], None, RAM).vcpus) == 1   # QEMU's -smp default
+    assert len(load_kernel(images["amd64"], None, RAM).vcpus) == 2
+    with pytest.raises(BadBootConfig):
+        load_kernel(images["mb32"], 17, RAM, name="k.elf")
     with pytest.raises(BadImage) as e:
         load_kernel(images["plain32"], 1, RAM, name="k.elf")
     assert "without a multiboot header" in _one_line(e)

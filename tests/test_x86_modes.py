@@ -154,3 +154,35 @@ def test_push_pop_with_a_16bit_stack_segment_use_sp_and_keep_the_upper_esp():
     assert r[RCX] == 0xABCD
     assert r[RDX] == 0x12340000
     assert m.mem.read(0x40000 + 0xFFFC, 4) == 0xABCD
+
+
+def test_real_mode_far_jmp_call_ret_load_cs_base_as_selector_times_16():
+    # SDM vol 2 JMP/CALL/RET, real-address mode: CS <- selector, base = selector << 4, IP
+    # <- offset; the far CALL pushes CS then IP, the far RET pops them.
+    from x86util import asm
+
+    from nitdbg.x86.cpu import Cpu
+    from nitdbg.x86.hooks import Hooks
+    from nitdbg.x86.memory import PhysMem
+
+    code, syms = asm("""
+        ljmp $0x07F0, $(there - 0x7F00)
+    there:
+        lcall $0x07F0, $(sub - 0x7F00)
+    back: hlt
+    sub:
+        lret
+    """, base=0x8000, bits=16)
+    mem = PhysMem(2 << 20)
+    mem.write_bytes(0x8000, code)
+    c = Cpu(mem, Hooks())
+    c.cr0 = 0x10
+    c.seg[1].sel, c.seg[1].base, c.seg[1].limit, c.seg[1].attrib = 0x0800, 0x8000, 0xFFFF, 0x9B
+    c.regs[4] = 0x7000
+    c.rip = 0
+    c.update_mode()
+    c.run(2)
+    assert (c.seg[1].sel, c.seg[1].base, c.rip) == (0x07F0, 0x7F00, syms["sub"] - 0x7F00)
+    assert c.rd(0x7000 - 4, 2) == syms["back"] - 0x7F00 and c.rd(0x7000 - 2, 2) == 0x07F0
+    c.run(1)
+    assert (c.seg[1].sel, c.rip, c.regs[4]) == (0x07F0, syms["back"] - 0x7F00, 0x7000)

@@ -82,6 +82,9 @@ class VcpuBootState:
     segs: dict[str, SegmentState] = field(default_factory=dict)
     gdtr: tuple[int, int] = (0, 0)  # (base, limit)
     idtr: tuple[int, int] = (0, 0)
+    # An AP of a PC-style boot: it starts in INIT state, waiting for a STARTUP IPI from the
+    # BSP (the fields above are then unused; the vmm's INIT state applies).
+    wait_for_sipi: bool = False
 
 
 @dataclass
@@ -206,9 +209,14 @@ def load_amd64(
     return BootImage(memory, vcpus, img.entry, img.symbols, "long", ram_size)
 
 
+# vCPUs when the user does not say: nitdbg's amd64 boot starts every vCPU (2, as the seed's
+# "more than one vcpu"); a multiboot kernel gets 1, as QEMU's -smp defaults to 1.
+DEFAULT_VCPUS = {"amd64": 2, "multiboot": 1}
+
+
 def load_kernel(
     path: Source,
-    ncpus: int = 1,
+    ncpus: int | None = 1,
     ram_size: int = DEFAULT_RAM_SIZE,
     *,
     boot: str = "auto",
@@ -220,7 +228,8 @@ def load_kernel(
     boot="auto": an ELF64 x86-64 kernel -> `load_amd64` (nitdbg's own direct boot,
     even when the kernel also carries a multiboot header so that QEMU can boot it);
     otherwise a valid multiboot v1 header in the first 8 KiB -> `load_multiboot`
-    (one vCPU only). boot="amd64" or "multiboot" forces a path.
+    (the BSP runs, the APs wait for INIT-SIPI-SIPI as on a PC). boot="amd64" or
+    "multiboot" forces a path. ncpus=None: the path's default (DEFAULT_VCPUS).
     """
     from nitdbg.guest.multiboot import find_header, load_multiboot
 
@@ -236,11 +245,8 @@ def load_kernel(
             raise BadImage(f"{name}: ELF32 kernel without a multiboot header: cannot boot it")
         else:
             boot = "amd64"  # load_amd64 says what is wrong with the file
+    if ncpus is None:
+        ncpus = DEFAULT_VCPUS[boot]
     if boot == "multiboot":
-        if ncpus != 1:
-            raise BadBootConfig(
-                f"{name}: a multiboot kernel boots on one vCPU (asked for {ncpus}): multiboot v1"
-                " starts only the BSP"
-            )
-        return load_multiboot(raw, ram_size, cmdline, name=name)
+        return load_multiboot(raw, ram_size, cmdline, name=name, ncpus=ncpus)
     return load_amd64(raw, ncpus, ram_size, name=name)

@@ -13,8 +13,9 @@ physical address of the multiboot information structure. The spec leaves ESP and
 GDTR undefined; we give a loader GDT whose selectors match the segment registers
 and ESP just below the information page.
 
-Only vCPU 0 is started: multiboot v1 knows nothing of APs, and the boot contract has
-no "wait for SIPI" state, so `load_kernel` refuses more than one vCPU for it.
+Only vCPU 0 (the BSP) is started, as on a PC and under QEMU: the other vCPUs are in
+wait-for-SIPI and start when the kernel sends them INIT, STARTUP, STARTUP through its
+local APIC (nitdbg/vmm/initsipi.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from nitdbg.guest.boot import (
     CR0_ET,
     CR0_PE,
     DEFAULT_RAM_SIZE,
+    MAX_VCPUS,
     SEL_CODE64,
     SEL_DATA,
+    BadBootConfig,
     BootImage,
     VcpuBootState,
     check_ram_size,
@@ -193,10 +196,18 @@ def _load_aout_kludge(
 
 
 def load_multiboot(
-    src: Source, ram_size: int = DEFAULT_RAM_SIZE, cmdline: str = "", *, name: str | None = None
+    src: Source,
+    ram_size: int = DEFAULT_RAM_SIZE,
+    cmdline: str = "",
+    *,
+    name: str | None = None,
+    ncpus: int = 1,
 ) -> BootImage:
-    """Boot a multiboot v1 kernel on one vCPU in 32-bit protected mode, paging off."""
+    """Boot a multiboot v1 kernel: the BSP in 32-bit protected mode, paging off; the
+    other `ncpus - 1` vCPUs wait for SIPI."""
     check_ram_size(ram_size)
+    if not isinstance(ncpus, int) or isinstance(ncpus, bool) or not 1 <= ncpus <= MAX_VCPUS:
+        raise BadBootConfig(f"vCPU count {ncpus!r} not in 1..{MAX_VCPUS}")
     raw, name = read_source(src, name)
     hdr = find_header(raw)
     if hdr is None:
@@ -252,7 +263,8 @@ def load_multiboot(
         gdtr=(GDT32_ADDR, 3 * 8 - 1),
         idtr=(0, 0),
     )
-    return BootImage(memory, [vcpu], entry, symbols, "protected", ram_size)
+    aps = [VcpuBootState(rip=0, rsp=0, wait_for_sipi=True) for _ in range(ncpus - 1)]
+    return BootImage(memory, [vcpu, *aps], entry, symbols, "protected", ram_size)
 
 
 _ANY_X86 = ("EM_386", "EM_X86_64")

@@ -338,6 +338,18 @@ class Svm(Hooks):
         if ent is not None and self.vmcb.intercepted(ent[0]):
             self._intercept(ent[1], 0, 0, next_rip)
 
+    def cr_write(self, cpu: Cpu, n: int, value: int, gpr: int, next_rip: int,
+                 mov: bool = True) -> None:
+        """CRn write intercepts (APM vol 2 15.9); with DecodeAssists EXITINFO1 bit 63 is 1
+        for MOV CR (0 for CLTS and LMSW) and bits 3:0 name MOV's source GPR (15.8.1).
+        CR0_SEL_WRITE is the selective one: a CR0 write that changes any bit other than TS
+        and MP (15.9.1), so never CLTS; CR0_WRITE wins when both are set."""
+        info1 = (1 << 63) | (gpr & 0xF) if mov else 0
+        if self.vmcb.intercepted(f"CR{n}_WRITE"):
+            self._intercept(ec.VMEXIT_CR0_WRITE + n, info1, 0, next_rip)
+        if n == 0 and self.vmcb.intercepted("CR0_SEL_WRITE") and (value ^ cpu.cr0) & ~0xA:
+            self._intercept(ec.VMEXIT_CR0_SEL_WRITE, info1, 0, next_rip)
+
     def io_in(self, cpu: Cpu, port: int, size: int, next_rip: int) -> int:
         self._io(port, size, True, next_rip)
         return (1 << (8 * size)) - 1

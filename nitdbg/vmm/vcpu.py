@@ -51,6 +51,7 @@ class Vcpu:
         self.exception_pending: IntInfo | None = None
         self.nextrip = 0
         self.halted = False
+        self.wait_sipi = False        # after INIT, until a STARTUP IPI (vmm/initsipi.py)
         self.intr_window = False
         # NMI blocking is the policy's (vm.policy owns the per-vCPU state)
         self.recursive_nmi_armed = False
@@ -148,7 +149,7 @@ class Vcpu:
     def inject_nmi(self) -> None:
         """vm_inject_nmi: mark an NMI pending and wake the vCPU."""
         self.nmi_pending = True
-        self.halted = False
+        self.halted = self.wait_sipi      # wait-for-SIPI: the NMI waits until it runs
         self.kick()
 
     def spin_start(self, min_exits: int) -> int | None:
@@ -164,6 +165,8 @@ class Vcpu:
 
     def wake_pending(self) -> bool:
         """Would a halted vCPU wake up (vm_handle_hlt)?"""
+        if self.wait_sipi:
+            return False
         if self.nmi_pending or self.exception_pending or self.exitintinfo:
             return True
         vec = self.vm.vlapics[self.id].pending_intr()

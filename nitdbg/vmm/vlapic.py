@@ -31,7 +31,16 @@ Choices (all documented where they act):
 * Relocating the APIC base is refused with #GP (bhyve refuses any change of
   the base too).
 * INIT and STARTUP IPIs are decoded and reported through ``on_ipi``; the vmm
-  may ignore them (all vCPUs start at once under nitdbg's loader).
+  puts the target in wait-for-SIPI and starts it (nitdbg/vmm/initsipi.py).
+* Level-triggered fixed interrupts (from the I/O APIC) set their TMR bit; the EOI
+  of such a vector calls ``on_eoi(vector)``, the broadcast EOI that clears the
+  I/O APIC's remote IRR (SDM 11.8.5).
+* ExtINT (SDM 11.5.1, 11.6.2): the vector comes from the 8259 (``extint``, an
+  object with ``intr``, ``pending_vector()`` and ``intack()``), not from IRR, and
+  is not subject to TPR/PPR. It is pending while LINT0 is programmed ExtINT and
+  unmasked (or the APIC is globally disabled, when LINT0 is the INTR pin) and the
+  8259's INT is high, or after an ExtINT message (I/O APIC, LVT trigger) until
+  the CPU acknowledges the 8259. Like bhyve it goes before IRR vectors.
 """
 
 from __future__ import annotations
@@ -235,6 +244,8 @@ class Vlapic:
         on_ipi: Callable[[int, list[int], str, int], None] | None = None,
         peers: Callable[[], Sequence[Vlapic]] | None = None,
         x2apic_supported: bool = True,
+        on_eoi: Callable[[int], None] | None = None,
+        extint: Any = None,
     ) -> None:
         if vcpu_id < 0 or vcpu_id > 0xFE:
             raise VlapicError(f"vcpu id {vcpu_id} out of range 0..254")
@@ -244,6 +255,9 @@ class Vlapic:
         self.on_ipi = on_ipi
         self._peers = peers
         self.x2apic_supported = x2apic_supported
+        self.on_eoi = on_eoi
+        self.extint = extint
+        self.extint_latched = False
         self.apic_base = DEFAULT_APIC_BASE | APICBASE_EN | (APICBASE_BSP if vcpu_id == 0 else 0)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.reset()
@@ -260,7 +274,8 @@ class Vlapic:
         self.svr = SVR_RESET
         self.irr = 0
         self.isr = 0
-        self.tmr = 0  # all edge-triggered: there is no I/O APIC to program levels
+        self.tmr = 0  # level-triggered vectors accepted into IRR (SDM 11.8.4)
+        self.extint_latched = False
         self.esr = 0
         self.esr_pending = 0
         self.icr_lo = 0
@@ -568,7 +583,7 @@ class Vlapic:
         isrv = self.isr.bit_length() - 1 if self.isr else 0
         self.ppr = self.tpr if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
 
-    def set_intr(self, vector: int) -> bool:
+    def set_intr(self, vector: int, level: bool = False) -> bool:
         """Post a fixed interrupt: set ``vector`` in IRR.
 
         Returns True if the bit went from clear to set, False if it was already
@@ -584,10 +599,34 @@ class Vlapic:
             self._set_error(ESR_RECEIVE_ILLEGAL_VECTOR)
             return False
         bit = 1 << vector
+        # TMR records the trigger mode of the accepted interrupt (SDM 11.8.4).
+        self.tmr = self.tmr | bit if level else self.tmr & ~bit
         if self.irr & bit:
             return False
         self.irr |= bit
         return True
+
+    # -- ExtINT -----------------------------------------------------------------------
+
+    def lint0_extint(self) -> bool:
+        """Is LINT0 passing the 8259's INT to the CPU? (virtual-wire mode)"""
+        if self.mode == "disabled":
+            return True           # no APIC: LINT0 is the processor's INTR pin (SDM 11.4.3)
+        lvt = self.lvt[OFF_LVT_LINT0]
+        return not lvt & LVT_MASKED and (lvt & LVT_DM_MASK) >> 8 == DM_EXTINT
+
+    def set_extint(self) -> None:
+        """An ExtINT message (I/O APIC ExtINT pin, LVT with ExtINT delivery)."""
+        self.extint_latched = True
+
+    def _extint_vector(self) -> int | None:
+        src = self.extint
+        if src is None or not (self.extint_latched or (src.intr and self.lint0_extint())):
+            return None
+        vector = src.pending_vector()
+        if vector is None:
+            self.extint_latched = False   # the 8259 dropped INT before the CPU took it
+        return vector
 
     def pending_intr(self) -> int | None:
         """The vector the APIC would present to the CPU now, or None.
@@ -595,6 +634,9 @@ class Vlapic:
         SDM 11.8.3: the highest vector in IRR is dispatched only if its priority
         class (bits 7:4) is above the PPR's.
         """
+        ext = self._extint_vector()
+        if ext is not None:
+            return ext
         if not self.enabled or not self.irr:
             return None
         vector = self.irr.bit_length() - 1
@@ -609,6 +651,10 @@ class Vlapic:
         nothing changes in ISR (SDM 11.9).
         """
         _check_vector(vector)
+        if self._extint_vector() is not None:
+            # INTA goes to the 8259, which gives the vector; IRR and ISR are not involved.
+            self.extint_latched = False
+            return self.extint.intack()
         if self.pending_intr() != vector:
             self.counters["spurious"] += 1
             return self.svr & SVR_VECTOR
@@ -625,6 +671,8 @@ class Vlapic:
         vector = self.isr.bit_length() - 1
         self.isr &= ~(1 << vector)
         self._update_ppr()
+        if self.tmr >> vector & 1 and self.on_eoi is not None:
+            self.on_eoi(vector)   # level-triggered: EOI broadcast to the I/O APICs
         return vector
 
     def _set_error(self, bits: int) -> None:
@@ -645,8 +693,8 @@ class Vlapic:
 
         ``pin`` uses bhyve's numbering: 0 LINT0, 1 LINT1, 2 timer, 3 error,
         4 perf, 5 thermal.  The LVT entry decides: masked -> nothing; fixed ->
-        its vector into IRR; NMI -> ``on_nmi()``; ExtINT is ignored (there is no
-        8259 PIC on this platform); SMI/INIT/reserved are ignored.  Timer and
+        its vector into IRR; NMI -> ``on_nmi()``; ExtINT latches an ExtINT (when
+        an 8259 is attached); SMI/INIT/reserved are ignored.  Timer and
         error entries always deliver as fixed.  While the APIC is globally
         disabled the processor behaves as one without an APIC (SDM 11.4.3), whose
         LINT1 pin is plain NMI and LINT0 plain INTR -- bhyve's vlapic_trigger_lvt
@@ -678,6 +726,9 @@ class Vlapic:
             return self.set_intr(vector)
         if dm == DM_NMI:
             self._raise_nmi()
+            return True
+        if dm == DM_EXTINT and self.extint is not None:
+            self.set_extint()
             return True
         self.counters["lvt_ignored"] += 1
         return False
@@ -815,6 +866,13 @@ class Vlapic:
             return [i for i in ids if i == dest]
         return [p.vcpu_id for p in peers if p._logical_match(dest)]
 
+    def matches(self, dest: int, logical: bool) -> bool:
+        """Does an interrupt message's destination select this APIC? (SDM 11.6.2)"""
+        if not logical:
+            return dest == (0xFF if not self.x2apic else 0xFFFFFFFF) or dest == (
+                self.vcpu_id if self.x2apic else self.vcpu_id & 0xFF)
+        return self._logical_match(dest)
+
     def _logical_match(self, mda: int) -> bool:
         """Does a logical destination address select this APIC? (SDM 11.6.2.2)."""
         if self.x2apic:
@@ -848,6 +906,7 @@ class Vlapic:
             "timer_deadline": self._timer_deadline,
             "timer_period_ns": self._timer_period_ns, "timer_tick_ns": self._timer_tick_ns,
             "counters": dict(self.counters),
+            "extint_latched": self.extint_latched,
         }
         return st
 
@@ -885,6 +944,7 @@ class Vlapic:
         self._timer_period_ns = state["timer_period_ns"]
         self._timer_tick_ns = state["timer_tick_ns"]
         self.counters = dict(counters)
+        self.extint_latched = bool(state.get("extint_latched", False))
         self._error_firing = False
 
     def describe(self) -> str:

@@ -13,6 +13,7 @@ from ..x86.hooks import Hooks
 from ..x86.memory import PhysMem
 from ..x86.paging import ACC_SUPERVISOR, walk
 from ..x86.regs import EFER_LMA, RDI, RDX, RSI
+from . import initsipi
 from .devices.debugcon import DebugCon
 from .devices.debugexit import DebugExit
 from .devices.iobus import IoBus
@@ -21,6 +22,7 @@ from .devices.uart16550 import Uart16550
 from .hypercall import HC_KDB_ENTER, HC_PANIC, HYPERCALL_PORT
 from .ktr import Ktr, register_ktr_sysctls
 from .nmi_policy import NmiPolicy, make_policy
+from .pcplatform import PcPlatform
 from .stats import VmmStats
 from .sysctl import NitKnobs, SysctlTree, register_nit_knobs, register_vmm_tunables
 from .vcpu import UserExit, Vcpu
@@ -97,6 +99,7 @@ class Vm:
         self.iobus.register(self.debugcon, 0xE9, 1)
         self.debug_exit = DebugExit()
         self.iobus.register(self.debug_exit, 0xF4, 4)
+        self.iobus.register(self.debug_exit, 0x501, 2)   # QEMU's default iobase, iosize
         self.nmiport = NmiStatusPort(on_read=self._port61_read)
         self.iobus.register(self.nmiport, 0x61, 1)
         self.current_vcpu = 0
@@ -109,6 +112,7 @@ class Vm:
             v = self.vcpus[i]
             self.vlapics.append(Vlapic(i, v.now, on_nmi=v.inject_nmi, on_ipi=self._ipi,
                                        peers=self._peers))
+        self.pc = PcPlatform(self)    # I/O APIC, RTC, PIT, 8259 pair (vmm/pcplatform.py)
         for v in self.vcpus:
             self._init_vmcb(v)
         self.policy = self._policy       # the policy's own VMCB setup on every vCPU
@@ -163,12 +167,19 @@ class Vm:
 
     # ------------------------------------------------------------------ time
     def next_deadline(self, v: Vcpu) -> int | None:
-        return self.vlapics[v.id].next_deadline()
+        d = self.vlapics[v.id].next_deadline()
+        if v.id == 0:                 # the platform timers run on vCPU 0's clock
+            p = self.pc.next_deadline()
+            if p is not None and (d is None or p < d):
+                d = p
+        return d
 
     def fire_timers(self, v: Vcpu) -> None:
         vl = self.vlapics[v.id]
-        d = vl.next_deadline()
         now = v.now()
+        if v.id == 0:
+            self.pc.fire(now)
+        d = vl.next_deadline()
         if d is not None and d <= now:
             if vl.fire(now):
                 self.stats.incr(v.id, "VLAPIC_INTR_TIMER")
@@ -199,6 +210,10 @@ class Vm:
                 self.vlapics[d].set_intr(vector)
                 target.halted = target.halted and not target.wake_pending()
                 target.kick()
+            elif mode == "init":
+                initsipi.enter_wait_for_sipi(self, target)
+            elif mode == "startup":
+                initsipi.startup(self, target, vector)
             self.stats.incr(src, "IPIS_SENT", 1, d)
 
     def assert_lapic_lvt(self, vcpu: int, pin: int) -> None:

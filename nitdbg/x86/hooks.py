@@ -51,6 +51,12 @@ class Hooks:
 
         `next_rip` is the address of the following instruction (SVM's nRIP)."""
 
+    def cr_write(self, cpu: Cpu, n: int, value: int, gpr: int, next_rip: int,
+                 mov: bool = True) -> None:
+        """A write of `value` to CRn: MOV from general register `gpr` (mov=True) or CLTS /
+        LMSW (mov=False), after the CPL check and before the operand checks (APM vol 2
+        15.7)."""
+
     def io_in(self, cpu: Cpu, port: int, size: int, next_rip: int) -> int:
         dev = self.io.get(port)
         return dev.read(port, size) if dev is not None else (1 << (8 * size)) - 1

@@ -1,5 +1,5 @@
-"""Far control transfer in protected and long mode: ljmp, lcall, lret (SDM vol 2 JMP, CALL, RET
-"far" pseudo-code; APM vol 3 "JMP (Far)", "CALL (Far)", "RET (Far)"; SDM vol 3 5.8).
+"""Far control transfer in real, protected and long mode: ljmp, lcall, lret (SDM vol 2 JMP,
+CALL, RET "far" pseudo-code; APM vol 3 "JMP (Far)", "CALL (Far)", "RET (Far)"; SDM vol 3 5.8).
 
 Transfers through code-segment descriptors are modelled here: conforming and non-conforming
 code at the same privilege for jmp/call, and same or outer privilege for ret. A far jmp/call
@@ -106,9 +106,19 @@ def _load_cs(c: Cpu, seg: Segment, lin: int, rip: int, cpl: int) -> None:
     c.update_mode()
 
 
+def _real_cs(c: Cpu, sel: int, off: int) -> None:
+    """Real mode: CS = selector, base = selector << 4; the limit and attributes stay. An
+    offset beyond the limit is #GP(0) (SDM vol 2 JMP/CALL/RET, real-address mode)."""
+    if off > c.seg[CS].limit:
+        raise Fault(13, 0)
+    c.seg[CS].sel, c.seg[CS].base = sel, sel << 4
+    c.rip = off
+
+
 def far_jump(c: Cpu, sel: int, off: int, next_rip: int) -> None:
     if not c.cr0 & 1:
-        raise Fault(6)   # real mode is not modelled by nitdbg's vCPU
+        _real_cs(c, sel, off)    # e.g. an AP's start-up code normalising CS
+        return
     t = code_target(c, sel, "jmp", next_rip)
     if t is None:
         return
@@ -119,7 +129,12 @@ def far_jump(c: Cpu, sel: int, off: int, next_rip: int) -> None:
 
 def far_call(c: Cpu, sel: int, off: int, push_size: int, ret_rip: int) -> None:
     if not c.cr0 & 1:
-        raise Fault(6)
+        if off > c.seg[CS].limit:
+            raise Fault(13, 0)
+        m = MASK[push_size]
+        push_frame(c, (c.seg[CS].sel & m, ret_rip & m), push_size)
+        _real_cs(c, sel, off)
+        return
     t = code_target(c, sel, "call", ret_rip)
     if t is None:
         return
@@ -134,7 +149,11 @@ def far_call(c: Cpu, sel: int, off: int, push_size: int, ret_rip: int) -> None:
 def far_ret(c: Cpu, size: int, extra: int) -> None:
     """RET far [imm16] (SDM vol 2 RET, "protected mode / IA-32e mode" far return)."""
     if not c.cr0 & 1:
-        raise Fault(6)
+        new_rip = peek(c, size, 0) & MASK[size]
+        new_cs = peek(c, size, size) & 0xFFFF
+        _real_cs(c, new_cs, new_rip)
+        set_sp(c, (c.regs[RSP] + 2 * size + extra) & stack_mask(c))
+        return
     new_rip = peek(c, size, 0)
     sel = peek(c, size, size) & 0xFFFF
     if sel & 0xFFFC == 0:

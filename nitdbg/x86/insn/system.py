@@ -13,7 +13,6 @@ from ..regs import (
     CR0_PE,
     CR0_PG,
     CR0_TS,
-    CR4_PAE,
     CRMAP,
     CS,
     DF,
@@ -43,6 +42,7 @@ from ..regs import (
     MSR_TSC,
     MSR_TSC_AUX,
     NT,
+    REGMAP,
     RF,
     RFLAGS_WRITABLE,
     SEGMAP,
@@ -55,6 +55,7 @@ from ..regs import (
 )
 from ..segments import Segment, decode_descriptor
 from ..stack import pop, push
+from . import ctlregs
 from .iret import _load_seg  # noqa: F401  (shared descriptor loading)
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -293,12 +294,16 @@ def cpuid_values(c, leaf: int, sub: int) -> tuple[int, int, int, int]:
         apic_id = c.vcpu_id & 0xFF
         return 0x00800F12, (apic_id << 24) | 0x00020800, 1 << 21, 0x0789A3F9 & ~(1 << 23)
     if leaf == 0x8000_0000:
-        return 0x8000_0008, b_, c_, d_
+        return 0x8000_000A, b_, c_, d_
     if leaf == 0x8000_0001:
         # EDX: NX (20), LM (29), SYSCALL (11); ECX: SVM (2)
         return 0, 0, 1 << 2, (1 << 29) | (1 << 20) | (1 << 11)
     if leaf == 0x8000_0008:
         return 0x3030, 0, 0, 0
+    if leaf == 0x8000_000A:
+        # SVM revision 1, 8 ASIDs; EDX: NP (0), NRIPS (3), DecodeAssists (7): the CR
+        # intercepts report the GPR in EXITINFO1 (APM vol 2 15.8.1).
+        return 1, 8, 0, (1 << 0) | (1 << 3) | (1 << 7)
     return 0, 0, 0, 0
 
 
@@ -351,16 +356,18 @@ def _msr_write(c, msr: int, v: int, nxt: int) -> None:
     if msr in _CANONICAL_MSRS and not canonical(v):
         raise Fault(13, 0)     # address MSRs must hold canonical addresses (APM vol 2 4.8)
     if msr == MSR_EFER:
-        # LMA is read-only; LME may not change while paging is on (SDM 9.8.5).
-        new = (v & ~EFER_LMA) | (c.efer & EFER_LMA)
-        if (new ^ c.efer) & EFER_LME and c.cr0 & CR0_PG:
-            raise Fault(13, 0)
-        c.efer = new
+        c.efer = ctlregs.check_efer(v, c.efer, _efer_allowed(c), bool(c.cr0 & CR0_PG))
         c.flush_tlb()
         c.update_mode()
         return
     own = {MSR_STAR: "star", MSR_LSTAR: "lstar", MSR_CSTAR: "cstar", MSR_SFMASK: "sfmask",
            MSR_KERNEL_GS_BASE: "kernel_gs_base", MSR_TSC_AUX: "tsc_aux"}
+    if msr == MSR_SFMASK and v >> 32:
+        raise Fault(13, 0)     # SFMASK bits 63:32 are reserved, MBZ (APM vol 2 6.1.1)
+    if msr == MSR_TSC_AUX:
+        # AMD ignores TSC_AUX bits 63:32, which read as zero; Intel reserves them (#GP).
+        # AMD where the vendors differ (as KVM does for AMD guests, x86.c MSR_TSC_AUX).
+        v &= 0xFFFF_FFFF
     if msr in own:
         setattr(c, own[msr], v)
         return
@@ -401,17 +408,14 @@ MSR_APIC = MSR_APIC_BASE
 
 # ---------------------------------------------------------------- control/debug registers
 def write_cr(c, n: int, v: int) -> None:
+    """MOV to CRn after the CPL check and the intercept: operand checks (ctlregs.py), then
+    the write."""
     if n == 0:
         old = c.cr0
-        if v & CR0_PG and not v & CR0_PE:
-            raise Fault(13, 0)
-        c.cr0 = (v & 0xFFFF_FFFF) | 0x10
+        c.cr0 = ctlregs.check_cr0(c, v, old)
         if (old ^ c.cr0) & CR0_PG:
             # Long mode activates when paging turns on with EFER.LME=1 (SDM 9.8.5).
             if c.cr0 & CR0_PG and c.efer & EFER_LME:
-                if not c.cr4 & CR4_PAE:
-                    c.cr0 = old
-                    raise Fault(13, 0)
                 c.efer |= EFER_LMA
             elif not c.cr0 & CR0_PG:
                 c.efer &= ~EFER_LMA
@@ -420,15 +424,24 @@ def write_cr(c, n: int, v: int) -> None:
     elif n == 2:
         c.cr2 = v
     elif n == 3:
-        c.cr3 = v
+        c.cr3 = ctlregs.check_cr3(c, v, _maxphyaddr(c))
         c.flush_tlb()
     elif n == 4:
-        c.cr4 = v
+        c.cr4 = ctlregs.check_cr4(c, v, ctlregs.cr4_allowed(cpuid_values(c, 1, 0)[3]))
         c.flush_tlb()
     elif n == 8:
-        c.cr8 = v & 0xF
+        c.cr8 = ctlregs.check_cr8(v)
     else:
         raise Fault(6)
+
+
+def _maxphyaddr(c) -> int:
+    return cpuid_values(c, 0x8000_0008, 0)[0] & 0xFF
+
+
+def _efer_allowed(c) -> int:
+    _, _, ecx, edx = cpuid_values(c, 0x8000_0001, 0)
+    return ctlregs.efer_allowed(ecx, edx)
 
 
 def read_cr(c, n: int) -> int:
@@ -454,6 +467,18 @@ def mov_cr_dr(d: Decoded):
             return _ud
     if r0 in regmap:
         n, rd = regmap[r0], d.reader(1)
+
+        if regmap is CRMAP:
+            gpr = REGMAP[r1][0]
+            nxt = d.next
+
+            def to_cr(c):
+                check(c)
+                v = rd(c) & m
+                # APM 15.7: the intercept comes after the CPL check, before operand checks.
+                c.hooks.cr_write(c, n, v, gpr, nxt)
+                write(c, n, v)
+            return to_cr
 
         def to_reg(c):
             check(c)
@@ -503,6 +528,12 @@ def read_dr(c, n: int) -> int:
 # ---------------------------------------------------------------- segments and tables
 def load_data_seg(c, idx: int, sel: int) -> None:
     """MOV/POP to a data segment register (SDM vol 2 MOV, 3.4.3)."""
+    if not c.cr0 & CR0_PE:
+        # Real mode: the base is selector * 16; limit and attributes stay as they are
+        # (SDM vol 3 20.1.1, the "unreal mode" of a cached descriptor).
+        s = c.seg[idx]
+        s.sel, s.base = sel, sel << 4
+        return
     if sel & 0xFFFC == 0:
         if idx == SS and not (c.mode == 64 and c.cpl < 3):
             raise Fault(13, 0)
@@ -551,8 +582,8 @@ def lgdt(d: Decoded):
         a = ea(c)
         limit = c.rd(a, 2)
         base = c.rd(a + 2, bsize)
-        if bsize == 4 and d.opsz:
-            base &= 0xFFFFFF
+        if bsize == 4 and d.opsz == (d.mode != 16):
+            base &= 0xFFFFFF    # 16-bit operand size: a 24-bit base (SDM vol 2 LGDT)
         t = c.gdtr if is_gdt else c.idtr
         t.base, t.limit = base, limit
     return lgdt_
@@ -644,8 +675,11 @@ def invlpg(d: Decoded):
 
 @translates(X.X86_INS_CLTS)
 def clts(d: Decoded):
+    nxt = d.next
+
     def clts_(c):
         _cpl0(c)
+        c.hooks.cr_write(c, 0, c.cr0 & ~CR0_TS, 0, nxt, False)
         c.cr0 &= ~CR0_TS
     return clts_
 
@@ -732,12 +766,15 @@ def smsw(d: Decoded):
 @translates(X.X86_INS_LMSW)
 def lmsw(d: Decoded):
     rd = d.reader(0, 2)
+    nxt = d.next
 
     def lmsw_(c):
         # LMSW loads PE, MP, EM, TS and can set but never clear PE (SDM vol 2 LMSW).
         _cpl0(c)
         v = rd(c) & 0xF
-        write_cr(c, 0, (c.cr0 & ~0xE) | v | (c.cr0 & CR0_PE))
+        new = (c.cr0 & ~0xE) | v | (c.cr0 & CR0_PE)
+        c.hooks.cr_write(c, 0, new, 0, nxt, False)
+        write_cr(c, 0, new)
     return lmsw_
 
 
