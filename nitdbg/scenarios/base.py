@@ -72,6 +72,9 @@ class Ctx:
         self.result = ScenarioResult(scenario.name, policy)
         self.machines: list[Machine | RecordingMachine] = []
         self.part = ""
+        # called with each new machine and its part name before it runs (nitdbg compare
+        # records the machine's inputs for the hardware reference here)
+        self.on_machine: Callable[[Machine, str], None] | None = None
 
     # ------------------------------------------------------------------ machines
     def machine(self, part: str = "", **kw: Any) -> Machine:
@@ -79,6 +82,8 @@ class Ctx:
         <record_dir>/<scenario>[.<part>].nitrec when recording is on."""
         self.part = part
         m = Machine(policy=self.policy, **kw)
+        if self.on_machine is not None:
+            self.on_machine(m, part)
         if self.record_dir is not None:
             stem = self.scenario.name + (f".{part}" if part else "")
             m = RecordingMachine(m, self.record_dir / f"{stem}{SUFFIX}",
