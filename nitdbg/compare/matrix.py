@@ -100,13 +100,23 @@ def differences_of(machines: list[tuple[str, Machine]]) -> list[tuple[str, Diffe
     return out
 
 
-def run_cell(scenario: str, policy: str) -> Cell:
-    """One scenario under one policy, compared with hardware."""
-    sc = next((s for s in compare_scenarios() if s.name == scenario), None)
+def _scenario(scenario: str | Scenario, policy: str) -> Scenario:
+    if isinstance(scenario, Scenario):
+        sc: Scenario | None = scenario
+    else:
+        sc = next((s for s in compare_scenarios() if s.name == scenario), None)
     if sc is None:
         raise ScenarioError(f"no scenario named '{scenario}' (try: nitdbg scenario list)")
     if policy not in POLICIES:
         raise ScenarioError(f"unknown policy '{policy}' (one of: {', '.join(POLICIES)})")
+    return sc
+
+
+def run_recorded(scenario: str | Scenario, policy: str) -> tuple[Ctx, list[tuple[str, Machine]],
+                                                      str | None]:
+    """Run a scenario under a policy with every machine's inputs recorded: the context, the
+    (part, machine) pairs, and the error that cut the scenario short, if any."""
+    sc = _scenario(scenario, policy)
     ctx = Ctx(sc, policy, lambda _s: None)
     recorded: list[tuple[str, Machine]] = []
 
@@ -114,13 +124,20 @@ def run_cell(scenario: str, policy: str) -> Cell:
         record(m)
         recorded.append((part, m))
     ctx.on_machine = on_machine
-    cell = Cell(scenario, policy)
+    error = None
     try:
         sc.fn(ctx)
     except (MachineError, SessionError) as e:
-        cell.error = str(e)
+        error = str(e)
     finally:
         ctx.finish()
+    return ctx, recorded, error
+
+
+def run_cell(scenario: str | Scenario, policy: str) -> Cell:
+    """One scenario under one policy, compared with hardware."""
+    ctx, recorded, error = run_recorded(scenario, policy)
+    cell = Cell(ctx.scenario.name, policy, error=error)
     cell.checks_passed = ctx.result.passed
     cell.checks_failed = ctx.result.failed
     cell.checks_judged = any(m.vm.stats.get(i, k) for _p, m in recorded
