@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_IRET, EV_NMI, EV_SOFTINT, Event
 from ..x86.regs import RF, TF
+from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_IRET, EV_NMI, EV_SOFTINT, Event
 
 if TYPE_CHECKING:
     from ..machine import Machine

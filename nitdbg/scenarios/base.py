@@ -183,12 +183,13 @@ class Ctx:
         label = f"[{self.part}] " if self.part else ""
         ev = [ln for x in (evidence or []) for ln in str(x).rstrip().splitlines() if ln.strip()]
         c = Check(label + text, bool(passed), ev, detail, demo=demo)
-        if not c.passed and self.policy == "bhyve-upstream" and upstream is not None:
-            c.why = upstream
-            if trace is not None:
-                cleared = trace.find(UPSTREAM_CLEARED)
-                if cleared is not None:
-                    c.evidence.append(cleared.raw + "    <- upstream's unblocking")
+        # The why line itself comes from the comparison with hardware at the end of the
+        # scenario (runner.explain_failures); here only upstream's own counter-evidence.
+        if not c.passed and self.policy == "bhyve-upstream" and upstream is not None \
+                and trace is not None:
+            cleared = trace.find(UPSTREAM_CLEARED)
+            if cleared is not None:
+                c.evidence.append(cleared.raw + "    <- upstream's unblocking")
         self.result.checks.append(c)
         self.out(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}")
         for ln in c.evidence:
