@@ -88,6 +88,9 @@ class Trace:
                        else Event(e.seq, EV_EXCEPTION, e.vector, e.error_code, e.rip, e.rflags,
                                   e.dr6, e.info) for e in evs if e.kind in DELIVERED]
         self.irets = {e.seq: e for e in evs if e.kind == EV_IRET}
+        v = m.vm.vcpus[vcpu]
+        # an NMI the hypervisor has accepted but not yet delivered when the run ends
+        self.nmi_held = bool(getattr(v, "nmi_pending", False))
 
     def rip(self, seq: int) -> int:
         return self.log.rips[seq & self.log.mask]
@@ -172,6 +175,13 @@ def _event_diff(vcpu: int, p: Trace, r: Trace, j: int) -> Difference:
     where = _where(r.m, x.rip)
     if hw:
         # hardware delivers x at x.seq; the policy later, or never
+        if match is None and x.kind == EV_NMI and p.nmi_held:
+            us = (p.time(p.end) - p.time(x.seq)) / NS_PER_USEC
+            return Difference("nmi_late", vcpu, x.seq, where,
+                              f"hardware takes an NMI here (pushed RIP {where}); under the "
+                              f"policy it is still held by the hypervisor {p.end - x.seq} "
+                              f"guest instructions ({us:.2f} virtual µs) later, at the end "
+                              "of the run")
         if match is None:
             kind = {EV_NMI: "nmi_count", EV_INTR: "intr_count"}.get(x.kind, "event_lost")
             if x.kind == EV_EXCEPTION and x.vector == 1:

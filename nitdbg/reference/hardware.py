@@ -29,6 +29,7 @@ from ..x86.regs import IF
 from .timeline import STOP_KINDS, Timeline
 
 MC_VECTOR = 18
+OVERRUN_INSNS = 1_000_000    # how far hardware may run on past a stop the policy's run made
 
 
 def _intr_line(v: Vcpu, vl: Vlapic) -> None:
@@ -135,10 +136,22 @@ def _run_to(m: Machine, vcpu: int, end: int, kind: str) -> None:
             return
     if v.cpu.icount != end or vcpu in m.in_kdb or m.shutdown is not None or v.halted:
         return
-    if kind in STOP_KINDS or kind == "hlt":
-        # the exit the slice ended with belongs to the next instruction, which has not
-        # retired: a hypercall, or a HLT the vCPU now sleeps in
-        m._userspace(v.run(1))
+    if kind == "hlt":
+        m._userspace(v.run(1))      # the HLT the slice ended in has not retired
+    elif kind in STOP_KINDS:
+        # The policy's run stopped here (a hypercall, a shutdown). If the guest's stream is
+        # still the same, the exit comes at once; if it has diverged, hardware reaches its
+        # own stop later: run on to it, so the debugger inputs that follow meet a stop.
+        spent = rounds = 0
+        while spent < OVERRUN_INSNS and rounds < 10_000 and vcpu not in m.in_kdb \
+                and m.shutdown is None:
+            rounds += 1
+            if v.halted and not v.wake_pending() and not m.vm.sleep_until_event(v):
+                return
+            before = v.cpu.icount
+            if m._userspace(v.run(OVERRUN_INSNS - spent)) is not None:
+                return
+            spent += v.cpu.icount - before
 
 
 def replay(m: Machine, tl: Timeline) -> Machine:

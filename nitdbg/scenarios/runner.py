@@ -42,8 +42,8 @@ def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], A
     recorded: list = []
 
     def on_machine(m, part: str) -> None:
-        from ..reference import record
-        record(m)
+        from ..reference.audit import attach
+        attach(m)       # record the inputs; the step audit is judged against hardware
         recorded.append((part, m))
     ctx.on_machine = on_machine
     out(f"== {sc.name}: {sc.title}  [{sc.setup}; policy {policy}]")
