@@ -33,3 +33,14 @@ def test_compare_bad_scenario_or_policy_is_one_line(capsys):
     assert main(["compare", "--policy", "no-such"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown policy" in err
+
+
+def test_scenario_why_lines_come_from_the_comparison_with_hardware():
+    from nitdbg.scenarios import run_scenario
+    lines: list[str] = []
+    res = run_scenario("pending-interrupt", policy="bhyve-upstream", out=lines.append)
+    bad = [c for c in res.checks if not c.passed]
+    assert bad and all(c.why == bad[0].why for c in bad)
+    # upstream gives this guest what hardware gives it: the failures are about its KTR lines
+    assert "exactly what it sees on hardware" in bad[0].why
+    assert any(ln.startswith("  why (compared with hardware):") for ln in lines)

@@ -60,3 +60,17 @@ def test_reference_nmi_wakes_hlt_and_returns_after_it():
     nmi = _events(r, (EV_NMI,))[0]
     assert r.symbols.format(nmi.rip) == "cpu_idle_acpi+0x2"
     assert r.vm.mem.read(r.vm.gla2hpa(r.vcpus[0], nmi.rip - 1), 1) == 0xF4
+
+
+def test_a_recorded_machine_clones_with_its_own_timeline():
+    # Machine.clone (checkpoints, reverse steps) copies the recording hooks with the machine
+    from nitdbg.machine import Machine
+    from nitdbg.reference import record
+    m = Machine(vcpus=1)
+    tl = record(m)
+    m.run(max_insns=2000)
+    c = m.clone()
+    n = len(tl.entries)
+    c.run(max_insns=2000)
+    assert len(tl.entries) == n and len(c.timeline.entries) > n
+    assert c.vcpus[0].cpu.icount > m.vcpus[0].cpu.icount

@@ -76,87 +76,93 @@ def _config(m: Machine) -> dict[str, Any]:
             "retire_order": vm.vcpus[0].cpu.retire.capacity.bit_length() - 1}
 
 
-def _wrap(obj: object, name: str, make: Callable[[Callable], Callable]) -> None:
-    setattr(obj, name, make(getattr(obj, name)))
+class _Hook:
+    """A recording wrapper around one bound method. A plain object, not a closure, so a deep
+    copy of the machine (Machine.clone) copies it with the machine and its timeline."""
+
+    def __init__(self, fn: Callable, orig: Callable, tl: Timeline, m: Machine, arg: Any = None):
+        self.fn, self.orig, self.tl, self.m, self.arg = fn, orig, tl, m, arg
+
+    def __call__(self, *a: Any) -> Any:
+        return self.fn(self, *a)
+
+
+def _wrap(obj: object, name: str, fn: Callable, tl: Timeline, m: Machine,
+          arg: Any = None) -> _Hook:
+    h = _Hook(fn, getattr(obj, name), tl, m, arg)
+    setattr(obj, name, h)
+    return h
+
+
+def _run(h: _Hook, budget: int):
+    v = h.arg
+    h.tl.running = v.id
+    try:
+        ux = h.orig(budget)
+    finally:
+        h.tl.running = None
+    h.tl.slice_end(v.id, v.cpu.icount, ux.kind)
+    return ux
+
+
+def _nmi(h: _Hook) -> None:
+    h.tl.add(h.m, ("nmi", h.arg.id, h.arg.cpu.icount))
+    h.orig()
+
+
+def _intr(h: _Hook, vector: int) -> bool:
+    i = h.arg
+    h.tl.add(h.m, ("intr", i, h.m.vm.vcpus[i].cpu.icount, vector))
+    return h.orig(vector)
+
+
+def _feed(h: _Hook, data: bytes) -> None:
+    h.tl.add(h.m, ("console", bytes(data)))
+    h.orig(data)
+
+
+def _gpf(h: _Hook, v) -> None:
+    vm = h.m.vm
+    try:
+        hpa = vm.gla2hpa(v, v.vmcb.rsp)
+    except Exception:  # noqa: BLE001 - the knob itself reports an unreachable frame
+        h.orig(v)
+        return
+    before = vm.mem.read_bytes(hpa, 8)
+    h.orig(v)
+    after = vm.mem.read_bytes(hpa, 8)
+    if after != before:
+        h.tl.add(h.m, ("mem", v.id, v.cpu.icount, hpa, after))
+
+
+def _enter(h: _Hook, vcpu: int, info: dict):
+    h.tl.add(h.m, ("ddb_enter", vcpu))
+    return h.orig(vcpu, info)
+
+
+def _command(h: _Hook, line: str):
+    h.tl.add(h.m, ("ddb_cmd", line))
+    return h.orig(line)
+
+
+def _leave(h: _Hook, vcpu: int) -> None:
+    h.tl.add(h.m, ("leave", vcpu))
+    h.orig(vcpu)
 
 
 def record(m: Machine) -> Timeline:
     """Start recording `m`'s inputs (before it has run). Returns the timeline it fills."""
     tl = Timeline(_config(m))
     vm = m.vm
-
     for v in vm.vcpus:
-        def run_(orig: Callable, v=v) -> Callable:
-            def run(budget: int):
-                tl.running = v.id
-                try:
-                    ux = orig(budget)
-                finally:
-                    tl.running = None
-                tl.slice_end(v.id, v.cpu.icount, ux.kind)
-                return ux
-            return run
-        _wrap(v, "run", run_)
-
-        def nmi_(orig: Callable, v=v) -> Callable:
-            def inject_nmi() -> None:
-                tl.add(m, ("nmi", v.id, v.cpu.icount))
-                orig()
-            return inject_nmi
-        _wrap(v, "inject_nmi", nmi_)
-        vm.vlapics[v.id].on_nmi = v.inject_nmi
-
+        _wrap(v, "run", _run, tl, m, v)
+        vm.vlapics[v.id].on_nmi = _wrap(v, "inject_nmi", _nmi, tl, m, v)
     for i, vl in enumerate(vm.vlapics):
-        def intr_(orig: Callable, i=i) -> Callable:
-            def set_intr(vector: int) -> bool:
-                tl.add(m, ("intr", i, vm.vcpus[i].cpu.icount, vector))
-                return orig(vector)
-            return set_intr
-        _wrap(vl, "set_intr", intr_)
-
-    def feed_(orig: Callable) -> Callable:
-        def feed(data: bytes) -> None:
-            tl.add(m, ("console", bytes(data)))
-            orig(data)
-        return feed
-    _wrap(vm.com1, "feed", feed_)
-
-    def gpf_(orig: Callable) -> Callable:
-        def iret_trigger_gpf(v) -> None:
-            try:
-                hpa = vm.gla2hpa(v, v.vmcb.rsp)
-            except Exception:  # noqa: BLE001 - the knob itself reports an unreachable frame
-                orig(v)
-                return
-            before = vm.mem.read_bytes(hpa, 8)
-            orig(v)
-            after = vm.mem.read_bytes(hpa, 8)
-            if after != before:
-                tl.add(m, ("mem", v.id, v.cpu.icount, hpa, after))
-        return iret_trigger_gpf
-    _wrap(vm, "_iret_trigger_gpf", gpf_)
-
-    ddb = m.ddb
-
-    def enter_(orig: Callable) -> Callable:
-        def enter(vcpu: int, info: dict):
-            tl.add(m, ("ddb_enter", vcpu))
-            return orig(vcpu, info)
-        return enter
-    _wrap(ddb, "enter", enter_)
-
-    def cmd_(orig: Callable) -> Callable:
-        def command(line: str):
-            tl.add(m, ("ddb_cmd", line))
-            return orig(line)
-        return command
-    _wrap(ddb, "command", cmd_)
-
-    def leave_(orig: Callable) -> Callable:
-        def leave_kdb(vcpu: int) -> None:
-            tl.add(m, ("leave", vcpu))
-            orig(vcpu)
-        return leave_kdb
-    _wrap(m, "leave_kdb", leave_)
+        _wrap(vl, "set_intr", _intr, tl, m, i)
+    _wrap(vm.com1, "feed", _feed, tl, m)
+    _wrap(vm, "_iret_trigger_gpf", _gpf, tl, m)
+    _wrap(m.ddb, "enter", _enter, tl, m)
+    _wrap(m.ddb, "command", _command, tl, m)
+    _wrap(m, "leave_kdb", _leave, tl, m)
     m.timeline = tl   # type: ignore[attr-defined]
     return tl
