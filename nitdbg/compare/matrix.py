@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..machine import Machine, MachineError
-from ..reference import compare_machines, record, reference_run
-from ..reference.diff import Difference
+from ..reference import record
+from ..reference.hardware import differences_of
 from ..scenarios.base import Ctx, Scenario, ScenarioError
 from ..scenarios.matrix import combinations, demonstrate_ist_overwrite, part_name, run_combination
 from ..scenarios.runner import list_scenarios
@@ -87,17 +87,6 @@ class Cell:
                 "same_as_hardware": self.same_as_hardware,
                 "differences": [{k: d[k] for k in ("kind", "vcpu", "at", "detail")}
                                 for d in self.differences]}
-
-
-def differences_of(machines: list[tuple[str, Machine]]) -> list[tuple[str, Difference]]:
-    """The differences from hardware of recorded machines (part name, difference)."""
-    out = []
-    for part, m in machines:
-        tl = m.timeline      # type: ignore[attr-defined]
-        ref = reference_run(tl)
-        for d in compare_machines(m, ref, tl.entries):
-            out.append((part, d))
-    return out
 
 
 def _scenario(scenario: str | Scenario, policy: str) -> Scenario:

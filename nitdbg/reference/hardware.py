@@ -26,6 +26,7 @@ from ..machine import Machine
 from ..vmm.vcpu import Vcpu
 from ..vmm.vlapic import Vlapic
 from ..x86.regs import IF
+from .diff import Difference, compare_machines
 from .timeline import STOP_KINDS, Timeline
 
 MC_VECTOR = 18
@@ -189,3 +190,14 @@ def replay(m: Machine, tl: Timeline) -> Machine:
 def reference_run(tl: Timeline) -> Machine:
     """The hardware reference of a recorded policy run."""
     return replay(build(tl), tl)
+
+
+def differences_of(machines: list[tuple[str, Machine]]) -> list[tuple[str, Difference]]:
+    """The differences from hardware of recorded machines (part name, difference)."""
+    out = []
+    for part, m in machines:
+        tl = m.timeline      # type: ignore[attr-defined]
+        ref = reference_run(tl)
+        for d in compare_machines(m, ref, tl.entries):
+            out.append((part, d))
+    return out

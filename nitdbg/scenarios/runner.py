@@ -63,7 +63,7 @@ def explain_failures(result: ScenarioResult, recorded: list, out: Callable[[str]
     """The why of failed checks, computed: how the guest's run differs from the hardware
     reference of the same inputs (or that it does not, so the failures are about what the
     policy logs, not what the guest sees)."""
-    from ..compare.matrix import differences_of
+    from ..reference.hardware import differences_of
     diffs = differences_of(recorded)
     if diffs:
         why = "; ".join(f"{'[' + p + '] ' if p else ''}{d.line()}" for p, d in diffs)
