@@ -131,7 +131,12 @@ def run_cell(scenario: str | Scenario, policy: str) -> Cell:
     cell.checks_failed = ctx.result.failed
     cell.checks_judged = any(m.vm.stats.get(i, k) for _p, m in recorded
                              for i in range(len(m.vm.vcpus)) for k in SEED_STATS)
-    for part, d in differences_of(recorded):
+    try:
+        diffs = differences_of(recorded)
+    except MachineError as e:
+        cell.error = f"the hardware reference could not be built: {e}"
+        return cell
+    for part, d in diffs:
         j = d.to_json()
         if part:
             j["detail"] = f"[{part}] {j['detail']}"
