@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock seconds QEMU may run (default 60)")
     sub.add_parser("scenario", help="the seed's test plan as scenarios", add_help=False)
     sub.add_parser("replay", help="replay a recorded .nitrec session", add_help=False)
+    sub.add_parser("compare", help="scenario x NMI policy, each against hardware",
+                   add_help=False)
     b = sub.add_parser("bench", help="performance figures")
     b.add_argument("--json", action="store_true")
     b.add_argument("--runs", type=int, default=5)
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("scenario", "replay"):
+    if argv and argv[0] in ("scenario", "replay", "compare"):
         return _delegate(argv[0], argv[1:])
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["tui", *argv]          # no subcommand: the TUI, with its options
@@ -294,6 +296,9 @@ def _delegate(cmd: str, rest: list[str]) -> int:
         if cmd == "scenario":
             from .scenarios import main_scenario
             return main_scenario(rest)
+        if cmd == "compare":
+            from .compare import main_compare
+            return main_compare(rest)
         from .session import main_replay
         return main_replay(rest)
     except ImportError as e:

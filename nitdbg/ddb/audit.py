@@ -17,6 +17,7 @@ Everything is kept as plain data (dataclasses) so that every front end can show 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..guest.symbols import SymbolTable
@@ -101,6 +102,9 @@ class StepAudit:
         self.checks: list[StepCheck] = []
         self._open: dict[int, _Open] = {}        # vcpu -> the step in flight
         self._icache: dict[int, DisInsn] = {}
+        # Set from above (nitdbg.reference.audit): for the violations, whether the guest
+        # loses the step on hardware too, and why (step number -> lines).
+        self.judge: Callable[[StepAudit], dict[int, list[str]]] | None = None
 
     # ------------------------------------------------------------------ recording
     def resumed(self, vcpu: int, seq: int, rip: int, step: bool) -> None:
@@ -229,6 +233,7 @@ class StepAudit:
 
     def report(self) -> str:
         out = [self.summary()]
+        judged = self.judge(self) if self.judge is not None and self.violations else {}
         for c in self.checks:
             head = (f"step {c.number} on vCPU {c.vcpu}: {self.symbols.format(c.from_rip)} -> "
                     f"{self.symbols.format(c.to_rip)} (retired #{c.from_seq}..#{c.to_seq})")
@@ -237,6 +242,7 @@ class StepAudit:
                 continue
             out.append(f"{head}: VIOLATION")
             out.extend(f"  {p}" for p in c.problems)
+            out.extend(f"  {ln}" for ln in judged.get(c.number, []))
             if c.executed:
                 out.append(f"  stepped: {c.executed[0].line()}")
             om = c.omitted

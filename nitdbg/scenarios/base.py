@@ -82,6 +82,9 @@ class Ctx:
         self.result = ScenarioResult(scenario.name, policy)
         self.machines: list[Machine | RecordingMachine] = []
         self.part = ""
+        # called with each new machine and its part name before it runs (nitdbg compare
+        # records the machine's inputs for the hardware reference here)
+        self.on_machine: Callable[[Machine, str], None] | None = None
 
     # ------------------------------------------------------------------ machines
     def machine(self, part: str = "", **kw: Any) -> Machine:
@@ -89,6 +92,8 @@ class Ctx:
         <record_dir>/<scenario>[.<part>].nitrec when recording is on."""
         self.part = part
         m = Machine(policy=self.policy, **kw)
+        if self.on_machine is not None:
+            self.on_machine(m, part)
         if self.record_dir is not None:
             stem = self.scenario.name + (f".{part}" if part else "")
             m = RecordingMachine(m, self.record_dir / f"{stem}{SUFFIX}",
@@ -196,12 +201,13 @@ class Ctx:
             self.result.checks.append(c)
             self.out(f"  n/a   {c.text}  (judged only for {', '.join(only or ())})")
             return c.passed
-        if not c.passed and self.policy == "bhyve-upstream" and upstream is not None:
-            c.why = upstream
-            if trace is not None:
-                cleared = trace.find(UPSTREAM_CLEARED)
-                if cleared is not None:
-                    c.evidence.append(cleared.raw + "    <- upstream's unblocking")
+        # The why line itself comes from the comparison with hardware at the end of the
+        # scenario (runner.explain_failures); here only upstream's own counter-evidence.
+        if not c.passed and self.policy == "bhyve-upstream" and upstream is not None \
+                and trace is not None:
+            cleared = trace.find(UPSTREAM_CLEARED)
+            if cleared is not None:
+                c.evidence.append(cleared.raw + "    <- upstream's unblocking")
         self.result.checks.append(c)
         self.out(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}")
         for ln in c.evidence:

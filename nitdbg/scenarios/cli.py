@@ -48,7 +48,7 @@ def main_scenario(argv: list[str] | None = None) -> int:
     retired = sum(r.retired for r in results)
     if a.policy == "bhyve-upstream" and failed:
         print("note: under bhyve-upstream the checks that need IRET tracing fail; each 'why' "
-              "line says what upstream does instead.")
+              "line says how the guest's run differs from hardware (nitdbg compare).")
     bad = [r.name for r in results if not r.ok]
     if bad:
         print(f"scenarios with failures: {', '.join(bad)}")

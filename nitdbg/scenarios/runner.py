@@ -40,6 +40,13 @@ def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], A
         raise ScenarioError(f"unknown policy '{policy}' (one of: {', '.join(POLICIES)})")
     sc = get_scenario(name)
     ctx = Ctx(sc, policy, out, Path(record_dir) if record_dir is not None else None, verbose)
+    recorded: list = []
+
+    def on_machine(m, part: str) -> None:
+        from ..reference.audit import attach
+        attach(m)       # record the inputs; the step audit is judged against hardware
+        recorded.append((part, m))
+    ctx.on_machine = on_machine
     out(f"== {sc.name}: {sc.title}  [{sc.setup}; policy {policy}]")
     try:
         sc.fn(ctx)
@@ -48,7 +55,26 @@ def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], A
         out(f"  FAIL  the scenario could not run to its end: {e}")
     finally:
         ctx.finish()
+    if ctx.result.failed:
+        explain_failures(ctx.result, recorded, out)
     return ctx.result
+
+
+def explain_failures(result: ScenarioResult, recorded: list, out: Callable[[str], Any]) -> None:
+    """The why of failed checks, computed: how the guest's run differs from the hardware
+    reference of the same inputs (or that it does not, so the failures are about what the
+    policy logs, not what the guest sees)."""
+    from ..reference.hardware import differences_of
+    diffs = differences_of(recorded)
+    if diffs:
+        why = "; ".join(f"{'[' + p + '] ' if p else ''}{d.line()}" for p, d in diffs)
+    else:
+        why = ("the guest saw exactly what it sees on hardware (same instructions, events, "
+               "frames and console): these checks are about lines this policy does not log")
+    for c in result.checks:
+        if not c.passed:
+            c.why = why
+    out(f"  why (compared with hardware): {why}")
 
 
 def run_all(policy: str = "iret-tracing", out: Callable[[str], Any] = print,
