@@ -9,7 +9,7 @@ import pytest
 from nitdbg.fuzz.campaign import Counts, run_round
 from nitdbg.fuzz.targets import all_targets
 
-EXAMPLES = {"ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10}
+EXAMPLES = {"host": 40, "ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -35,3 +35,20 @@ def test_the_fuzzer_sees_a_refused_command_that_changes_state(monkeypatch, tmp_p
     target = all_targets(tmp_path)["ddb"]()
     out = target.run(["b cpu_idle_acpi"])
     assert out.kind == "changed" and "ddb" in out.detail
+
+
+def test_the_campaign_command_prints_the_counts_and_exits_0(capsys):
+    from nitdbg.fuzz.__main__ import main
+    assert main(["--minutes", "0.02", "--targets", "ddb", "--round", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nitdbg fuzz: ") and "cases in" in out
+    assert ("escapes 0, hangs 0, state changes by rejected commands 0, internal errors 0, "
+            "multi-line refusals 0") in out
+
+
+@pytest.mark.parametrize("argv", [["--targets", "nope"], ["--minutes", "-1"], ["--round", "0"]])
+def test_the_campaign_command_refuses_bad_options_in_one_line(argv, capsys):
+    from nitdbg.fuzz.__main__ import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nitdbg fuzz: ")

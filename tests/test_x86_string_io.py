@@ -191,3 +191,18 @@ def test_rep_outs_with_an_enormous_count_under_svm_keeps_run_bounded(started):
     ev = m.run(max_insns=2000)
     assert ev.reason == "budget"
     assert 0 < len(exits) <= 2000 and m.vcpus[0].cpu.regs[1] < (1 << 64) - 1
+
+
+def test_a_page_fault_in_emulated_string_io_is_injected_with_cr2_and_nothing_done(started):
+    m, exits = _guest(started, """
+        movabs $0x7f0000000000, %rdi
+        mov $4, %ecx
+        mov $0x2f0, %dx
+        rep insb
+        done: jmp done
+    """)
+    m.run(max_insns=100)
+    c = m.vcpus[0].cpu
+    assert exits and ec.IoioInfo.decode(exits[0].info1).string
+    assert c.cr2 == 0x7F00_0000_0000            # the #PF the hypervisor injected
+    assert c.regs[1] == 4 and c.regs[7] == 0x7F00_0000_0000   # no iteration completed

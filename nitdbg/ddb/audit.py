@@ -128,6 +128,16 @@ class StepAudit:
         self.checks.clear()
         self._open.clear()
 
+    def mark(self) -> tuple[int, dict[int, _Open]]:
+        """What rollback() returns to: the checks so far and the steps in flight."""
+        return len(self.checks), dict(self._open)
+
+    def rollback(self, mark: tuple[int, dict[int, _Open]]) -> None:
+        """Undo what happened since mark() (a refused debugger command)."""
+        n, open_ = mark
+        del self.checks[n:]
+        self._open = dict(open_)
+
     # ------------------------------------------------------------------ analysis
     def _decode(self, vcpu: int, rip: int) -> DisInsn:
         d = self._icache.get(rip)

@@ -30,14 +30,12 @@ class DdbState:
     breaks: list[Breakpoint]
     inserted: bool
     run_state: RunState | None
-    audit_checks: int
-    audit_open: dict
+    audit: tuple
 
 
 def save(db: Ddb) -> DdbState:
     return DdbState({k: getattr(db, k) for k in FIELDS}, copy.deepcopy(db.breaks.list),
-                    db.breaks.inserted, copy.deepcopy(db.run_state), len(db.audit.checks),
-                    copy.deepcopy(db.audit._open))
+                    db.breaks.inserted, copy.deepcopy(db.run_state), db.audit.mark())
 
 
 def restore(db: Ddb, st: DdbState) -> None:
@@ -46,13 +44,13 @@ def restore(db: Ddb, st: DdbState) -> None:
     db.breaks.list = st.breaks
     db.breaks.inserted = st.inserted
     db.run_state = st.run_state
-    del db.audit.checks[st.audit_checks:]
-    db.audit._open = st.audit_open
+    db.audit.rollback(st.audit)
 
 
 def digest(db: Ddb) -> str:
     st = save(db)
+    n, open_ = st.audit
     body = [st.values, [vars(b) for b in st.breaks], st.inserted,
-            vars(st.run_state) if st.run_state else None, st.audit_checks,
-            {k: vars(v) for k, v in st.audit_open.items()}]
+            vars(st.run_state) if st.run_state else None, n,
+            {k: vars(v) for k, v in open_.items()}]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).hexdigest()

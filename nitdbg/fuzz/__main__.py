@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 
 
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"nitdbg fuzz: needs hypothesis ({e}); pip install -e '.[test]'", file=sys.stderr)
         return 2
-    known = all_targets()
+    with tempfile.TemporaryDirectory(prefix="nitdbg-fuzz-") as tmp:
+        return _run(a, all_targets(tmp), campaign)
+
+
+def _run(a: argparse.Namespace, known: dict, campaign) -> int:  # noqa: ANN001
     names = [n.strip() for n in a.targets.split(",") if n.strip()]
     bad = [n for n in names if n not in known]
     if bad or not names:

@@ -42,6 +42,10 @@ class PhysMem:
         off = addr & PAGE_MASK
         if p is not None and off + size <= PAGE:
             return int.from_bytes(p[off:off + size], "little")
+        if off + size > PAGE:
+            # an access across a page end: byte by byte, each to its own page (RAM or a
+            # device), as the IO bus splits a straddling access
+            return sum(self.read(addr + i, 1) << (8 * i) for i in range(size))
         if p is None and (addr >> 12) in self.mmio:
             dev, base = self.mmio[addr >> 12]
             return dev.mmio_read(addr - base, size)
@@ -52,6 +56,10 @@ class PhysMem:
         off = addr & PAGE_MASK
         if p is not None and off + size <= PAGE:
             p[off:off + size] = value.to_bytes(size, "little")
+            return
+        if off + size > PAGE:
+            for i in range(size):
+                self.write(addr + i, 1, (value >> (8 * i)) & 0xFF)
             return
         if p is None and (addr >> 12) in self.mmio:
             dev, base = self.mmio[addr >> 12]
