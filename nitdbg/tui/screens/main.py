@@ -76,7 +76,11 @@ class MainScreen(Screen):
         Binding("f3", "surface('guest')", "guest#", show=False),
         Binding("f4", "surface('ddb')", "db>", show=False),
         Binding("colon", "surface('')", "cmd", show=False),
+        Binding("slash", "ktr_filter", "filter KTR", show=False),
     ]
+    # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
+    # takes the focus by itself, so a machine key never lands in an input
+    AUTO_FOCUS = None
 
     layout_mode: reactive[str] = reactive("compact", init=False)
 
@@ -250,6 +254,19 @@ class MainScreen(Screen):
         self.words = msg.words
         self.query_one(CommandLine).words = msg.words
 
+    # ------------------------------------------------------------------ focus
+    def on_descendant_focus(self, event) -> None:  # noqa: ANN001 - events.DescendantFocus
+        self._show_mode()
+
+    def on_descendant_blur(self, event) -> None:  # noqa: ANN001 - events.DescendantBlur
+        self.call_after_refresh(self._show_mode)
+
+    def _show_mode(self) -> None:
+        from ..widgets.lineinput import LineInput
+        typing = isinstance(self.focused, LineInput)
+        for cl in self.query(CommandLine):
+            cl.show_mode(typing)
+
     # ------------------------------------------------------------------ widgets' messages
     def on_command_line_submitted(self, msg: CommandLine.Submitted) -> None:
         if msg.surface == "guest":
@@ -332,6 +349,11 @@ class MainScreen(Screen):
     def action_help(self) -> None:
         from .help import HelpScreen
         self.app.push_screen(HelpScreen())
+
+    def action_ktr_filter(self) -> None:
+        if self.layout_mode != "wide":
+            self.query_one(TabbedContent).active = "tab-ktr"
+        self.query_one("#ktr-filter").focus()
 
     def action_surface(self, surface: str) -> None:
         cl = self.query_one(CommandLine)

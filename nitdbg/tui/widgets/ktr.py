@@ -12,6 +12,7 @@ from textual.widgets import Input
 
 from ..model import Snapshot
 from .base import Pane
+from .lineinput import LineInput
 from .lineview import Line, LineView
 
 SHOWN = 200
@@ -27,7 +28,7 @@ def _row(e: tuple[int, int, int, str]) -> Line:
 
 class KtrPane(Vertical, Pane):
     DEFAULT_CSS = """
-    KtrPane > Input { height: 1; border: none; padding: 0 1; background: $boost; }
+    KtrPane > LineInput { padding: 0 1; }
     KtrPane > LineView { height: 1fr; }
     """
 
@@ -40,7 +41,8 @@ class KtrPane(Vertical, Pane):
         self._shown = 0
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter KTR: vNMI, or !pause to hide", id="ktr-filter")
+        yield LineInput(placeholder="filter KTR: vNMI, or !pause to hide (/ to type)",
+                        id="ktr-filter")
         yield LineView(max_lines=SHOWN, id="ktr-body")
 
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
