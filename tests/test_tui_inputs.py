@@ -12,16 +12,11 @@ import asyncio
 import pytest
 
 from nitdbg.tui.app import NitdbgApp
-from nitdbg.tui.bench import wait_idle
+from nitdbg.tui.bench import screen_rows, wait_idle
 from nitdbg.tui.widgets.cmdline import CmdInput, CommandLine
 from nitdbg.tui.widgets.lineinput import LineInput
 
 SIZES = [(80, 24), (100, 30), (160, 45)]
-
-
-def screen_rows(app: NitdbgApp) -> list:
-    """The rendered rows of the screen on top (rich Segments per row)."""
-    return app.screen._compositor.render_strips()
 
 
 def row_with(app: NitdbgApp, text: str):  # noqa: ANN201 - a Strip

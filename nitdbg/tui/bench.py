@@ -50,6 +50,12 @@ async def wait_idle(app, pilot, timeout: float = 30.0) -> None:  # noqa: ANN001
     raise TimeoutError("the machine worker did not become idle")
 
 
+def screen_rows(app) -> list:  # noqa: ANN001
+    """The rows of the screen on top as the terminal receives them (Strips: `.text` and the
+    styled segments), for tests that check what is on the screen, not in a widget."""
+    return app.screen._compositor.render_strips()
+
+
 # ---------------------------------------------------------------------- the terminal side
 class _Terminal:
     """A child `nitdbg --no-record` on a pty, and what it reports."""

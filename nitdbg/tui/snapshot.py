@@ -18,8 +18,9 @@ from ..x86.retire import EV_EXCEPTION, EV_INJECT, EV_INTR, EV_IRET, EV_NMI, EV_V
 from .explain import explain
 from .model import DisLine, Snapshot, TimelineEvent, VcpuView, VmcbView
 
-DISASM_BEFORE = 8          # instructions shown above the current one
-DISASM_AFTER = 14          # ... and from it on
+DISASM_BEFORE = 24         # instructions carried above the current one (the pane shows
+DISASM_AFTER = 26          # as many as centre it in its height) ... and from it on
+DISASM_BACK = 0x800        # bytes decoded before RIP at most (from a symbol's start)
 KTR_TAIL = 400             # KTR entries carried in a snapshot
 TIMELINE_EVENTS = 1500     # newest events carried per vCPU (PAUSE exits left out) ...
 TIMELINE_SCAN = 1 << 16    # ... from this many newest retirement-log events
@@ -120,8 +121,17 @@ class SnapshotBuilder:
 
     def _disasm(self, m, v, rip: int, since: int, bps: set[int]  # noqa: ANN001
                 ) -> tuple[DisLine, ...]:
-        hit = m.symbols.lookup(rip)
-        start = rip - hit[1] if hit is not None and hit[1] <= 0x400 else rip
+        # decode from a symbol's start (instruction boundaries are known there), going back
+        # a symbol or two when RIP is near the start of its own, so rows above ▶ are filled
+        start = probe = rip
+        for _ in range(3):
+            hit = m.symbols.lookup(probe)
+            if hit is None or rip - (probe - hit[1]) > DISASM_BACK:
+                break
+            start = probe - hit[1]
+            if rip - start >= DISASM_BEFORE * 4 or start == 0:
+                break
+            probe = start - 1
         code = b""
         for lo in (start, rip):
             try:

@@ -1,6 +1,8 @@
-"""The main screen: every pane, laid out for the terminal (compact at 100x30, wide from
-150x40), wired to the machine worker through Messages. The screen holds no machine: it
-posts `RequestMachine` (the app forwards it to the worker) and shows `MachineUpdate`s."""
+"""The main screen: every pane, laid out for the terminal (small below 100x30: disassembly,
+registers, RFLAGS, NMI state and the prompt on the first screen, the rest in tabs; compact
+at 100x30; wide from 150x40), wired to the machine worker through Messages. The screen
+holds no machine: it posts `RequestMachine` (the app forwards it to the worker) and shows
+`MachineUpdate`s."""
 
 from __future__ import annotations
 
@@ -31,11 +33,15 @@ from ..widgets.vmcb import VmcbPane
 from ..worker import MachineOutput, MachineUpdate, Request
 
 WIDE = (150, 40)       # from this terminal size on, every pane is visible at once
+COMPACT = (100, 30)    # below this, the small layout (80x24 and up)
+LAYOUTS = ("small", "compact", "wide")
 BOOTING = "booting the guest…"
 
 
 def layout_for(width: int, height: int) -> str:
-    return "wide" if width >= WIDE[0] and height >= WIDE[1] else "compact"
+    if width >= WIDE[0] and height >= WIDE[1]:
+        return "wide"
+    return "compact" if width >= COMPACT[0] and height >= COMPACT[1] else "small"
 
 
 class RequestMachine(Message):
@@ -105,22 +111,35 @@ class MainScreen(Screen):
         self._panes = None
         if self.layout_mode == "wide":
             yield from self._wide()
+        elif self.layout_mode == "small":
+            yield from self._small()
         else:
             yield from self._compact()
         yield VerdictBar(id="verdict")
         yield CommandLine(id="cmdline")
-        yield Footer()
+        yield Footer(compact=self.layout_mode == "small")
 
     def _side(self) -> ComposeResult:
         yield RegistersPane(id="registers", classes="pane")
         yield RflagsPane(id="rflags", classes="pane")
         yield NmiPane(id="nmi", classes="pane")
 
+    def _small(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            yield DisasmPane(id="disasm", classes="pane")
+            yield RegistersPane(id="registers", classes="pane")
+        yield RflagsPane(id="rflags", classes="pane")
+        yield NmiPane(id="nmi", classes="pane")
+        yield from self._tabs()
+
     def _compact(self) -> ComposeResult:
         with Horizontal(id="top"):
             yield DisasmPane(id="disasm", classes="pane")
             with Vertical(id="side"):
                 yield from self._side()
+        yield from self._tabs()
+
+    def _tabs(self) -> ComposeResult:
         with TabbedContent(id="tabs"):
             with TabPane("ddb/host", id="tab-transcript"):
                 yield Transcript(id="transcript", classes="pane")
@@ -152,8 +171,12 @@ class MainScreen(Screen):
                 yield KtrPane(id="ktr", classes="pane")
                 yield StatsPane(id="stats", classes="pane")
 
+    def _set_layout_class(self, mode: str) -> None:
+        for m in LAYOUTS:
+            self.set_class(mode == m, f"-{m}")
+
     def on_mount(self) -> None:
-        self.set_class(self.layout_mode == "wide", "-wide")
+        self._set_layout_class(self.layout_mode)
         if self.snap is None:
             self._show_booting()
         self._probe("first")
@@ -189,7 +212,7 @@ class MainScreen(Screen):
             self.layout_mode = want
 
     async def watch_layout_mode(self, mode: str) -> None:
-        self.set_class(mode == "wide", "-wide")
+        self._set_layout_class(mode)
         await self.recompose()
         self._reshow()
 
@@ -232,7 +255,7 @@ class MainScreen(Screen):
         if snap.surface == "ddb" and cl.surface != "ddb":
             self._surface_user = cl.surface
             cl.set_surface("ddb")
-            if self.layout_mode == "compact":
+            if self.layout_mode != "wide":
                 self.query_one(TabbedContent).active = "tab-transcript"
         elif snap.surface != "ddb" and cl.surface == "ddb":
             cl.set_surface(self._surface_user if self._surface_user != "ddb" else "host")
@@ -247,7 +270,7 @@ class MainScreen(Screen):
         if source == "audit":
             from .evidence import EvidenceScreen
             self.app.push_screen(EvidenceScreen(text))
-        elif source == "error" and self.layout_mode == "compact":
+        elif source == "error" and self.layout_mode != "wide":
             self.query_one(TabbedContent).active = "tab-transcript"
 
     def on_machine_words(self, msg: MachineWords) -> None:
@@ -344,7 +367,7 @@ class MainScreen(Screen):
 
     def action_layout(self) -> None:
         self.forced_layout = True
-        self.layout_mode = "wide" if self.layout_mode == "compact" else "compact"
+        self.layout_mode = LAYOUTS[(LAYOUTS.index(self.layout_mode) + 1) % len(LAYOUTS)]
 
     def action_help(self) -> None:
         from .help import HelpScreen
@@ -361,6 +384,6 @@ class MainScreen(Screen):
             if surface != "ddb":
                 self._surface_user = surface
             cl.set_surface(surface)
-            if surface == "guest" and self.layout_mode == "compact":
+            if surface == "guest" and self.layout_mode != "wide":
                 self.query_one(TabbedContent).active = "tab-console"
         cl.input.focus()

@@ -7,6 +7,7 @@ another machine)."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input
 
@@ -26,10 +27,21 @@ def _row(e: tuple[int, int, int, str]) -> Line:
             (msg, "bold #ffcb6b" if any(h in msg for h in HIGHLIGHT) else ""))
 
 
+class KtrBody(LineView):
+    """KTR rows kept whole (columns aligned); a long message scrolls sideways."""
+
+    DEFAULT_CSS = "KtrBody { overflow-x: auto; }"
+    BINDINGS = [Binding("left", "scroll_left", "scroll left", show=False),
+                Binding("right", "scroll_right", "scroll right", show=False),
+                Binding("home", "scroll_home", show=False),
+                Binding("end", "scroll_end", show=False)]
+    hscroll = True
+
+
 class KtrPane(Vertical, Pane):
     DEFAULT_CSS = """
     KtrPane > LineInput { padding: 0 1; }
-    KtrPane > LineView { height: 1fr; }
+    KtrPane > KtrBody { height: 1fr; }
     """
 
     def __init__(self, **kw) -> None:  # noqa: ANN003
@@ -43,7 +55,7 @@ class KtrPane(Vertical, Pane):
     def compose(self) -> ComposeResult:
         yield LineInput(placeholder="filter KTR: vNMI, or !pause to hide (/ to type)",
                         id="ktr-filter")
-        yield LineView(max_lines=SHOWN, id="ktr-body")
+        yield KtrBody(max_lines=SHOWN, id="ktr-body")
 
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         return snap.ktr_epoch, snap.ktr_total

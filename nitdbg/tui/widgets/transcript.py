@@ -12,6 +12,7 @@ STYLES = {"ddb": "", "host": "#c3e88d", "error": "bold #ff5370", "info": "#89ddf
 
 
 class Transcript(LineView, Pane):
+    wrap = True          # ddb's `bt`, the watchdog line: every word readable
     def __init__(self, **kw) -> None:  # noqa: ANN003
         super().__init__(max_lines=2000, **kw)
 

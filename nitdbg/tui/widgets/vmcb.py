@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..model import Snapshot
 from .base import Pane, base_vcpu
-from .lineview import LinePane
+from .lineview import LinePane, wrap_line
 
 CHANGED = "bold #ffcb6b on #3b2f1a"
 
@@ -40,4 +40,5 @@ class VmcbPane(LinePane, Pane):
         row("rip", "rip", f"{b.rip:#x}")
         row("dr6/dr7", "dr6", f"{b.dr6:#x} / {b.dr7:#x}" + (" BS" if b.dr6 & 0x4000 else ""))
         row("intercepts", "intercepts", " ".join(b.intercepts))
-        self.set_lines(lines)
+        width = self.scrollable_content_region.width or 48
+        self.set_lines([r for line in lines for r in wrap_line(line, width)])
