@@ -339,6 +339,24 @@ class Machine:
                      or self.vm.console_out[start:].endswith(b"# "))
         return self.vm.console_out[start:].decode(errors="replace")
 
+    # ------------------------------------------------------------------ read-only views
+    def view(self, vcpu: int):  # noqa: ANN201 - nitdbg.view.VcpuState
+        """A frozen picture of one vCPU for the front ends (registers, VMCB, the exit its
+        save area is from, the NMI policy's state): see nitdbg/view.py."""
+        from .view import vcpu_state
+        return vcpu_state(self, vcpu)
+
+    def recent_events(self, vcpu: int, since_seq: int = 0, limit: int = 4096,  # noqa: ANN201
+                      skip_exits: frozenset[int] = frozenset()):
+        """The vCPU's retirement-log events since `since_seq`, with their virtual times."""
+        from .view import recent_events
+        return recent_events(self, vcpu, since_seq, limit, skip_exits)
+
+    def ktr_since(self, vcpu: int, since_ns: int, limit: int = 2000):  # noqa: ANN201
+        """The vCPU's KTR lines logged at or after virtual time `since_ns`."""
+        from .view import ktr_since
+        return ktr_since(self, vcpu, since_ns, limit)
+
     def regs(self, vcpu: int) -> dict[str, int]:
         """The guest registers as the hypervisor sees them (VMCB + saved GPRs)."""
         v = self.vm.vcpus[vcpu]

@@ -71,6 +71,7 @@ class LineView(ScrollView, can_focus=True):
     scrolls = True               # False: never a scrollbar (overflow hidden)
     wrap = False                 # True: a long line goes on over the next rows
     hscroll = False              # True: a long line is kept whole, the view scrolls sideways
+    follow_end = True            # keep the newest row in view (a log); False: stay put
 
     def __init__(self, max_lines: int = 1000, **kw) -> None:  # noqa: ANN003
         super().__init__(**kw)
@@ -146,11 +147,11 @@ class LineView(ScrollView, can_focus=True):
         if self.wrap and self._wrap_width != self._width():
             self._rewrap()
             self._changed()
-        if self._follow and self.scrolls:
+        if self._follow and self.scrolls and self.follow_end:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
 
     def _changed(self) -> None:
-        follow = self._follow and self.scrolls
+        follow = self._follow and self.scrolls and self.follow_end
         size = Size(self._widest if self.hscroll else 0, len(self.rows))
         height = self.scrollable_content_region.height
         was = self.virtual_size.height > height
