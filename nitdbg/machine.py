@@ -200,29 +200,11 @@ class Machine:
                 return ev
 
     def step_vcpu(self, vcpu: int, unit: str = "insn", limit: int = 1_000_000) -> StopEvent:
-        """Host-level single step of one vCPU, without the guest's involvement: one guest
-        instruction ("insn"), or up to and including its next VM exit ("exit")."""
-        if not 0 <= vcpu < len(self.vm.vcpus):
-            raise MachineError(f"no vCPU {vcpu} (the VM has {len(self.vm.vcpus)})")
-        if vcpu in self.in_kdb:
-            return StopEvent("kdb", vcpu, dict(self.in_kdb[vcpu]))
-        v = self.vm.vcpus[vcpu]
-        exits, start = v.exit_count, v.cpu.icount
-        while True:
-            if v.halted and not v.wake_pending() and not self.vm.sleep_until_event(v):
-                return StopEvent("idle", vcpu)
-            before = v.cpu.icount
-            ux = v.run(1)
-            self.total_retired += v.cpu.icount - before
-            ev = self._userspace(ux)
-            if ev is not None:
-                return ev
-            if unit == "insn" and v.cpu.icount > start:
-                return StopEvent("step", vcpu)
-            if unit == "exit" and v.exit_count > exits:
-                return StopEvent("step", vcpu, {"exitcode": v.last_exit.code})
-            if v.cpu.icount - start >= limit:
-                return StopEvent("budget", vcpu)
+        """Host-level single step of one vCPU, without the guest's involvement: exactly one
+        guest instruction, or one event delivery ("insn"); or up to its next VM exit and
+        the exit's handling, stopping before the next VMRUN ("exit"). See hoststep.py."""
+        from .hoststep import host_step
+        return host_step(self, vcpu, unit, limit)
 
     def _watchdog(self) -> StopEvent | None:
         running = [v for v in self.vm.vcpus if v.id not in self.in_kdb and not v.halted]

@@ -52,7 +52,7 @@ class ExitView:
     time: int | None             # virtual ns at the exit
 
     def where(self) -> str:
-        t = f" at {self.time / 1e6:.6f} ms" if self.time is not None else ""
+        t = f", virtual time {self.time / 1e6:.6f} ms" if self.time is not None else ""
         return f"exit #{self.number} {self.name} ({self.code:#x}) on vCPU {self.vcpu}{t}"
 
 

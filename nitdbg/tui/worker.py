@@ -339,18 +339,32 @@ class MachineWorker:
     def _host_step(self, unit: str) -> None:
         m = self.m
         assert m is not None
-        v = m.vm.vcpus[self.selected]
-        before = v.vmcb.rip if not v.svm.in_guest else v.cpu.rip
-        ev = m.step_vcpu(self.selected, unit)
-        after = v.cpu.rip if v.svm.in_guest else v.vmcb.rip
+        vcpu = self.selected
+        before = m.view(vcpu).regs["rip"]
+        ev = m.step_vcpu(vcpu, unit)
+        after_view = m.view(vcpu)
+        after = after_view.regs["rip"]
+        sym = m.symbols.format
         what = "one instruction" if unit == "insn" else "to the next VM exit"
-        msg = (f"host step vCPU {self.selected} ({what}): {m.symbols.format(before)} -> "
-               f"{m.symbols.format(after)}")
-        if ev.reason == "step" and "exitcode" in ev.info:
-            from ..svm.exitcodes import apm_name
-            msg += f", exit {apm_name(ev.info['exitcode'])}"
-        elif ev.reason != "step":
-            msg += f" ({ev.reason})"
+        msg = f"host step vCPU {vcpu} ({what}): "
+        n = ev.info.get("retired", 0)
+        if ev.reason == "step" and "delivered" in ev.info:
+            msg += (f"{ev.info['delivered']} vector {ev.info['vector']} delivered at "
+                    f"{sym(before)}, now at the handler {sym(after)}; no instruction retired "
+                    "(a delivery is a stop of its own)")
+        elif ev.reason == "step" and unit == "exit" and after_view.last_exit is not None:
+            msg += (f"{n} instruction{'s' if n != 1 else ''} from {sym(before)}, then "
+                    f"{after_view.last_exit.where()}, rip {sym(after_view.last_exit.rip)}, "
+                    "handled; stopped before the next VMRUN")
+        elif ev.reason == "step":
+            how = "retired" if n else "completed by the hypervisor"
+            exitname = ""
+            if "exitcode" in ev.info:
+                from ..svm.exitcodes import apm_name
+                exitname = f" (exit {apm_name(ev.info['exitcode'])})"
+            msg += f"{sym(before)} {how}{exitname}, now at {sym(after)}"
+        else:
+            msg += f"{sym(before)} -> {sym(after)} ({ev.reason})"
         self._out(msg + "\n", "info")
         if ev.reason == "kdb" and not m.ddb.active:
             self._stopped(ev)            # the step ran into the debugger hypercall

@@ -102,6 +102,7 @@ class MainScreen(Screen):
         self.selected = 0            # the vCPU on screen: the UI's, the worker follows it
         self._panes: list[Pane] | None = None
         self._machine_started = False
+        self._ddb_followed: int | None = None
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -228,6 +229,14 @@ class MainScreen(Screen):
 
     # ------------------------------------------------------------------ machine messages
     def on_machine_update(self, msg: MachineUpdate) -> None:
+        ddb = msg.snapshot.ddb_vcpu
+        if ddb is not None and ddb != self._ddb_followed and ddb != self.selected:
+            # a vCPU entered the debugger: the panes follow it (v selects another)
+            self.selected = ddb
+            self._submit(Request("select", num=ddb))
+            msg.outputs += ((f"vCPU {ddb} entered ddb: the panes follow it (v: another "
+                             "vCPU)\n", "info"),)
+        self._ddb_followed = ddb
         snap = msg.snapshot.select(self.selected % len(msg.snapshot.vcpus))
         self.snap = snap
         with self.app.batch_update():

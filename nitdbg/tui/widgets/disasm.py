@@ -133,7 +133,7 @@ class DisasmPane(LinePane, Pane):
 
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         v = snap.vcpu
-        return v.id, v.regs_source, v.disasm, self._geometry()
+        return v.id, v.in_ddb, v.regs_source, v.disasm, self._geometry()
 
     def on_resize(self) -> None:
         super().on_resize()
@@ -145,7 +145,8 @@ class DisasmPane(LinePane, Pane):
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         self._snap = snap
         v = snap.vcpu
-        self.set_title(f"disassembly vCPU {v.id} ({v.regs_source})")
+        self.set_title(f"disassembly vCPU {v.id}" + (" in ddb" if v.in_ddb else "")
+                       + f" ({v.regs_source})")
         wide, where_w, height = self._geometry()
         if where_w < NARROW:
             rows, cur = narrow_rows(snap.disasm)

@@ -23,12 +23,19 @@ class VmcbPane(LinePane, Pane):
         old = old_v.vmcb.fields() if old_v is not None else {}
         self.set_title(f"VMCB vCPU {v.id}")
         lines = []
+        # which #VMEXIT the save area and the exit fields come from
+        if b.exit:
+            src = "save area from " + b.exit + ("; the guest has run on since" if b.in_guest
+                                                else "")
+        else:
+            src = "no exit yet: the save area is the loader's start state"
+        lines.append(((src, "italic #89ddff"),))
 
         def row(label: str, key: str, text: str) -> None:
             changed = key in old and old[key] != getattr(b, key)
             lines.append(((f"{label:<12}", "#82aaff"), (text, CHANGED if changed else "")))
 
-        row("exitcode", "exitcode", f"{b.exitcode:#x} {b.exitname}")
+        row("exitcode", "exitcode", f"{b.exitcode:#x} {b.exitname}" if b.exit else "-")
         row("exitinfo1", "exitinfo1", f"{b.exitinfo1:#x}")
         row("exitinfo2", "exitinfo2", f"{b.exitinfo2:#x}")
         row("exitintinfo", "exitintinfo", b.exitintinfo)
