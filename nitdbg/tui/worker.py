@@ -25,6 +25,10 @@ if TYPE_CHECKING:          # the machine is imported on the worker thread, after
     from .snapshot import SnapshotBuilder
 
 CHUNK = 250_000        # guest instructions between progress snapshots while running
+# the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
+BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
+                  "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
+                  "waiting for each other to stop.")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class MachineWorker:
         self.replay = None
         self._lock = threading.Lock()
         self._said: list[tuple[str, str]] = []      # output waiting for the next snapshot
+        self.deadlock: dict[int, str] = {}          # vCPU -> where it spins (the watchdog's)
+        self._boots = 1
 
     # ------------------------------------------------------------------ UI thread side
     def submit(self, req: Request) -> None:
@@ -215,6 +221,9 @@ class MachineWorker:
     def _status(self) -> str:
         m = self.m
         assert m is not None
+        if self.deadlock:
+            spins = ", ".join(f"vCPU {c} spins in {sym}" for c, sym in self.deadlock.items())
+            return f"DEADLOCK: {spins} · R: force-reset"
         if self.state.running:
             return "running"
         if m.shutdown:
@@ -242,8 +251,11 @@ class MachineWorker:
         if k == "select":
             self.selected = r.num % len(m.vm.vcpus)
             return
-        if k == "refresh":
+        if k in ("refresh", "audit"):
+            if k == "audit":
+                self._out(m.ddb.audit.report(), "audit")
             return
+        self.deadlock = {}              # an input: the watchdog says again if it still holds
         if k == "ddb":
             self._ddb(r.arg)
         elif k == "step":
@@ -271,8 +283,8 @@ class MachineWorker:
             self._settle()
         elif k == "host_step":
             self._host_step(r.arg or "insn")
-        elif k == "audit":
-            self._out(m.ddb.audit.report(), "audit")
+        elif k == "force_reset":
+            self._force_reset()
         elif k == "scenario":
             self._scenario(r.arg)
         elif k == "record":
@@ -316,9 +328,38 @@ class MachineWorker:
             self.state.running = False
             self._snap(True)
 
+    def _force_reset(self) -> None:
+        """The way out of a deadlock: bhyvectl --force-reset through the host shell (an
+        input like any other, so a recording goes on), then boot to the prompt again."""
+        m = self.m
+        assert m is not None
+        line = f"bhyvectl --vm={m.vm.name} --force-reset"
+        self._out(f"host$ {line}\n", "host")
+        self._out(m.host(line), "host")
+        if getattr(m, "boots", 1) != self._boots:
+            self._machine_reset()
+            if self.boot:
+                m.boot_to_prompt()
+            self._out(f"vm {m.vm.name} reset and booted to the prompt\n", "info")
+
+    def _machine_reset(self) -> None:
+        """The machine rebuilt its VM (force-reset): nothing cached about the old one."""
+        m = self.m
+        assert m is not None
+        self._boots = getattr(m, "boots", 1)
+        self.builder = None
+        self._new_builder()
+        self._mark_stop()
+        self.since = dict(self._since_next)
+
     def _stopped(self, ev: StopEvent) -> None:
         m = self.m
         assert m is not None
+        if ev.reason == "deadlock":
+            self.deadlock = dict(ev.info.get("spins", {}))
+            self._out(f"DEADLOCK. {BROADCAST_NOTE} Press R to run bhyvectl "
+                      f"--vm={m.vm.name} --force-reset on the host (the recording goes on)\n",
+                      "error")
         if ev.reason == "kdb":
             self._out(m.enter_debugger(ev, max_insns=CHUNK), "ddb")
         else:

@@ -83,6 +83,7 @@ class MainScreen(Screen):
         Binding("f4", "surface('ddb')", "db>", show=False),
         Binding("colon", "surface('')", "cmd", show=False),
         Binding("slash", "ktr_filter", "filter KTR", show=False),
+        Binding("R", "force_reset", "force-reset", show=False),
     ]
     # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
     # takes the focus by itself, so a machine key never lands in an input
@@ -381,6 +382,10 @@ class MainScreen(Screen):
     def action_help(self) -> None:
         from .help import HelpScreen
         self.app.push_screen(HelpScreen())
+
+    def action_force_reset(self) -> None:
+        """bhyvectl --force-reset on the host: the way out of a deadlock."""
+        self._submit(Request("force_reset"))
 
     def action_ktr_filter(self) -> None:
         if self.layout_mode != "wide":

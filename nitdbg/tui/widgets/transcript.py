@@ -24,4 +24,5 @@ class Transcript(LineView, Pane):
         return snap.status
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        self.set_title(f"ddb / host  [{snap.status}]")
+        status = snap.status if len(snap.status) < 40 else snap.status.split(":")[0]
+        self.set_title(f"ddb / host  [{status}]")

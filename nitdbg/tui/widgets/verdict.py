@@ -22,12 +22,18 @@ class VerdictBar(Static, Pane):
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         t = Text()          # wraps: a long status (a deadlock, every vCPU) stays readable
         ok = snap.audit_ok
-        t.append(" ✔ " if ok else " ✘ ", style="bold black on #c3e88d" if ok
-                 else "bold white on #ff5370")
-        t.append(" " + snap.audit_summary, style="bold" if not ok else "")
-        if (self.size.width or 100) >= 100:
-            t.append("  (a: evidence)", style="#697098")
-        t.append(f"   {snap.status}", style="#89ddff")
+        if snap.status.startswith("DEADLOCK"):
+            # nothing runs: the deadlock is all there is to say
+            head, _, rest = snap.status.partition(":")
+            t.append(f" {head} ", style="bold white on #ff5370")
+            t.append(rest, style="bold #ff5370")
+        else:
+            t.append(" ✔ " if ok else " ✘ ", style="bold black on #c3e88d" if ok
+                     else "bold white on #ff5370")
+            t.append(" " + snap.audit_summary, style="bold" if not ok else "")
+            if (self.size.width or 100) >= 100:
+                t.append("  (a: evidence)", style="#697098")
+            t.append(f"   {snap.status}", style="#89ddff")
         update_auto_height(self, t)
         self.set_class(not ok, "-violation")
 

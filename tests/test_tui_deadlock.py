@@ -1,0 +1,32 @@
+"""The broadcast-NMI deadlock of the test plan: a DEADLOCK status naming each vCPU and where
+it spins, with the plan's note, and R as the way out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nitdbg.tui.app import NitdbgApp
+from nitdbg.tui.bench import screen_rows, wait_idle
+
+
+def test_a_broadcast_nmi_with_kdb_on_nmi_shows_deadlock_with_each_vcpu_and_the_plans_note():
+    async def flow() -> None:
+        app = NitdbgApp({}, kdb_on_nmi=True, record=None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_idle(app, pilot)
+            await pilot.press("N")
+            await wait_idle(app, pilot, timeout=120)
+            status = app.main_screen.snap.status
+            assert status.startswith("DEADLOCK: ")
+            assert "vCPU 0 spins in stop_cpus_hard" in status
+            assert "vCPU 1 spins in stop_cpus_hard" in status
+            assert "R: force-reset" in status
+            out = "".join(t for t, _ in app.main_screen.transcript)
+            assert "broadcast NMI (--cpu=-1)" in out and "--force-reset" in out
+            text = " ".join(" ".join(r.text for r in screen_rows(app)).split())
+            assert "DEADLOCK" in text and "vCPU 1 spins in" in text     # wrapped, not cut
+            # another input clears it until the watchdog says so again
+            await pilot.press("v")
+            await wait_idle(app, pilot)
+            assert app.main_screen.snap.status.startswith("DEADLOCK")   # select: no input
+    asyncio.run(flow())
