@@ -329,10 +329,10 @@ class Machine:
         return vcpu_state(self, vcpu)
 
     def recent_events(self, vcpu: int, since_seq: int = 0, limit: int = 4096,  # noqa: ANN201
-                      skip_exits: frozenset[int] = frozenset()):
+                      skip_exits: frozenset[int] = frozenset(), scan: int = 1 << 16):
         """The vCPU's retirement-log events since `since_seq`, with their virtual times."""
         from .view import recent_events
-        return recent_events(self, vcpu, since_seq, limit, skip_exits)
+        return recent_events(self, vcpu, since_seq, limit, skip_exits, scan)
 
     def ktr_since(self, vcpu: int, since_ns: int, limit: int = 2000):  # noqa: ANN201
         """The vCPU's KTR lines logged at or after virtual time `since_ns`."""

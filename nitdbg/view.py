@@ -113,6 +113,7 @@ class VcpuState:
     nmi: NmiView
     vmcb: VmcbFields
     last_exit: ExitView | None   # None: no exit yet (the save area is the loader's)
+    events_total: int = 0        # retirement-log events ever recorded (changes = news)
 
 
 # ---------------------------------------------------------------------- builders
@@ -180,7 +181,7 @@ def vcpu_state(m: Machine, vcpu: int) -> VcpuState:
     if isinstance(guest_rflags, int) and not in_guest:
         regs["rflags"] = guest_rflags        # a policy may hide its own TF/RF from the guest
     return VcpuState(v.id, in_guest, v.halted, v.id in m.in_kdb, c.icount, v.now(), regs,
-                     nmi_view(v), vmcb_fields(v), last_exit(v))
+                     nmi_view(v), vmcb_fields(v), last_exit(v), c.retire_events_total())
 
 
 def recent_events(m: Machine, vcpu: int, since_seq: int = 0, limit: int = 4096,

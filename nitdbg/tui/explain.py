@@ -18,6 +18,7 @@ the IRET" only when an IRET exit came before it and the policy logged the unbloc
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,17 +82,30 @@ class _Window:
     def __init__(self, facts: StepFacts) -> None:
         self.events = facts.events
         self.ktr = facts.ktr
+        self._times = [k.timestamp for k in facts.ktr]      # one vCPU's: in order
+        # for each event, the time of the next exit after it at a later time (None: none)
+        self._ends: list[int | None] = [None] * len(self.events)
+        end: int | None = None
+        later: list[int] = []          # exit times after i, nearest last
+        for i in range(len(self.events) - 1, -1, -1):
+            e = self.events[i]
+            while later and later[-1] <= e.time:
+                later.pop()
+            end = later[-1] if later else None
+            self._ends[i] = end
+            if e.kind == "vmexit":
+                later.append(e.time)
 
     def handling(self, i: int) -> list[str]:
         e = self.events[i]
-        end = next((x.time for x in self.events[i + 1:] if x.kind == "vmexit"
-                    and x.time > e.time), None)
-        return [k.message for k in self.ktr
-                if k.timestamp >= e.time and (end is None or k.timestamp < end)]
+        lo = bisect_left(self._times, e.time)
+        end = self._ends[i]
+        hi = len(self._times) if end is None else bisect_left(self._times, end)
+        return [k.message for k in self.ktr[lo:hi]]
 
     def next_of(self, i: int, kind: str) -> TimedEvent | None:
         """The next event of `kind` before the next exit."""
-        for x in self.events[i + 1:]:
+        for x in self.events[i + 1:i + 64]:
             if x.kind == kind:
                 return x
             if x.kind == "vmexit":

@@ -20,7 +20,9 @@ DISASM_BEFORE = 24         # instructions carried above the current one (the pan
 DISASM_AFTER = 26          # as many as centre it in its height) ... and from it on
 DISASM_BACK = 0x800        # bytes decoded before RIP at most (from a symbol's start)
 KTR_TAIL = 400             # KTR entries carried in a snapshot
-TIMELINE_EVENTS = 1500     # newest events carried per vCPU (PAUSE exits left out) ...
+TIMELINE_EVENTS = 1500     # newest events carried per vCPU (PAUSE exits left out)
+EVENT_TAIL = 4096          # newest events of each vCPU kept by the builder
+RETIRED_SCAN = 1 << 14     # retirements looked at for the dimmed "retired since" marks
 IRET_SCAN = 512            # newest events searched for the IRET exit of the window
 CONSOLE_TAIL = 8000        # bytes of serial output carried
 DECODE_CACHE = 8192        # decoded instructions kept (guest code is small)
@@ -81,6 +83,8 @@ class SnapshotBuilder:
         self.ktr = KtrTail()
         self._decoded: dict[tuple[int, bytes], DisInsn] = {}
         self._explained: dict[int, tuple] = {}
+        self._tails: dict[int, EventTail] = {}
+        self._iret: dict[int, tuple] = {}
 
     def decode(self, code: bytes, addr: int) -> DisInsn:
         key = (addr, code)
@@ -107,17 +111,28 @@ class SnapshotBuilder:
             regs, src, rflags, fsrc, fnow = _vcpu_regs(m, st, here)
             last = st.last_exit
             start = since.get(i, 0)
-            events = m.recent_events(i, start, limit=EXPLAIN_EVENTS)
+            tail = self._tails.setdefault(i, EventTail())
+            tail.update(m, i, st.events_total)
             if is_stop or i not in self._explained:
                 # explanations at stops only: a progress snapshot keeps the last ones
-                self._explained[i] = tuple(explain(self._facts(m, i, st, events, here),
-                                                   m.symbols.format))
+                events = tail.since(start)
+                if events is None:
+                    events = m.recent_events(i, start, limit=EXPLAIN_EVENTS)
+                facts = self._facts(m, i, st, events[-EXPLAIN_EVENTS:], here)
+                self._explained[i] = tuple(explain(facts, m.symbols.format))
+            key = (st.events_total, st.nmi.blocked)
+            if self._iret.get(i, (None,))[0] != key:
+                self._iret[i] = (key, _iret_window(list(tail.events)[-IRET_SCAN:], st.nmi,
+                                                   st.icount))
+            win = self._iret[i][1]
+            timeline = tuple(tail.timeline)
             views.append(VcpuView(
                 i, st.in_ddb, st.halted, st.icount, regs["rip"], regs, src,
                 rflags, fsrc, fnow, st.nmi.state, st.nmi.last_unblock, st.nmi.pending,
                 last is not None and last.code == ec.VMEXIT_IRET, _vmcb_view(st),
-                m.vm.stats.format_stats(i), _timeline(m, i), st.now,
-                self._disasm(m, i, regs["rip"], start, st.icount, bps, events, st.nmi),
+                m.vm.stats.format_stats(i), timeline, st.now,
+                self._disasm(m, i, regs["rip"], start if is_stop else st.icount, st.icount,
+                             bps, win),
                 self._explained[i], st.nmi.blocked, st.nmi.last_transition))
         console = m.console_output()[-CONSOLE_TAIL:].decode(errors="replace")
         audit = ddb.audit
@@ -143,7 +158,7 @@ class SnapshotBuilder:
         return StepFacts(vcpu, events, ktr, st.nmi, reason, verdict)
 
     def _disasm(self, m, vcpu: int, rip: int, since: int, icount: int, bps: set[int],  # noqa: ANN001
-                events, nmi) -> tuple[DisLine, ...]:  # noqa: ANN001
+                win: tuple[int, int] | None) -> tuple[DisLine, ...]:
         # decode from a symbol's start (instruction boundaries are known there), going back
         # a symbol or two when RIP is near the start of its own, so rows above ▶ are filled
         start = probe = rip
@@ -181,9 +196,11 @@ class SnapshotBuilder:
         idx = next((i for i, d in enumerate(insns) if d.addr == rip), 0)
         window = insns[max(0, idx - DISASM_BEFORE): idx + DISASM_AFTER]
         shown = {d.addr for d in window}
+        # marks from the newest RETIRED_SCAN retirements at most (a long run's are old news)
+        since = max(since, icount - RETIRED_SCAN)
         retired = retired_among(m, vcpu, since, icount, shown) if since < icount else set()
-        win = _iret_window(m.recent_events(vcpu, 0, limit=IRET_SCAN), nmi, icount)
-        iret = retired_among(m, vcpu, win[0], win[1], shown) if win else set()
+        iret = (retired_among(m, vcpu, max(win[0], win[1] - RETIRED_SCAN), win[1], shown)
+                if win else set())
         return tuple(DisLine(d.addr, m.symbols.format(d.addr), d.text, d.addr == rip,
                              d.addr in bps, d.addr in retired, d.addr in iret)
                      for d in window)
@@ -201,7 +218,8 @@ def _vcpu_regs(m, st, ddb_here: bool) -> tuple[dict[str, int], str, int, str, in
         if tf is not None:
             regs = {n: tf.get("tf_" + n, 0) for n in GPR_NAMES}
             regs["rip"] = tf["tf_rip"]
-            pushed = _pushed_rflags(m.recent_events(st.id, 0, limit=64), tf["tf_rip"])
+            pushed = _pushed_rflags(m.recent_events(st.id, 0, limit=64, scan=64),
+                                    tf["tf_rip"])
             if pushed is not None:
                 return regs, "trapframe", pushed[0], pushed[1], tf["tf_rflags"]
             return regs, "trapframe", tf["tf_rflags"], "trapframe", None
@@ -232,31 +250,68 @@ def _vmcb_view(st) -> VmcbView:  # noqa: ANN001 - nitdbg.view.VcpuState
 _TIMELINE_KIND = {"inject": "inject", "nmi": "nmi", "intr": "intr", "iret": "ret"}
 
 
-def _timeline(m, vcpu: int) -> tuple[TimelineEvent, ...]:  # noqa: ANN001
-    out: list[TimelineEvent] = []
-    for e in m.recent_events(vcpu, 0, limit=TIMELINE_EVENTS,
-                             skip_exits=frozenset({ec.VMEXIT_PAUSE})):   # spin-loop noise
-        if e.kind == "vmexit":
-            if e.info == ec.VMEXIT_IRET:
-                kind, label = "iret", "IRET exit"
-            elif e.info == ec.vmexit_excp(1):
-                kind, label = "db", "#DB exit"
-            else:
-                kind, label = "exit", ec.ktr_name(e.info)
-        elif e.kind == "inject":
-            kind, label = "inject", "inject " + ("NMI" if e.vector == 2 else f"vec {e.vector}")
-        elif e.kind == "nmi":
-            kind, label = "nmi", "NMI delivered"
-        elif e.kind == "exception":
-            kind, label = ("db", "#DB") if e.vector == 1 else ("exc", f"exception {e.vector}")
-        elif e.kind == "intr":
-            kind, label = "intr", f"interrupt {e.vector}"
-        elif e.kind == "iret":
-            kind, label = "ret", "IRET retired"
+def timeline_event(e) -> TimelineEvent | None:  # noqa: ANN001 - nitdbg.view.TimedEvent
+    if e.kind == "vmexit":
+        if e.info == ec.VMEXIT_PAUSE:          # spin-loop noise
+            return None
+        if e.info == ec.VMEXIT_IRET:
+            kind, label = "iret", "IRET exit"
+        elif e.info == ec.vmexit_excp(1):
+            kind, label = "db", "#DB exit"
         else:
-            continue
-        out.append(TimelineEvent(e.time, kind, label))
-    return tuple(out)
+            kind, label = "exit", ec.ktr_name(e.info)
+    elif e.kind == "inject":
+        kind, label = "inject", "inject " + ("NMI" if e.vector == 2 else f"vec {e.vector}")
+    elif e.kind == "nmi":
+        kind, label = "nmi", "NMI delivered"
+    elif e.kind == "exception":
+        kind, label = ("db", "#DB") if e.vector == 1 else ("exc", f"exception {e.vector}")
+    elif e.kind == "intr":
+        kind, label = "intr", f"interrupt {e.vector}"
+    elif e.kind == "iret":
+        kind, label = "ret", "IRET retired"
+    else:
+        return None
+    return TimelineEvent(e.time, kind, label)
+
+
+class EventTail:
+    """The newest events of one vCPU's retirement log, taken from the machine's view only
+    as they come (the count of events ever recorded says how many are new), and the
+    timeline built from them the same way."""
+
+    def __init__(self) -> None:
+        self.events: deque = deque(maxlen=EVENT_TAIL)
+        self.timeline: deque[TimelineEvent] = deque(maxlen=TIMELINE_EVENTS)
+        self.total = 0
+
+    def update(self, m, vcpu: int, total: int) -> bool:  # noqa: ANN001
+        """Take the events recorded since the last look; True if there were any."""
+        new = total - self.total
+        if new == 0:
+            return False
+        if not 0 < new <= EVENT_TAIL:
+            self.events.clear()
+            self.timeline.clear()
+            new = EVENT_TAIL if new > 0 else min(total, EVENT_TAIL)
+        got = m.recent_events(vcpu, 0, limit=new, scan=new)
+        self.events.extend(got)
+        self.timeline.extend(t for t in map(timeline_event, got) if t is not None)
+        self.total = total
+        return True
+
+    def since(self, seq: int) -> tuple | None:
+        """The events with seq >= `seq`, or None when the tail does not reach back so far."""
+        ev = self.events
+        if not ev or ev[0].seq > seq and len(ev) == ev.maxlen:
+            return None
+        out = []
+        for e in reversed(ev):
+            if e.seq < seq:
+                break
+            out.append(e)
+        out.reverse()
+        return tuple(out)
 
 
 def _iret_window(events, nmi, icount: int) -> tuple[int, int] | None:  # noqa: ANN001

@@ -4,14 +4,18 @@ the UI only through Messages, so the UI never blocks and never reads a running m
 Requests come in on a queue; after each one the worker posts the output text and a fresh
 `Snapshot`. A long run (`c`, a ddb command that resumes, a host-level run) goes in chunks of
 guest instructions, with a progress snapshot after each chunk, and stops at the next chunk
-boundary when the user interrupts. Chunks are counted in instructions, not wall time, so
-what the screen shows after a stop does not depend on the host's speed.
+boundary when the user interrupts (`p`). The front end sizes the chunks from the host's
+speed (about RUN_SLICE_S of wall time each, so the screen updates about 20 times a second
+and `p` takes effect within one chunk), but each chunk is a machine input counted in
+instructions (`run(max_insns=N)`, recorded as such): where a run stopped is an instruction
+count, and a replay stops at the same one whatever the host's speed.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,7 +28,10 @@ if TYPE_CHECKING:          # the machine is imported on the worker thread, after
     from ..machine import Machine, StopEvent
     from .snapshot import SnapshotBuilder
 
-CHUNK = 250_000        # guest instructions between progress snapshots while running
+CHUNK = 250_000        # guest instructions at most in one chunk of a run
+CHUNK_MIN = 2_000      # ... and at least
+FIRST_CHUNK = 20_000   # before the host's speed is known
+RUN_SLICE_S = 0.05     # wall time a chunk should take (a front end may read the clock)
 # the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
@@ -104,6 +111,7 @@ class MachineWorker:
         self._lock = threading.Lock()
         self._said: list[tuple[str, str]] = []      # output waiting for the next snapshot
         self.deadlock: dict[int, str] = {}          # vCPU -> where it spins (the watchdog's)
+        self.chunk = FIRST_CHUNK                     # instructions per chunk of a run
         self.last_session = ""                       # the recording stopped last
         self._confirm_record = False                 # r said what it would do: r again does
         self._boots = 1
@@ -310,7 +318,7 @@ class MachineWorker:
             self._out("db: the guest is not in the debugger\n", "error")
             return
         self._out(f"db> {line}\n", "ddb")
-        self._out(m.debugger(line, max_insns=CHUNK), "ddb")
+        self._out(self._timed(lambda n: m.debugger(line, max_insns=n)), "ddb")
         self._after_resume()
 
     def _after_resume(self) -> None:
@@ -321,12 +329,25 @@ class MachineWorker:
         if m.surface != "ddb" and m.shutdown is None:
             self.state.running = True
 
+    def _timed(self, run):  # noqa: ANN001, ANN202 - run(n) -> what the machine returned
+        """One chunk of `self.chunk` instructions; the next chunk is sized from how long
+        this one took (the wall clock only decides the size, the machine sees a count)."""
+        m = self.m
+        assert m is not None
+        before, t0 = m.total_retired, time.perf_counter()
+        out = run(self.chunk)
+        dt = time.perf_counter() - t0
+        done = m.total_retired - before
+        if done >= CHUNK_MIN // 2 and dt > 0:
+            self.chunk = max(CHUNK_MIN, min(CHUNK, int(done / dt * RUN_SLICE_S)))
+        return out
+
     def _run_chunk(self) -> None:
         m = self.m
         assert m is not None
         if self.interrupt.is_set():
             return           # the pause request is in the queue
-        ev = m.run(max_insns=CHUNK)
+        ev = self._timed(lambda n: m.run(max_insns=n))
         if ev.reason == "budget":
             self._snap(False, "running")
             return
@@ -368,7 +389,7 @@ class MachineWorker:
                       f"--vm={m.vm.name} --force-reset on the host (the recording goes on)\n",
                       "error")
         if ev.reason == "kdb":
-            self._out(m.enter_debugger(ev, max_insns=CHUNK), "ddb")
+            self._out(self._timed(lambda n: m.enter_debugger(ev, max_insns=n)), "ddb")
         else:
             from ..machine import describe_stop
             self._out(describe_stop(m, ev) or f"stopped: {ev.reason}\n", "info")
