@@ -71,3 +71,26 @@ def test_r_on_an_unrecorded_state_asks_first_and_reboots_only_on_the_second_r(
             assert app.machine.recorder is not None
             assert "the VM was rebooted for it, as asked" in _transcript(app)
     asyncio.run(flow())
+
+
+def test_a_run_paused_in_the_tui_is_recorded_as_instruction_counts_and_replays(tmp_path):
+    from nitdbg.session import read_session, replay
+    path = tmp_path / "run.nitrec"
+
+    async def flow() -> None:
+        app = NitdbgApp({}, record=str(path))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(app, pilot)
+            await pilot.press("c")
+            for _ in range(100):
+                await pilot.pause(0.02)
+                if app.main_screen.updates > 3:
+                    break
+            await pilot.press("p")
+            await wait_idle(app, pilot)
+            assert not app.main_screen.snap.running
+    asyncio.run(flow())
+    runs = [i for i in read_session(path).inputs if i["op"] == "run"]
+    assert runs and all(isinstance(i["args"]["max_insns"], int) for i in runs)
+    res = replay(path, verify=True)
+    assert res.ok, res.divergence
