@@ -51,6 +51,8 @@ class Console:
         self.surface = "host"
         self._before_ddb = "host"
         self._printed = 0
+        self._boots = machine.boots     # a reset starts a new serial transcript
+        self._off_said = False
 
     @property
     def prompt(self) -> str:
@@ -59,6 +61,8 @@ class Console:
     def flush_console(self) -> None:
         """Print what the guest wrote on its serial line since last time."""
         data = self.m.console_output()
+        if self.m.boots != self._boots:
+            self._boots, self._printed = self.m.boots, 0
         if len(data) > self._printed:
             text = data[self._printed:].decode(errors="replace").replace("\r\n", "\n")
             self._printed = len(data)
@@ -113,6 +117,12 @@ class Console:
             self.out(f"{e}\n")
 
     def _settle(self) -> None:
+        if self.m.powered_off:          # say it once, not after every host command
+            if not self._off_said:
+                self.out(describe_stop(self.m, StopEvent("poweroff")))
+            self._off_said = True
+            return
+        self._off_said = False
         if self.m.surface == "ddb":
             self.flush_console()
             return

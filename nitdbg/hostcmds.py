@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from .svm.intinfo import IntInfo
 from .vmm.ktr import run_ktrdump
 
+POWERED_OFF = "vm {name} is powered off (bhyvectl --vm={name} --force-reset boots it again)"
+
 if TYPE_CHECKING:
     from .machine import Machine
 
@@ -34,9 +36,12 @@ BHYVECTL_USAGE = (
     "       [--get-vmcb-virq]\n"
     "       [--capname=<capname>]\n"
     "       [--setcap=<0|1>]\n"
-    "       [--getcap]\n")
-_FLAGS = ("inject-nmi", "get-stats", "get-rip", "get-rflags", "get-dr6", "get-intinfo",
-          "get-vmcb-intercepts", "get-vmcb-exit-details", "get-vmcb-virq", "getcap")
+    "       [--getcap]\n"
+    "       [--force-reset]\n"
+    "       [--force-poweroff]\n")
+_FLAGS = ("force-reset", "force-poweroff", "inject-nmi", "get-stats", "get-rip", "get-rflags",
+          "get-dr6", "get-intinfo", "get-vmcb-intercepts", "get-vmcb-exit-details",
+          "get-vmcb-virq", "getcap")
 _VALUED = ("vm", "cpu", "assert-lapic-lvt", "capname", "setcap")
 CAPS = ("pause_exit",)
 
@@ -116,6 +121,7 @@ class HostShell:
 
     # ------------------------------------------------------------------ bhyvectl
     def bhyvectl(self, args: list[str]) -> str:
+        # Parse and validate the whole command line first: a rejected command changes nothing.
         opts: dict[str, str | bool] = {}
         for a in args:
             if not a.startswith("--"):
@@ -131,35 +137,53 @@ class HostShell:
         if not vmname:
             return BHYVECTL_USAGE
         if vmname != self.m.vm.name:
-            return f"vm_open: {vmname} could not be opened: No such file or directory\n"
+            return f"vm_open: {vmname} could not be opened: No such file or directory " \
+                   f"(the VM is {self.m.vm.name})\n"
         ncpu = len(self.m.vcpus)
         try:
             cpu = int(str(opts.get("cpu", "0")), 0)
         except ValueError:
-            return f"bhyvectl: invalid vcpu '{opts['cpu']}'\n"
+            return f"bhyvectl: invalid vcpu '{opts['cpu']}' (0 to {ncpu - 1}, or -1 for all)\n"
         if cpu != -1 and not 0 <= cpu < ncpu:
-            return f"bhyvectl: vcpu {cpu} out of range (the VM has {ncpu} vcpus)\n"
+            return f"bhyvectl: vcpu {cpu} out of range (the VM has {ncpu} vcpus: 0 to " \
+                   f"{ncpu - 1}, or -1 for all)\n"
         cpus = list(range(ncpu)) if cpu == -1 else [cpu]
-        out: list[str] = []
-        if opts.get("inject-nmi"):
-            for c in cpus:
-                self.m.inject_nmi(c)
+        pin = None
         if "assert-lapic-lvt" in opts:
             try:
                 pin = int(str(opts["assert-lapic-lvt"]), 0)
                 if not 0 <= pin <= 5:
                     raise ValueError
             except ValueError:
-                return f"bhyvectl: invalid lapic lvt pin '{opts['assert-lapic-lvt']}'\n"
-            for c in cpus:
-                self.m.assert_lapic_lvt(c, pin)
+                return f"bhyvectl: invalid lapic lvt pin '{opts['assert-lapic-lvt']}' " \
+                       "(0 to 5; 1 is LINT1, wired to NMI)\n"
+        cap = None
         if "capname" in opts:
             cap = str(opts["capname"])
             if cap not in CAPS:
-                return f"bhyvectl: capability \"{cap}\" is not supported\n"
+                return f"bhyvectl: capability \"{cap}\" is not supported (capabilities: " \
+                       f"{', '.join(CAPS)})\n"
+            if "setcap" in opts and opts["setcap"] not in ("0", "1"):
+                return f"bhyvectl: invalid setcap value '{opts['setcap']}' (0 or 1)\n"
+        elif "setcap" in opts or opts.get("getcap"):
+            return "bhyvectl: --setcap and --getcap need --capname (capabilities: " \
+                   f"{', '.join(CAPS)})\n"
+        resets = [k for k in ("force-reset", "force-poweroff") if opts.get(k)]
+        if len(resets) > 1:
+            return "bhyvectl: --force-reset and --force-poweroff exclude each other\n"
+        acts = opts.get("inject-nmi") or pin is not None or "setcap" in opts
+        if acts and self.m.powered_off:
+            return f"bhyvectl: {POWERED_OFF.format(name=self.m.vm.name)}\n"
+        # act
+        out: list[str] = []
+        if opts.get("inject-nmi"):
+            for c in cpus:
+                self.m.inject_nmi(c)
+        if pin is not None:
+            for c in cpus:
+                self.m.assert_lapic_lvt(c, pin)
+        if cap is not None:
             if "setcap" in opts:
-                if opts["setcap"] not in ("0", "1"):
-                    return f"bhyvectl: invalid setcap value '{opts['setcap']}'\n"
                 for c in cpus:
                     self.m.vm.set_pause_exits(c, opts["setcap"] == "1")
             if opts.get("getcap"):
@@ -167,8 +191,6 @@ class HostShell:
                     on = self.m.vcpus[c].vmcb.intercepted("PAUSE")
                     out.append(f"Capability \"{cap}\" is {'set' if on else 'not set'} "
                                f"on vcpu {c}\n")
-        elif "setcap" in opts or opts.get("getcap"):
-            return "bhyvectl: --setcap and --getcap need --capname\n"
         for c in cpus:
             v = self.m.vcpus[c]
             vmcb = v.vmcb
@@ -201,6 +223,10 @@ class HostShell:
                 out.append(self.m.vm.stats.format_stats(c))
                 if not out[-1].endswith("\n"):
                     out[-1] += "\n"
+        if opts.get("force-reset"):
+            self.m.force_reset()
+        elif opts.get("force-poweroff"):
+            self.m.force_poweroff()
         return "".join(out)
 
 

@@ -44,6 +44,8 @@ def host_step(m: Machine, vcpu: int, unit: str = "insn", limit: int = 1_000_000
         raise MachineError(f"unknown step unit '{unit}' (insn or exit)")
     if not 0 <= vcpu < len(m.vm.vcpus):
         raise MachineError(f"no vCPU {vcpu} (the VM has {len(m.vm.vcpus)})")
+    if getattr(m, "powered_off", False):
+        return StopEvent("poweroff", vcpu)
     if vcpu in m.in_kdb:
         return StopEvent("kdb", vcpu, dict(m.in_kdb[vcpu]))
     v = m.vm.vcpus[vcpu]

@@ -15,7 +15,7 @@ from pathlib import Path
 from .guest.boot import BootImage, VcpuBootState, load_kernel
 from .guest.elf import LoadError
 from .guest.symbols import SymbolTable
-from .hostcmds import HostShell
+from .hostcmds import POWERED_OFF, HostShell
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
 from .x86.regs import GPR_NAMES, RAX
@@ -47,7 +47,7 @@ class StopEvent:
     """Why run() returned."""
 
     reason: str                 # budget, kdb, shutdown, debug_exit, idle, panic, unhandled,
-    vcpu: int | None = None     # time, until, stopped
+    vcpu: int | None = None     # time, until, stopped, poweroff
     info: dict = field(default_factory=dict)
 
 
@@ -57,33 +57,75 @@ class Machine:
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
                  retire_order: int = 18):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
+        # what force_reset() rebuilds the VM from
+        self._config = {"kernel": path, "vcpus": vcpus, "ram_size": ram_size,
+                        "policy": policy, "name": name, "tunables": dict(tunables or {}),
+                        "retire_order": retire_order}
+        self.kernel_path = path
+        self.quantum = quantum
+        self._build()
+        self.boots = 1                          # 1 + resets: front ends restart their views
+        self.powered_off = False
+        self.listeners: list[Callable[[StopEvent], None]] = []
+        self.total_retired = 0
+        self.shell = HostShell(self)
+
+    def _build(self) -> None:
+        """Load the kernel into a new VM from self._config (construction and reset)."""
+        c = self._config
+        path = c["kernel"]
         try:
-            image = load_kernel(str(path), vcpus, ram_size)
+            image = load_kernel(str(path), c["vcpus"], c["ram_size"])
         except LoadError as e:
             raise MachineError(str(e)) from None
         except OSError as e:
             raise MachineError(f"{path}: {e.strerror or e}") from None
         try:
-            self.vm = Vm(name, len(image.vcpus), ram_size, policy, retire_order)
+            vm = Vm(c["name"], len(image.vcpus), c["ram_size"], c["policy"],
+                    c["retire_order"])
         except ValueError as e:
             raise MachineError(str(e)) from None
-        self.kernel_path = path
-        self.image = image
-        self.symbols: SymbolTable = image.symbols
-        self.quantum = quantum
-        for oid, value in (tunables or {}).items():
-            res = self.vm.sysctl.run([f"{oid}={value}"])
+        for oid, value in c["tunables"].items():
+            res = vm.sysctl.run([f"{oid}={value}"])
             if res.status:
                 raise MachineError(res.stderr.strip().splitlines()[0])
+        self.vm = vm
+        self.image = image
+        self.symbols: SymbolTable = image.symbols
         self.vm.boot()
         self._load(image)
         self.in_kdb: dict[int, dict] = {}       # vcpu -> hypercall info while in the debugger
         self.stopped: set[int] = set()          # vCPUs the front end holds
         self.shutdown: str | None = None
         self.exit_status: int | None = None
-        self.listeners: list[Callable[[StopEvent], None]] = []
-        self.total_retired = 0
-        self.shell = HostShell(self)
+        self._ddb = None
+
+    # ------------------------------------------------------------------ reset / power off
+    def force_reset(self) -> None:
+        """bhyvectl --force-reset: reboot the VM from the same kernel, vCPUs, policy and
+        tunables. What belongs to the host survives: the KTR ring, the debug.nit knobs, the
+        host clock (the new vCPUs start at the present virtual time) and the recording."""
+        old, t = self.vm, self.now()
+        self._build()
+        self.vm.ktr.take_over(old.ktr)
+        for name, value in old.knobs.as_dict().items():
+            if name != "trace_guest_exceptions":     # a boot tunable: from the config
+                setattr(self.vm.knobs, name, value)
+        for v in self.vm.vcpus:
+            v.cpu.advance_time(t - v.now())
+        self.boots += 1
+        self.powered_off = False
+
+    def force_poweroff(self) -> None:
+        """bhyvectl --force-poweroff: stop the VM; it runs again only after force_reset().
+        The host side (KTR, stats, sysctl, files) stays readable."""
+        for vcpu in list(self.in_kdb):
+            self.leave_kdb(vcpu)
+        self.powered_off = True
+
+    def _check_on(self) -> None:
+        if self.powered_off:
+            raise MachineError(POWERED_OFF.format(name=self.vm.name))
 
     def clone(self) -> Machine:
         """A complete, independent copy of the machine in its current state (a checkpoint
@@ -101,10 +143,12 @@ class Machine:
         return self.shell.run(line)
 
     def assert_lapic_lvt(self, vcpu: int, pin: int = 1) -> None:
+        self._check_on()
         self._catch_up(vcpu)
         self.vm.assert_lapic_lvt(vcpu, pin)
 
     def inject_nmi(self, vcpu: int) -> None:
+        self._check_on()
         self._catch_up(vcpu)
         self.vm.inject_nmi(vcpu)
 
@@ -136,6 +180,7 @@ class Machine:
         return bytes(self.vm.console_out)
 
     def console_input(self, data: bytes) -> None:
+        self._check_on()
         self.vm.com1.feed(data)
 
     # ------------------------------------------------------------------ running
@@ -163,6 +208,8 @@ class Machine:
             until: Callable[[], bool] | None = None) -> StopEvent:
         """Run the vCPUs until a stop: the debugger is entered, the budget of instructions or
         virtual time is used up, `until()` holds, or nothing can run."""
+        if self.powered_off:
+            return StopEvent("poweroff")
         if self.shutdown is not None:
             return StopEvent("shutdown", None, {"reason": self.shutdown})
         if self.in_kdb:
@@ -252,8 +299,6 @@ class Machine:
             from .ddb import Ddb
             self._ddb = Ddb(self.vm, self.symbols)
         return self._ddb
-
-    _ddb = None
 
     @property
     def surface(self) -> str:
@@ -355,6 +400,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
     if ev.reason == "deadlock":
         spins = ", ".join(f"vCPU {c} spins in {sym}" for c, sym in ev.info["spins"].items())
         return f"watchdog: no vCPU makes progress: {spins}\n"
+    if ev.reason == "poweroff":
+        return POWERED_OFF.format(name=m.vm.name) + "\n"
     if ev.reason == "shutdown":
         return f"vm {m.vm.name}: shutdown ({ev.info.get('reason', 'triple fault')})\n"
     if ev.reason == "debug_exit":

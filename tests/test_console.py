@@ -38,7 +38,8 @@ def test_broadcast_nmi_deadlock_is_reported_by_the_watchdog():
 def test_bad_input_gets_one_line_in_the_tools_own_words():
     out = console("bhyvectl --vm=vm9 --get-stats\nsysctl debug.nit.nope=1\nfrobnicate\n"
                   "@nowhere\n@db s\n")
-    assert "vm_open: vm9 could not be opened: No such file or directory\n" in out
+    assert "vm_open: vm9 could not be opened: No such file or directory (the VM is vm2)\n" \
+        in out
     assert "sysctl: unknown oid 'debug.nit.nope'\n" in out
     assert "frobnicate: command not found" in out
     assert "console: unknown surface '@nowhere'" in out

@@ -28,6 +28,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "run_until_output": ("text",),
     "step_vcpu": (),
     "leave_kdb": (),
+    "force_reset": (),
+    "force_poweroff": (),
 }
 
 

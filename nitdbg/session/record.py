@@ -173,6 +173,12 @@ class RecordingMachine:
     def leave_kdb(self, *a: Any, **k: Any) -> None:
         return self.record("leave_kdb", *a, **k)
 
+    def force_reset(self) -> None:
+        return self.record("force_reset")
+
+    def force_poweroff(self) -> None:
+        return self.record("force_poweroff")
+
     def close(self) -> None:
         """Write the end record (last) and close the file."""
         if self.closed:

@@ -14,6 +14,7 @@ entries "%6d ", "%3d ", "%16ju ", then the message; newest to oldest unless -l.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -189,6 +190,28 @@ class KtrEntry:
 _Slot = tuple[int, int, int, str, tuple, str, int, int]
 
 
+# The repository root (the folder holding the nitdbg package), whatever the clone is named.
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT_DIR = os.path.dirname(_PKG_DIR)
+_site_names: dict[str, str] = {}
+
+
+def source_name(path: str) -> str:
+    """The file column's name for a source file: 'nitdbg/vmm/vcpu.py' for the package's own
+    files (relative to the repository root, so a clone in a folder named 'nitdbg' prints the
+    same), the bare file name for anything else (tests, scripts)."""
+    name = _site_names.get(path)
+    if name is None:
+        full = os.path.abspath(path)
+        if full.startswith(_PKG_DIR + os.sep):
+            name = os.path.relpath(full, _ROOT_DIR).replace(os.sep, "/")
+        else:
+            name = os.path.basename(full)
+        if len(_site_names) < 4096:
+            _site_names[path] = name
+    return name
+
+
 def _caller_site() -> tuple[str, int]:
     """File and line of the code that logged (KTR records __FILE__/__LINE__ for ktrdump -f)."""
     f = sys._getframe(2)
@@ -197,9 +220,7 @@ def _caller_site() -> tuple[str, int]:
         f = f.f_back
     if f is None:  # pragma: no cover - there is always a caller
         return ("(null)", 0)
-    path = f.f_code.co_filename.replace("\\", "/")
-    cut = path.rfind("/nitdbg/")
-    return (path[cut + 1:] if cut >= 0 else path.rsplit("/", 1)[-1], f.f_lineno)
+    return (source_name(f.f_code.co_filename), f.f_lineno)
 
 
 class Ktr:
@@ -248,6 +269,13 @@ class Ktr:
                            f"got {len(args)}")
         self._put(vcpu if cpu is None else cpu, timestamp, "vm %s[%d]: " + fmt,
                   (vmname, vcpu, *args), 0)
+
+    def take_over(self, other: Ktr) -> None:
+        """Continue another ring (the host's trace survives a VM reset)."""
+        self.entries = other.entries
+        self._buf = list(other._buf)
+        self._idx = other._idx
+        self._seq = other._seq
 
     def clear(self) -> None:
         """debug.ktr.clear=1: ktr_idx = 0 and every slot zeroed."""

@@ -1,0 +1,208 @@
+"""The step loop and event priority.
+
+The hot loop runs cached, pre-translated instructions and checks one flag, `attention`; every
+state change that can produce an event at an instruction boundary (TF, RF, a pending NMI or
+interrupt, an interrupt shadow, a pending debug trap, enabled breakpoints, HLT) sets it, and
+the slow step then works through the boundary in the order of SDM vol 3 table 6-2 / APM vol 2
+8.5 before executing one instruction with all debug checks.
+"""
+
+from __future__ import annotations
+
+from . import interrupts
+from .decode import F_LOADS_RF, F_NO_SSTEP
+from .events import Events
+from .faults import Fault, Intercepted
+from .mmu import Mmu
+from .regs import (
+    CS,
+    DR6_BS,
+    IF,
+    RF,
+    SHADOW_MOVSS,
+    TF,
+)
+
+
+class StepLoop(Events, Mmu):
+    # ------------------------------------------------------------------ running
+    def run(self, budget: int) -> int:
+        """Run up to `budget` instructions. Returns the number retired; `stop_reason` says why
+        it stopped: "budget", "hlt", "intercept", "shutdown", "stop"."""
+        ring = self.retire.rips
+        mask = self.retire.mask
+        self.stop_reason = ""
+        start = self.icount
+        end = start + budget
+        # Anything that changes the decode cache in use (mode, CPL) sets `attention`, so the
+        # local copy is refreshed after every slow step.
+        icache = self.icache
+        while self.icount < end:
+            if self.attention:
+                if self._slow_step() < 0:
+                    return self.icount - start
+                icache = self.icache
+                continue
+            rip = self.rip
+            insn = icache.get(rip)
+            try:
+                if insn is None:
+                    insn = self.fetch_insn(rip)
+                self.rip = insn.next
+                insn.fn(self)
+            except Fault as f:
+                self.rip = rip
+                if self._fault(f) < 0:
+                    return self.icount - start
+                icache = self.icache
+                continue
+            except Intercepted:
+                self.rip = rip
+                self.stop_reason = "intercept"
+                return self.icount - start
+            except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+                # A bug in an instruction's semantics must not escape as a Python
+                # exception: the guest gets #UD and the record names the instruction.
+                self.rip = rip
+                if self._internal_error(rip, e) < 0:
+                    return self.icount - start
+                icache = self.icache
+                continue
+            n = self.icount
+            ring[n & mask] = rip
+            self.icount = n + 1
+        self.stop_reason = "budget"
+        return self.icount - start
+
+    def _slow_step(self) -> int:
+        """One instruction boundary with every event check, then at most one instruction.
+
+        Returns 1 if an instruction retired, 0 if only an event was handled, -1 to stop.
+        """
+        if self.shutdown:
+            self.stop_reason = "shutdown"
+            return -1
+        if self.stop_requested:
+            self.stop_requested = False
+            self.stop_reason = "stop"
+            return -1
+        shadow = self.shadow
+        try:
+            r = self._boundary_event(shadow)
+        except Fault as f:
+            return 0 if self._fault(f) >= 0 else -1
+        except Intercepted:
+            self.stop_reason = "intercept"
+            return -1
+        if r:
+            return r if r < 0 else 0
+        self.shadow = 0
+        rip = self.rip
+        rflags = self.rflags
+        pending = self.pending_db
+        try:
+            insn = self.icache.get(rip)
+            if insn is None:
+                insn = self.fetch_insn(rip)
+            # 7. Instruction breakpoints are faults checked before execution, ignored when
+            # RF=1 (SDM 17.3.1.1, APM 13.1.3.1).
+            if self.exec_bps and not rflags & RF:
+                lin = rip if self.mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
+                hit = 0
+                for addr, i in self.exec_bps:
+                    if addr == lin:
+                        hit |= 1 << i
+                if hit:
+                    self.dr[6] |= hit
+                    self.deliver_exception(1, None, fault=True)
+                    return 0
+            self.rip = insn.next
+            insn.fn(self)
+        except Fault as f:
+            # The instruction did not complete: no single-step trap for it, and data
+            # breakpoints it hit before faulting are dropped (SDM 17.3.1.2).
+            self.pending_db = pending
+            self.rip = rip
+            self.shadow = 0
+            return 0 if self._fault(f) >= 0 else -1
+        except Intercepted:
+            self.pending_db = pending
+            self.rip = rip
+            self.shadow = shadow
+            self.stop_reason = "intercept"
+            return -1
+        except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+            self.rip = rip
+            self.shadow = 0
+            return 0 if self._internal_error(rip, e) >= 0 else -1
+        # RF is cleared once an instruction completes, unless that instruction loaded it
+        # (IRET, task switch): then it lasts one more instruction (APM 13.1.3.1).
+        if self.rflags & RF and not insn.flags & F_LOADS_RF:
+            self.rflags &= ~RF
+        # TF is sampled at the start of the instruction: an instruction that sets TF is not
+        # followed by a #DB, one that clears it still is (SDM 17.3.1.4, APM 13.1.4).
+        if rflags & TF and not insn.flags & F_NO_SSTEP:
+            self.pending_db |= DR6_BS
+        self.retire.rips[self.icount & self.retire.mask] = rip
+        self.icount += 1
+        self._recompute_attention()
+        return 1
+
+    def wake_event(self) -> bool:
+        """An event that ends HLT: an unblocked NMI or an unmasked INTR (SDM vol 2 HLT)."""
+        return bool((self.nmi_pending and not self.nmi_blocked)
+                    or (self.intr_pending and self.rflags & IF))
+
+    def _boundary_event(self, shadow: int) -> int:
+        """Take the highest-priority event pending at this instruction boundary.
+
+        Returns 0 when the next instruction may execute, 1 when an event was delivered,
+        -1 to stop (halted). The order is SDM vol 3 table 6-2 (APM vol 2 8.5):
+          4. traps on the previous instruction: single-step, data breakpoints, task-switch T
+          5. NMI
+          6. maskable interrupts (INTR)
+          7. code breakpoints (in _slow_step, with the instruction fetch)
+        A halted CPU takes nothing until a wake event arrives: a single-step trap from the
+        HLT itself is delivered first after wake-up, with RIP after the HLT (REFERENCE.md,
+        checked on QEMU and Bochs).
+        """
+        if self.halted and not self.wake_event():
+            self.stop_reason = "hlt"
+            return -1
+        # 4. Traps from the previous instruction. After MOV SS / POP SS they wait until the
+        # next instruction completes (SDM 6.8.3).
+        if self.pending_db and shadow != SHADOW_MOVSS:
+            self.dr[6] |= self.pending_db
+            self.pending_db = 0
+            self.halted = False
+            self.deliver_exception(1, None)
+            return 1
+        # 5, 6. NMI, then INTR; both held off by an interrupt shadow (APM 15.21.5).
+        if self.nmi_pending and not self.nmi_blocked and not shadow:
+            self.hooks.nmi(self)
+            self.nmi_pending = False
+            self.nmi_blocked = True     # until the next IRET (SDM 6.7.1)
+            self.halted = False
+            interrupts.deliver(self, 2, "nmi", None)
+            return 1
+        if self.intr_pending and self.rflags & IF and not shadow:
+            self.hooks.intr(self)
+            vector = self.intr_ack()
+            if vector is not None:
+                self.halted = False
+                interrupts.deliver(self, vector, "intr", None)
+                return 1
+        if self.halted:
+            self.stop_reason = "hlt"
+            return -1
+        return 0
+
+    def _recompute_attention(self) -> None:
+        self.attention = bool(
+            self.rflags & (TF | RF) or self.pending_db or self.shadow or self.nmi_pending
+            or (self.intr_pending and self.rflags & IF) or self.exec_bps or self.halted
+            or self.shutdown or self.stop_requested)
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        self.attention = True
