@@ -9,9 +9,13 @@ from nitdbg.tui.app import NitdbgApp
 from nitdbg.tui.bench import screen_rows, wait_idle
 
 
-def test_a_broadcast_nmi_with_kdb_on_nmi_shows_deadlock_with_each_vcpu_and_the_plans_note():
+def test_a_broadcast_nmi_with_kdb_on_nmi_shows_deadlock_and_r_force_resets_while_recording(
+        tmp_path):
+    from nitdbg.session import replay
+    path = tmp_path / "deadlock.nitrec"
+
     async def flow() -> None:
-        app = NitdbgApp({}, kdb_on_nmi=True, record=None)
+        app = NitdbgApp({}, kdb_on_nmi=True, record=str(path))
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_idle(app, pilot)
             await pilot.press("N")
@@ -29,4 +33,15 @@ def test_a_broadcast_nmi_with_kdb_on_nmi_shows_deadlock_with_each_vcpu_and_the_p
             await pilot.press("v")
             await wait_idle(app, pilot)
             assert app.main_screen.snap.status.startswith("DEADLOCK")   # select: no input
+            # the way out: bhyvectl --force-reset on the host, then the guest boots again
+            await pilot.press("R")
+            await wait_idle(app, pilot, timeout=120)
+            out = "".join(t for t, _ in app.main_screen.transcript)
+            assert "host$ bhyvectl --vm=vm2 --force-reset" in out
+            assert "vm vm2 reset and booted to the prompt" in out
+            assert not app.main_screen.snap.status.startswith("DEADLOCK")
+            assert app.main_screen.snap.surface == "guest"
+            assert app.machine.recorder is not None          # the recording goes on
     asyncio.run(flow())
+    res = replay(path, verify=True)
+    assert res.ok, res.divergence
