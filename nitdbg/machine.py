@@ -367,6 +367,11 @@ class Machine:
         return self.vm.console_out[start:].decode(errors="replace")
 
     # ------------------------------------------------------------------ read-only views
+    def summary(self):  # noqa: ANN201 - nitdbg.view.MachineSummary
+        """The VM's name, policy, per-vCPU retirement counts, time and surface."""
+        from .view import summary
+        return summary(self)
+
     def view(self, vcpu: int):  # noqa: ANN201 - nitdbg.view.VcpuState
         """A frozen picture of one vCPU for the front ends (registers, VMCB, the exit its
         save area is from, the NMI policy's state): see nitdbg/view.py."""

@@ -116,7 +116,25 @@ class VcpuState:
     events_total: int = 0        # retirement-log events ever recorded (changes = news)
 
 
+@dataclass(frozen=True)
+class MachineSummary:
+    name: str                    # the VM's name (bhyvectl --vm=)
+    policy: str                  # the NMI policy
+    icounts: tuple[int, ...]     # instructions retired by each vCPU
+    now: int                     # the host's virtual time
+    surface: str                 # "ddb" while a vCPU is in the debugger, else "guest"
+
+    @property
+    def vcpus(self) -> int:
+        return len(self.icounts)
+
+
 # ---------------------------------------------------------------------- builders
+def summary(m: Machine) -> MachineSummary:
+    return MachineSummary(m.vm.name, m.vm.policy.name,
+                          tuple(v.cpu.icount for v in m.vm.vcpus), m.now(), m.surface)
+
+
 def nmi_view(v: Vcpu) -> NmiView:
     """The policy's state of `v`. Policies that own their state describe it
     (`nmi_describe()`); older ones kept it on the vCPU."""

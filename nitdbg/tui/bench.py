@@ -227,11 +227,11 @@ def _split(keys: int) -> dict[str, float]:
     m = Machine()
     m.boot_to_prompt()
     m.type_line("sysctl machdep.kdb_on_nmi=1")
-    m.host(f"bhyvectl --vm={m.vm.name} --cpu=0 --assert-lapic-lvt=1")
+    m.host(f"bhyvectl --vm={m.summary().name} --cpu=0 --assert-lapic-lvt=1")
     ev = m.settle()
     m.enter_debugger(ev)
     b = SnapshotBuilder(Disassembler(m.symbols))
-    since = {v.id: v.cpu.icount for v in m.vm.vcpus}
+    since = dict(enumerate(m.summary().icounts))
     b.build(m, 0, since, 0, True, False)
     step, snap = [], []
     for i in range(keys):
@@ -239,7 +239,7 @@ def _split(keys: int) -> dict[str, float]:
         m.debugger("s")
         t1 = time.perf_counter()
         b.build(m, 0, since, i + 1, True, False)
-        since = {v.id: v.cpu.icount for v in m.vm.vcpus}     # as the worker: from this stop
+        since = dict(enumerate(m.summary().icounts))     # as the worker: from this stop
         step.append(t1 - t0)
         snap.append(time.perf_counter() - t1)
     return {"tui_machine_step_ms": round(statistics.median(step) * 1000, 2),

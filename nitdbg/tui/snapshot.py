@@ -105,7 +105,8 @@ class SnapshotBuilder:
         bps = {b.address for b in ddb.breaks.list if not b.temporary}
         self.ktr.update(m.vm.ktr)
         views = []
-        for i in range(len(m.vcpus)):
+        ms = m.summary()
+        for i in range(ms.vcpus):
             st = m.view(i)
             here = ddb_vcpu == i
             regs, src, rflags, fsrc, fnow = _vcpu_regs(m, st, here)
@@ -137,7 +138,7 @@ class SnapshotBuilder:
         console = m.console_output()[-CONSOLE_TAIL:].decode(errors="replace")
         audit = ddb.audit
         return Snapshot(
-            seq, is_stop, running, selected, m.surface, m.vm.policy.name, m.vm.name,
+            seq, is_stop, running, selected, ms.surface, ms.policy, ms.name,
             tuple(views), tuple(self.ktr.rows), console, audit.summary(), audit.ok,
             len(audit.checks), ddb_vcpu, tuple(sorted(bps)), m.total_retired, m.now(),
             status, self.ktr.total, self.ktr.epoch)

@@ -22,11 +22,16 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from .model import Snapshot
+from .messages import MachineOutput, MachineUpdate, Request
+from .optional import optional as _optional
+from .recording import RecordingMixin
+from .replaying import ReplayMixin
 
 if TYPE_CHECKING:          # the machine is imported on the worker thread, after first paint
     from ..machine import Machine, StopEvent
     from .snapshot import SnapshotBuilder
+
+# requests, recording and replay live in messages.py, recording.py and replaying.py
 
 CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
@@ -36,37 +41,6 @@ RUN_SLICE_S = 0.05     # wall time a chunk should take (a front end may read the
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
                   "waiting for each other to stop.")
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the UI asks the machine to do. kind: ddb, host, guest, step, continue, pause,
-    nmi, broadcast, host_step, select, audit, scenario, record, replay_open, replay_step,
-    refresh, quit."""
-
-    kind: str
-    arg: str = ""
-    num: int = 0
-
-
-class MachineUpdate(Message):
-    """A new picture of the machine, with what was said since the previous one (text,
-    source): one message, so the screen paints a request's echo, output and result in one
-    frame."""
-
-    def __init__(self, snapshot: Snapshot, outputs: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-        self.outputs = outputs
-
-
-class MachineOutput(Message):
-    """Text for the transcript: what ddb, the host shell or the worker said."""
-
-    def __init__(self, text: str, source: str) -> None:
-        super().__init__()
-        self.text = text
-        self.source = source      # ddb, host, guest, info, error, audit
 
 
 @dataclass
@@ -79,16 +53,7 @@ class WorkerState:
     history: list[str] = field(default_factory=list)
 
 
-def _optional(module: str, *names: str):
-    """Parts still being written by others (scenarios, session): None until they land."""
-    try:
-        mod = __import__(f"nitdbg.{module}", fromlist=list(names))
-        return tuple(getattr(mod, n) for n in names)
-    except (ImportError, AttributeError):
-        return None
-
-
-class MachineWorker:
+class MachineWorker(RecordingMixin, ReplayMixin):
     def __init__(self, machine_kwargs: dict | None, post: Callable[[Message], object],
                  boot: bool = True, kdb_on_nmi: bool = False, record: str | None = None):
         self.kwargs = dict(machine_kwargs or {})
@@ -188,7 +153,8 @@ class MachineWorker:
         self._mark_stop()
         self.state.booted = True
         m = self.m
-        self._out(f"vm {m.vm.name}: {len(m.vm.vcpus)} vCPUs, policy {m.vm.policy.name}"
+        ms = m.summary()
+        self._out(f"vm {ms.name}: {ms.vcpus} vCPUs, policy {ms.policy}"
                   + (", at the guest shell prompt" if self.boot else "") + "\n"
                   "try: F3 then 'sysctl machdep.kdb_on_nmi=1', then n (NMI), then s (step); "
                   "? for help\n", "info")
@@ -206,7 +172,7 @@ class MachineWorker:
 
     def _mark_stop(self) -> None:
         assert self.m is not None
-        self._since_next = {v.id: v.cpu.icount for v in self.m.vm.vcpus}
+        self._since_next = dict(enumerate(self.m.summary().icounts))
 
     _since_next: dict[int, int] = {}
 
@@ -225,7 +191,7 @@ class MachineWorker:
         if is_stop:
             # "retired since the last stop": from the previous stop up to this one
             self.since = dict(self._since_next)
-            self._since_next = {v.id: v.cpu.icount for v in m.vm.vcpus}
+            self._since_next = dict(enumerate(m.summary().icounts))
         snap = self.builder.build(m, self.selected, self.since, self.state.completed,
                                   is_stop, self.state.running, status or self._status())
         said, self._said = tuple(self._said), []
@@ -264,7 +230,7 @@ class MachineWorker:
                 self._out("the guest is running: pause it first (p)\n", "error")
             return
         if k == "select":
-            self.selected = r.num % len(m.vm.vcpus)
+            self.selected = r.num % m.summary().vcpus
             return
         if k in ("refresh", "audit"):
             if k == "audit":
@@ -292,7 +258,7 @@ class MachineWorker:
             self._settle()
         elif k in ("nmi", "broadcast"):
             cpu = -1 if k == "broadcast" else self.selected
-            line = f"bhyvectl --vm={m.vm.name} --cpu={cpu} --assert-lapic-lvt=1"
+            line = f"bhyvectl --vm={m.summary().name} --cpu={cpu} --assert-lapic-lvt=1"
             self._out(f"host$ {line}\n", "host")
             self._out(m.host(line), "host")
             self._settle()
@@ -361,14 +327,14 @@ class MachineWorker:
         input like any other, so a recording goes on), then boot to the prompt again."""
         m = self.m
         assert m is not None
-        line = f"bhyvectl --vm={m.vm.name} --force-reset"
+        line = f"bhyvectl --vm={m.summary().name} --force-reset"
         self._out(f"host$ {line}\n", "host")
         self._out(m.host(line), "host")
         if getattr(m, "boots", 1) != self._boots:
             self._machine_reset()
             if self.boot:
                 m.boot_to_prompt()
-            self._out(f"vm {m.vm.name} reset and booted to the prompt\n", "info")
+            self._out(f"vm {m.summary().name} reset and booted to the prompt\n", "info")
 
     def _machine_reset(self) -> None:
         """The machine rebuilt its VM (force-reset): nothing cached about the old one."""
@@ -386,8 +352,8 @@ class MachineWorker:
         if ev.reason == "deadlock":
             self.deadlock = dict(ev.info.get("spins", {}))
             self._out(f"DEADLOCK. {BROADCAST_NOTE} Press R to run bhyvectl "
-                      f"--vm={m.vm.name} --force-reset on the host (the recording goes on)\n",
-                      "error")
+                      f"--vm={m.summary().name} --force-reset on the host (the recording "
+                      "goes on)\n", "error")
         if ev.reason == "kdb":
             self._out(self._timed(lambda n: m.enter_debugger(ev, max_insns=n)), "ddb")
         else:
@@ -449,7 +415,7 @@ class MachineWorker:
             names = [getattr(s, "name", str(s)) for s in list_scenarios()]
             self._out("scenarios: " + ", ".join(names) + "\n", "info")
             return
-        policy = self.m.vm.policy.name if self.m else "iret-tracing"
+        policy = self.m.summary().policy if self.m else "iret-tracing"
         # a scenario builds its own machines; the one on screen is left as it is
         def say(line: str) -> None:      # a scenario takes a while: its lines as they come
             self._out(line + "\n", "info")
@@ -459,176 +425,5 @@ class MachineWorker:
         if ok is not None:
             self._out(f"scenario {name}: {'PASS' if ok else 'FAIL'}\n", "info" if ok else "error")
 
-    def _record(self, path: str) -> None:
-        """Start/stop recording. Starting never reboots behind the user's back: a machine
-        that has not run yet is recorded as it is; one whose inputs were recorded before (the
-        session just stopped) is rebuilt under the new recorder by re-executing those inputs
-        and checked to be the very same state; otherwise `r` says what it would do (reboot
-        the VM with the same configuration and record from its boot) and a second `r` does
-        it."""
-        api = _optional("session", "RecordingMachine", "default_session_path")
-        if api is None:
-            self._out("recording is not available (nitdbg.session)\n", "error")
-            return
-        m = self.m
-        assert m is not None
-        if self.recorder is not None:
-            self.recorder.close()
-            self.last_session = str(self.recorder.path)
-            self._out(f"recording stopped: {self.recorder.path} (r records again from this "
-                      "state)\n", "info")
-            self.m = self.recorder.machine
-            self.recorder = None
-            return
-        if self.replay is not None:
-            self._out("a replay is open: its machine is not recorded (o opens another)\n",
-                      "error")
-            return
-        if m.total_retired == 0:
-            rec = self._begin_recording(path, machine=m)
-            if rec is not None:
-                self._out(f"recording to {rec.path} (r stops)\n", "info")
-            return
-        if self.last_session and self._rerecord(path):
-            return
-        if not self._confirm_record:
-            self._confirm_record = True
-            self._out("this state was not reached under a recording, and a session replays "
-                      "from a boot: press r again to reboot the VM (same configuration) and "
-                      "record from its boot; any other key keeps going unrecorded\n", "error")
-            return
-        self._confirm_record = False
-        rec = self._begin_recording(path)
-        if rec is None:
-            return
-        if self.boot:
-            rec.boot_to_prompt()
-        self._new_builder()
-        self._mark_stop()
-        self._out(f"recording to {rec.path} (the VM was rebooted for it, as asked; r "
-                  "stops)\n", "info")
 
-    def _rerecord(self, path: str) -> bool:
-        """Record from the current state: a fresh machine under the recorder re-executes the
-        inputs of the session stopped before; True if it reached the same state."""
-        from ..session import ops
-        from ..session.checkpoint import first_difference, take
-        from ..session.format import SessionError, read_session
-        old = self.m
-        assert old is not None
-        try:
-            session = read_session(self.last_session)
-        except (SessionError, OSError) as e:
-            self._out(f"{e}\n", "error")
-            return False
-        rec = self._begin_recording(path, keep=True)
-        if rec is None:
-            return False
-        for inp in session.inputs:
-            ops.apply(rec, inp["op"], inp["args"])
-        diff = first_difference(take(rec.machine), take(old))
-        if diff is not None:
-            rec.close()
-            self._out(f"inputs were made since {self.last_session} stopped ({diff}): the "
-                      "state cannot be rebuilt from it\n", "error")
-            return False
-        self.recorder, self.m = rec, rec
-        self._new_builder()
-        self._out(f"recording to {rec.path} from this very state: the {len(session.inputs)} "
-                  f"inputs of {self.last_session} re-executed under it, the state checked "
-                  "the same (r stops)\n", "info")
-        return True
-
-    def _begin_recording(self, path: str, machine: Machine | None = None,  # noqa: ANN202
-                         keep: bool = False):
-        """A recorder over `machine` (a new one if None; it must not have run). `keep`: do
-        not make it the worker's machine yet."""
-        from ..machine import Machine
-        api = _optional("session", "RecordingMachine", "default_session_path")
-        if api is None:
-            if not keep:
-                self.m = machine or Machine(**self.kwargs)
-            return None
-        RecordingMachine, default_session_path = api
-        target = path or str(default_session_path())
-        rec = RecordingMachine(machine or Machine(**self.kwargs), target,
-                               tunables=self.kwargs.get("tunables"))
-        if not keep:
-            self.recorder = rec
-            self.m = rec
-            self.replay = None
-        return rec
-
-    def _replay_open(self, path: str) -> None:
-        api = _optional("session", "read_session")
-        if api is None:
-            self._out("replay is not available (nitdbg.session)\n", "error")
-            return
-        from ..session.format import SessionError
-        from ..session.replay import build_machine
-        try:
-            session = api[0](path)
-            m = build_machine(session)
-        except (SessionError, OSError) as e:
-            self._out(f"{e}\n", "error")
-            return
-        self.replay = _Replay(session, m)
-        self.m = m
-        self._new_builder()
-        self.selected = 0
-        self._mark_stop()
-        self._out(f"replaying {path}: {len(session.inputs)} inputs; ] forward, [ back\n",
-                  "info")
-
-    def _replay_step(self, delta: int) -> None:
-        rp = self.replay
-        if rp is None:
-            self._out("no session open for replay (o)\n", "error")
-            return
-        target = max(0, min(len(rp.session.inputs), rp.pos + delta))
-        if target < rp.pos:
-            # back: restore the nearest saved state and re-execute up to the target
-            at = rp.rewind(target)
-            self._out(f"replay: restored the state saved at input {at}\n", "info")
-        while rp.pos < target:
-            self._out(rp.apply_next(), "info")
-        self.m = rp.m
-        self._new_builder()
-        self._out(f"replay: at input {rp.pos} of {len(rp.session.inputs)}\n", "info")
-
-
-class _Replay:
-    """A session being stepped through: its machine and how many inputs it has had."""
-
-    # a full copy of the machine is kept at every SAVE_EVERY-th input: stepping back
-    # restores the nearest one at or before the target and re-executes from there
-    SAVE_EVERY = 4
-
-    def __init__(self, session, m: Machine) -> None:  # noqa: ANN001 - session.Session
-        self.session = session
-        self.m = m
-        self.pos = 0
-        self.saved: dict[int, Machine] = {0: m.clone()}
-
-    def rewind(self, target: int) -> int:
-        """Restore the nearest saved state at or before `target`; returns its position."""
-        pos = max(p for p in self.saved if p <= target)
-        self.m = self.saved[pos].clone()
-        self.pos = pos
-        return pos
-
-    def apply_next(self) -> str:
-        from ..session import checkpoint, ops
-        inp = self.session.inputs[self.pos]
-        result = ops.apply(self.m, inp["op"], inp["args"])
-        cks = [c for c in self.session.checkpoints if c.get("input") == inp.get("n")]
-        self.pos += 1
-        if self.pos % self.SAVE_EVERY == 0 and self.pos not in self.saved:
-            self.saved[self.pos] = self.m.clone()
-        line = f"#{inp.get('n')} {ops.describe(inp['op'], inp['args'])}"
-        if isinstance(result, str) and result:
-            line += "\n" + result.rstrip("\n")
-        if cks:
-            diff = checkpoint.first_difference(checkpoint.take(self.m), cks[0])
-            line += f"\n  checkpoint: {'DIVERGED: ' + diff if diff else 'same as recorded'}"
-        return line + "\n"
+__all__ = ["MachineOutput", "MachineUpdate", "MachineWorker", "Request", "WorkerState"]

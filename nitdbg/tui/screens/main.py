@@ -15,6 +15,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
+from ..messages import MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
 from ..widgets.base import Pane
 from ..widgets.cmdline import CommandLine
@@ -30,7 +31,6 @@ from ..widgets.timeline import TimelinePane
 from ..widgets.transcript import Transcript
 from ..widgets.verdict import VerdictBar
 from ..widgets.vmcb import VmcbPane
-from ..worker import MachineOutput, MachineUpdate, Request
 
 WIDE = (150, 40)       # from this terminal size on, every pane is visible at once
 COMPACT = (100, 30)    # below this, the small layout (80x24 and up)

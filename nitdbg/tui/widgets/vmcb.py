@@ -17,11 +17,11 @@ class VmcbPane(LinePane, Pane):
         return snap.selected, snap.vcpu.vmcb, old.vmcb if old else None
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        v = snap.vcpu
-        b = v.vmcb
-        old_v = base_vcpu(base, v.id)
+        shown = snap.vcpu
+        b = shown.vmcb
+        old_v = base_vcpu(base, shown.id)
         old = old_v.vmcb.fields() if old_v is not None else {}
-        self.set_title(f"VMCB vCPU {v.id}")
+        self.set_title(f"VMCB vCPU {shown.id}")
         lines = []
         # which #VMEXIT the save area and the exit fields come from
         if b.exit:
