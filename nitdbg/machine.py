@@ -384,6 +384,12 @@ class Machine:
         from .view import recent_events
         return recent_events(self, vcpu, since_seq, limit, skip_exits, scan)
 
+    def exit_history(self, vcpu: int):  # noqa: ANN201 - tuple[nitdbg.view.ExitSnapshot, ...]
+        """The vCPU's recent #VMEXITs with the VMCB and registers as each left them (kept
+        from the first call on)."""
+        from .view import exit_history
+        return exit_history(self, vcpu)
+
     def ktr_since(self, vcpu: int, since_ns: int, limit: int = 2000):  # noqa: ANN201
         """The vCPU's KTR lines logged at or after virtual time `since_ns`."""
         from .view import ktr_since

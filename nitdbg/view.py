@@ -174,9 +174,12 @@ def last_exit(v: Vcpu) -> ExitView | None:
 
 
 def vmcb_fields(v: Vcpu) -> VmcbFields:
+    return _fields(v.vmcb)
+
+
+def _fields(b) -> VmcbFields:  # noqa: ANN001 - nitdbg.svm.vmcb.Vmcb
     from .svm import exitcodes as ec
     from .svm.intinfo import describe
-    b = v.vmcb
     code = ec.exitcode_from_u64(b.exitcode)
     return VmcbFields(tuple(b.intercept_names()), code, ec.apm_name(code), b.exitinfo1,
                       b.exitinfo2, describe(b.exitintinfo), describe(b.eventinj), b.v_irq,
@@ -249,3 +252,62 @@ def ktr_since(m: Machine, vcpu: int, since_ns: int, limit: int = 2000) -> tuple[
         out.append(KtrLine(e.index, e.cpu, e.timestamp, e.message))
     out.reverse()
     return tuple(out)
+
+
+# ---------------------------------------------------------------------- exit history
+@dataclass(frozen=True)
+class ExitSnapshot:
+    """One past #VMEXIT: the VMCB and the guest registers as the exit left them (before
+    the hypervisor handled it)."""
+
+    exit: ExitView
+    regs: dict[str, int]
+    vmcb: VmcbFields
+
+
+class ExitRecorder:
+    """An exit listener of one vCPU keeping the VMCB bytes and the GPRs of its newest
+    exits. A callable object (not a closure), so a copied machine (Machine.clone) gets its
+    own. Reading it changes nothing in the machine."""
+
+    def __init__(self, keep: int) -> None:
+        from collections import deque
+        self.ring: deque = deque(maxlen=keep)
+
+    def __call__(self, v: Vcpu, e) -> None:  # noqa: ANN001 - nitdbg.svm.svm.Exit
+        # listeners run when the exit is counted, before its handler changes the VMCB
+        self.ring.append((v.exit_count, e.code, e.info1, e.info2, e.intinfo, e.rip,
+                          v.cpu.icount, v.now(), bytes(v.vmcb.buf), tuple(v.cpu.regs)))
+
+
+EXIT_HISTORY = 64          # exits kept per vCPU
+
+
+def exit_recorder(m: Machine, vcpu: int) -> ExitRecorder:
+    """The vCPU's recorder, attached on first use (and again after a reset's new VM)."""
+    v = m.vm.vcpus[vcpu]
+    for cb in v.exit_listeners:
+        if isinstance(cb, ExitRecorder):
+            return cb
+    rec = ExitRecorder(EXIT_HISTORY)
+    v.exit_listeners.append(rec)
+    return rec
+
+
+def exit_history(m: Machine, vcpu: int) -> tuple[ExitSnapshot, ...]:
+    """The vCPU's recent exits, oldest first, as they were (only those since the history
+    was first asked for)."""
+    from .svm import exitcodes as ec
+    from .svm.vmcb import Vmcb
+    from .x86.regs import GPR_NAMES
+    out = []
+    for number, code, i1, i2, intinfo, rip, seq, time, buf, gprs in exit_recorder(m, vcpu).ring:
+        b = Vmcb(buf)
+        regs = {n: gprs[i] for i, n in enumerate(GPR_NAMES)}
+        # after #VMEXIT the save area holds RAX, RSP, RIP and RFLAGS (APM 15.5.1)
+        regs["rax"], regs["rsp"] = b.rax, b.rsp
+        regs["rip"], regs["rflags"] = b.rip, b.rflags
+        out.append(ExitSnapshot(ExitView(number, vcpu, code, ec.apm_name(code), i1, i2,
+                                         intinfo, rip, seq, time), regs, _fields(b)))
+    return tuple(out)
+

@@ -20,6 +20,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("host: force-reset the VM", "force_reset",
      "bhyvectl --force-reset: the way out of a deadlock (R)"),
     ("input: filter the KTR log", "ktr_filter", "type a filter for the KTR pane (/)"),
+    ("host: exit history", "exit_history",
+     "recent VM exits of the vCPU, with the VMCB and registers of each (X)"),
     ("audit: show evidence", "evidence", "the step audit's report (a)"),
     ("scenario: run", "scenario", "run a scenario of the test plan (e)"),
     ("session: start/stop recording", "record", "record to session.nitrec (r)"),

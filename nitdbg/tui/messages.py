@@ -32,6 +32,16 @@ class MachineUpdate(Message):
         self.outputs = outputs
 
 
+class ExitHistory(Message):
+    """The recent exits of one vCPU, as they were (nitdbg.view.ExitSnapshot), on request."""
+
+    def __init__(self, vcpu: int, exits: tuple, names: dict[int, str]) -> None:
+        super().__init__()
+        self.vcpu = vcpu
+        self.exits = exits
+        self.names = names          # sym+off of every RIP in them (the UI has no symbols)
+
+
 class MachineOutput(Message):
     """Text for the transcript: what ddb, the host shell or the worker said."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from .messages import MachineOutput, MachineUpdate, Request
+from .messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from .optional import optional as _optional
 from .recording import RecordingMixin
 from .replaying import ReplayMixin
@@ -181,6 +181,8 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         from ..ddb.disasm import Disassembler
         from .snapshot import SnapshotBuilder
         assert self.m is not None
+        for i in range(self.m.summary().vcpus):
+            self.m.exit_history(i)           # keep each vCPU's exits from now on (X)
         if self.builder is None or self._built_for is not self.m:
             self.builder = SnapshotBuilder(Disassembler(self.m.symbols))
             self._built_for = self.m
@@ -266,6 +268,11 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self._host_step(r.arg or "insn")
         elif k == "force_reset":
             self._force_reset()
+        elif k == "exits":
+            exits = m.exit_history(self.selected)
+            names = {a: m.symbols.format(a) for x in exits
+                     for a in (x.exit.rip, x.regs["rip"])}
+            self.post(ExitHistory(self.selected, exits, names))
         elif k == "scenario":
             self._scenario(r.arg)
         elif k == "record":

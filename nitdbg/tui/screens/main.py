@@ -15,7 +15,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
-from ..messages import MachineOutput, MachineUpdate, Request
+from ..messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
 from ..widgets.base import Pane
 from ..widgets.cmdline import CommandLine
@@ -84,6 +84,7 @@ class MainScreen(Screen):
         Binding("colon", "surface('')", "cmd", show=False),
         Binding("slash", "ktr_filter", "filter KTR", show=False),
         Binding("R", "force_reset", "force-reset", show=False),
+        Binding("X", "exit_history", "exits", show=False),
     ]
     # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
     # takes the focus by itself, so a machine key never lands in an input
@@ -382,6 +383,15 @@ class MainScreen(Screen):
     def action_help(self) -> None:
         from .help import HelpScreen
         self.app.push_screen(HelpScreen())
+
+    def action_exit_history(self) -> None:
+        """The recent exits of the selected vCPU, each with its VMCB and registers."""
+        self._submit(Request("exits"))
+
+    def on_exit_history(self, msg: ExitHistory) -> None:
+        from .exits import ExitHistoryScreen
+        self.app.push_screen(ExitHistoryScreen(msg.vcpu, msg.exits,
+                                               lambda a: msg.names.get(a, f"{a:#x}")))
 
     def action_force_reset(self) -> None:
         """bhyvectl --force-reset on the host: the way out of a deadlock."""
