@@ -5,7 +5,7 @@ Requests come in on a queue; after each one the worker posts the output text and
 `Snapshot`. A long run (`c`, a ddb command that resumes, a host-level run) goes in chunks of
 guest instructions, with a progress snapshot after each chunk, and stops at the next chunk
 boundary when the user interrupts (`p`). The front end sizes the chunks from the host's
-speed (about RUN_SLICE_S of wall time each, so the screen updates about 20 times a second
+speed (about RUN_SLICE_S of wall time each, so the screen updates some 20 times a second
 and `p` takes effect within one chunk), but each chunk is a machine input counted in
 instructions (`run(max_insns=N)`, recorded as such): where a run stopped is an instruction
 count, and a replay stops at the same one whatever the host's speed.
@@ -36,7 +36,7 @@ if TYPE_CHECKING:          # the machine is imported on the worker thread, after
 CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
-RUN_SLICE_S = 0.05     # wall time a chunk should take (a front end may read the clock)
+RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the clock)
 # the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
