@@ -24,9 +24,19 @@ def _record_target(a: argparse.Namespace) -> str | None:
     return a.record or ""
 
 
+# The guests by name: their kernel and the vCPUs they boot with by default (the i386 guest
+# is multiboot v1, which starts only the BSP).
+GUESTS = {"amd64": ("amd64/kernel.elf", 2), "i386": ("i386/kernel.elf", 1)}
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel", help="guest ELF (default: the amd64 firmware)")
-    p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs (default 2)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--guest", choices=tuple(GUESTS), default=None,
+                   help="the guest by name: amd64 (the FreeBSD-like 64-bit kernel, 2 vCPUs; "
+                        "the default) or i386 (the 32-bit tsnmi kernel, 1 vCPU)")
+    g.add_argument("--kernel", help="a guest ELF of your own (default: --guest amd64)")
+    p.add_argument("--vcpus", type=int, default=None,
+                   help="number of vCPUs (default: 2 for amd64, 1 for i386)")
     p.add_argument("--policy", choices=POLICIES, default="iret-tracing",
                    help="how the hypervisor ends NMI blocking")
     p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
@@ -42,10 +52,16 @@ def _machine_kwargs(a: argparse.Namespace) -> dict:
         if not eq:
             raise SystemExit(f"nitdbg: --tunable needs NAME=VALUE, not '{t}'")
         tunables[name] = value
-    kw = {"kernel": a.kernel, "policy": a.policy, "ram_size": a.ram << 20, "name": a.vm,
+    kernel, vcpus = a.kernel, a.vcpus
+    if a.guest is not None:
+        from .machine import FIRMWARE_DIR
+        path, default_vcpus = GUESTS[a.guest]
+        kernel = str(FIRMWARE_DIR / path)
+        vcpus = default_vcpus if vcpus is None else vcpus
+    kw = {"kernel": kernel, "policy": a.policy, "ram_size": a.ram << 20, "name": a.vm,
           "tunables": tunables}
-    if a.vcpus is not None:
-        kw["vcpus"] = a.vcpus
+    if vcpus is not None:
+        kw["vcpus"] = vcpus
     return kw
 
 
@@ -121,7 +137,12 @@ def _tui(a: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"nitdbg: the TUI is not available ({e}); try 'nitdbg console'", file=sys.stderr)
         return 1
-    return run_app(_machine_kwargs(a), record=_record_target(a)) or 0
+    import os
+
+    from .hostcmds import DiskFiles
+    kw = _machine_kwargs(a)
+    kw["host_files"] = DiskFiles(os.getcwd())     # host$ files are real files, as in console
+    return run_app(kw, record=_record_target(a)) or 0
 
 
 def _console(a: argparse.Namespace) -> int:

@@ -11,16 +11,20 @@ section of the seed runs as a script and its transcript can be diffed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
+from .hostcmds import HOST_COMMANDS, DiskFiles
 from .machine import Machine, MachineError, StopEvent, describe_stop
 
 SURFACES = ("host", "guest", "ddb")
 PROMPTS = {"host": "host$ ", "guest": "guest# ", "ddb": "db> "}
-HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "sudo", "--vm=vm2",
+HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "help", "sudo",
+              "--vm=vm2", "--force-reset", "--force-poweroff",
               "--cpu=0", "--cpu=-1", "--assert-lapic-lvt=1", "--inject-nmi", "--get-stats",
               "--get-rip", "--get-rflags", "--get-dr6", "--get-intinfo",
               "--get-vmcb-intercepts", "--get-vmcb-exit-details", "--get-vmcb-virq",
@@ -53,6 +57,8 @@ class Console:
         self._printed = 0
         self._boots = machine.boots     # a reset starts a new serial transcript
         self._off_said = False
+        self._last_stop = ""
+        self.busy = False               # a line is running (for ^C)
 
     @property
     def prompt(self) -> str:
@@ -109,6 +115,10 @@ class Console:
                 data = b"\x03" if line.strip() == "^C" else line.encode() + b"\r"
                 self.m.console_input(data)
                 self._settle()
+            elif is_host_line(line):
+                # the plan's host lines, typed while the guest sits in ddb
+                self.out(f"({host_word(line)} runs on the host; you stay at db>)\n")
+                self._dispatch("host", line)
             else:
                 self.out(self.m.debugger(line))
                 self.flush_console()
@@ -131,13 +141,15 @@ class Console:
         self._after_stop(ev)
 
     def _after_stop(self, ev: StopEvent) -> None:
+        msg = ""
         if ev.reason == "kdb":
             self.out(self.m.enter_debugger(ev))
             self.flush_console()
         else:
             msg = describe_stop(self.m, ev)
-            if msg:
+            if msg and msg != self._last_stop:     # a deadlock is said once, not per command
                 self.out(msg)
+        self._last_stop = msg
         self._follow_surface()
 
     def _follow_surface(self) -> None:
@@ -155,13 +167,51 @@ class Console:
         return DDB_WORDS + self.m.symbols.names()
 
 
+# host commands that are not ddb commands (ddb's own `help` stays ddb's)
+_HOST_AT_DB = frozenset(HOST_COMMANDS) - {"help"} | {"sudo"}
+
+
+def is_host_line(line: str) -> bool:
+    words = line.split()
+    return bool(words) and words[0] in _HOST_AT_DB
+
+
+def host_word(line: str) -> str:
+    words = line.split()
+    return words[1] if words[0] == "sudo" and len(words) > 1 else words[0]
+
+
+def feed_interruptible(console: Console, line: str) -> None:
+    """Feed one line; ^C while it runs stops the machine cleanly at its next scheduling
+    step (see install_ctrl_c) instead of killing the console."""
+    console.busy = True
+    try:
+        console.feed(line)
+    finally:
+        console.busy = False
+        console.m.clear_interrupt()
+
+
+def install_ctrl_c(console: Console) -> None:
+    """SIGINT while a line runs asks the machine to stop (the handler only sets a flag);
+    between lines it is the ordinary KeyboardInterrupt."""
+    def handler(signum: int, frame: object) -> None:
+        if console.busy:
+            console.m.request_interrupt()
+        else:
+            raise KeyboardInterrupt
+    with contextlib.suppress(ValueError):      # not the main thread: leave SIGINT alone
+        signal.signal(signal.SIGINT, handler)
+
+
 def run_script(console: Console, lines: Iterable[str], echo: TextIO) -> None:
     for line in lines:
         if not console.at_line_start:
             echo.write("\n")
         echo.write(console.prompt + line.rstrip("\n") + "\n")
+        echo.flush()
         console.at_line_start = True
-        console.feed(line)
+        feed_interruptible(console, line)
 
 
 def run_interactive(console: Console) -> None:
@@ -195,7 +245,7 @@ def run_interactive(console: Console) -> None:
             return
         if line.strip() in ("quit", "exit") and console.surface == "host":
             return
-        console.feed(line)
+        feed_interruptible(console, line)
 
 
 def data_dir() -> str:
@@ -225,8 +275,11 @@ def colour_out(text: str) -> None:
             print_formatted_text(line, end="")
 
 
-def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+         cwd: str | None = None) -> int:
     interactive = stdin.isatty() and stdout.isatty()
+    # the host shell's files are real files, relative paths against our working directory
+    machine.shell.fs = DiskFiles(cwd if cwd is not None else os.getcwd())
     if interactive:
         console = Console(machine, colour_out)
     else:
@@ -239,6 +292,7 @@ def main(machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdou
     except MachineError as e:
         print(f"nitdbg: {e}", file=sys.stderr)
         return 1
+    install_ctrl_c(console)
     if interactive:
         run_interactive(console)
     else:

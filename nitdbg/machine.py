@@ -15,7 +15,7 @@ from pathlib import Path
 from .guest.boot import BootImage, VcpuBootState, load_kernel
 from .guest.elf import LoadError
 from .guest.symbols import SymbolTable
-from .hostcmds import POWERED_OFF, HostShell
+from .hostcmds import POWERED_OFF, HostFiles, HostShell
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
 from .x86.regs import GPR_NAMES, RAX
@@ -47,7 +47,8 @@ class StopEvent:
     """Why run() returned."""
 
     reason: str                 # budget, kdb, shutdown, debug_exit, idle, panic, unhandled,
-    vcpu: int | None = None     # time, until, stopped, poweroff
+    vcpu: int | None = None     # time, until, stopped, poweroff,
+    #                             internal (info: rip, bytes, insn, error, message)
     info: dict = field(default_factory=dict)
 
 
@@ -55,8 +56,10 @@ class Machine:
     def __init__(self, kernel: str | os.PathLike | None = None, vcpus: int = 2,
                  ram_size: int = 64 << 20, policy: str = "iret-tracing", name: str = "vm2",
                  tunables: dict[str, str] | None = None, quantum: int = QUANTUM,
-                 retire_order: int = 18):
+                 retire_order: int = 18, host_files: HostFiles | None = None):
         path = Path(kernel) if kernel is not None else DEFAULT_KERNEL
+        if not 1 <= quantum <= 1_000_000:
+            raise MachineError(f"quantum {quantum} is out of range 1..1000000 instructions")
         # what force_reset() rebuilds the VM from
         self._config = {"kernel": path, "vcpus": vcpus, "ram_size": ram_size,
                         "policy": policy, "name": name, "tunables": dict(tunables or {}),
@@ -68,7 +71,16 @@ class Machine:
         self.powered_off = False
         self.listeners: list[Callable[[StopEvent], None]] = []
         self.total_retired = 0
-        self.shell = HostShell(self)
+        # ^C: a front end's signal handler sets the flag (request_interrupt); run() stops at
+        # its next scheduling step and notes which step it was, so a recording can replay
+        # the same stop (stop_at_step) without anything here reading a clock.
+        self.sched_steps = 0
+        self._interrupt = False
+        self.interrupted_at: int | None = None
+        self.stop_at_step: int | None = None
+        # where ktrdump -o writes and cat/grep read: a memory table unless a front end
+        # passes the real disk (DiskFiles)
+        self.shell = HostShell(self, host_files)
 
     def _build(self) -> None:
         """Load the kernel into a new VM from self._config (construction and reset)."""
@@ -122,6 +134,15 @@ class Machine:
         for vcpu in list(self.in_kdb):
             self.leave_kdb(vcpu)
         self.powered_off = True
+
+    def request_interrupt(self) -> None:
+        """^C: stop the current run at its next scheduling step (safe from a signal
+        handler: it only sets a flag)."""
+        self._interrupt = True
+
+    def clear_interrupt(self) -> None:
+        """A ^C that came after the run it meant to stop stops nothing later."""
+        self._interrupt = False
 
     def _check_on(self) -> None:
         if self.powered_off:
@@ -218,6 +239,11 @@ class Machine:
         while True:
             if max_insns is not None and retired >= max_insns:
                 return StopEvent("budget")
+            if self._interrupt or self.sched_steps == self.stop_at_step:
+                self._interrupt = False
+                self.interrupted_at = self.sched_steps
+                return StopEvent("interrupted")
+            self.sched_steps += 1
             if until is not None and until():
                 return StopEvent("until")
             v = self.pick()
@@ -234,9 +260,11 @@ class Machine:
             q = self.quantum if self._runnable() > 1 else SOLO_QUANTUM
             if max_insns is not None:
                 q = min(q, max_insns - retired)
-            before = v.cpu.icount
+            before, restarts = v.cpu.icount, v.restarts
             ux = v.run(q)
-            retired += v.cpu.icount - before
+            # the budget counts instructions, and restarts of an emulated REP INS/OUTS as
+            # the work they are (they retire nothing until its last iteration)
+            retired += v.cpu.icount - before + v.restarts - restarts
             self.total_retired += v.cpu.icount - before
             ev = self._userspace(ux)
             if ev is None:
@@ -410,9 +438,12 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
     """One line for a stop that is not a debugger entry (empty when there is nothing to say)."""
     if ev.reason == "deadlock":
         spins = ", ".join(f"vCPU {c} spins in {sym}" for c, sym in ev.info["spins"].items())
-        return f"watchdog: no vCPU makes progress: {spins}\n"
+        return f"watchdog: no vCPU makes progress: {spins} (bhyvectl --vm={m.vm.name} " \
+               "--force-reset reboots the VM)\n"
     if ev.reason == "poweroff":
         return POWERED_OFF.format(name=m.vm.name) + "\n"
+    if ev.reason == "interrupted":
+        return "^C: stopped\n"
     if ev.reason == "shutdown":
         return f"vm {m.vm.name}: shutdown ({ev.info.get('reason', 'triple fault')})\n"
     if ev.reason == "debug_exit":
@@ -421,6 +452,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: unhandled exit {ev.info}\n"
     if ev.reason == "panic":
         return f"vm {m.vm.name}: guest panic\n"
+    if ev.reason == "internal":
+        return f"vm {m.vm.name}: vCPU {ev.vcpu} stopped: {ev.info.get('message')}\n"
     return ""
 
 

@@ -126,6 +126,8 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
     if ev is not None and ev.reason not in ("budget", "debug_exit", "idle", "time"):
         msg = describe_stop(m, ev) or f"stopped: {ev.reason}\n"
         sys.stderr.write(msg)
+        if ev.reason == "internal":
+            return 70            # EX_SOFTWARE: a bug in nitdbg, not the guest's exit status
     if m.exit_status is not None:
         return m.exit_status
     return 0

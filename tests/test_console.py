@@ -62,3 +62,32 @@ def test_console_records_by_default_and_the_session_replays(tmp_path):
     v = subprocess.run([sys.executable, "-m", "nitdbg", "replay", str(path), "--verify"],
                        capture_output=True, text=True, timeout=300)
     assert v.returncode == 0 and v.stdout.startswith("OK "), v.stdout + v.stderr
+
+
+def test_the_deadlock_is_said_once_and_force_reset_gets_the_guest_back():
+    out = console("@guest sysctl machdep.kdb_on_nmi=1\n"
+                  "bhyvectl --vm=vm2 --assert-lapic-lvt=1 --cpu=-1\n"
+                  "sysctl debug.nit.delay_usecs\n"
+                  "bhyvectl --vm=vm2 --get-rip\n"
+                  "bhyvectl --vm=vm2 --force-reset\n"
+                  "@guest sysctl kern.ostype\n")
+    assert out.count("watchdog: no vCPU makes progress") == 1
+    assert "(bhyvectl --vm=vm2 --force-reset reboots the VM)" in out
+    tail = out[out.index("host$ bhyvectl --vm=vm2 --force-reset"):]
+    assert "nitdbg amd64 firmware: 2 CPUs" in tail and "kern.ostype: FreeBSD" in tail
+
+
+def test_the_plans_host_lines_typed_at_db_run_on_the_host_and_stay_at_db():
+    out = console("@guest sysctl machdep.kdb_on_nmi=1\n"
+                  "bhyvectl --vm=vm2 --assert-lapic-lvt=1 --cpu=0\n"
+                  "sudo sysctl debug.nit.delay_usecs=5\n"
+                  "sudo bhyvectl --vm=vm2 --get-stats | grep -c vNMI\n"
+                  "s\n")
+    assert "db> sudo sysctl debug.nit.delay_usecs=5\n(sysctl runs on the host; you stay at " \
+           "db>)\ndebug.nit.delay_usecs: 0 -> 5\ndb> sudo bhyvectl" in out
+    assert "\ndb> s\n" in out and "Stopped at" in out[out.index("db> s\n"):]
+
+
+def test_help_at_host_lists_the_host_commands():
+    out = console("help\n")
+    assert "host$ help\nHost commands" in out and "--force-poweroff" in out

@@ -16,7 +16,6 @@ from nitdbg.vmm.ktr import (
     run_ktrdump,
 )
 from nitdbg.vmm.sysctl import SysctlTree
-from nitdbg.vmm.vclock import NS_PER_INSN, ClockError, VirtualClock
 
 HEADER_CT = ("index  cpu timestamp        trace\n"
              "------ --- ---------------- ----- \n")
@@ -211,60 +210,3 @@ def test_snapshot_excludes_source_positions_and_tracks_contents():
     assert k.snapshot()["entries"][0] == (0, 0, 0, 1500, "vm vm2[0]: Injecting vNMI")
     k.log(0, 1, "more")
     assert k.digest() != d
-
-
-# --- the virtual clock ------------------------------------------------------------------------
-
-
-def test_one_retired_instruction_is_ten_ns():
-    c = VirtualClock()
-    assert NS_PER_INSN == 10
-    c.retire(3)
-    assert c.now() == 30
-
-
-def test_clock_never_runs_backwards():
-    c = VirtualClock()
-    c.advance(100)
-    with pytest.raises(ClockError):
-        c.advance_to(50)
-    with pytest.raises(ClockError):
-        c.advance(-1)
-    assert c.now() == 100
-
-
-def test_timers_fire_in_deadline_then_registration_order():
-    c = VirtualClock()
-    fired = []
-    c.add_timer(200, lambda now: fired.append("b"), "b")
-    c.add_timer(100, lambda now: fired.append("a"), "a")
-    c.add_timer(200, lambda now: fired.append("c"), "c")
-    c.add_timer(300, lambda now: fired.append("late"), "late")
-    assert c.next_deadline() == 100
-    c.advance_to(c.next_deadline())
-    assert c.run_due() == 1 and fired == ["a"]
-    assert c.run_due(250) == 2 and fired == ["a", "b", "c"]
-    assert c.pending() == [(300, 3, "late")]
-
-
-def test_cancelled_timer_does_not_fire():
-    c = VirtualClock()
-    fired = []
-    t = c.add_timer(10, lambda now: fired.append(1))
-    c.cancel(t)
-    assert c.next_deadline() is None
-    assert c.run_due(100) == 0 and fired == []
-
-
-def test_timer_rearmed_into_the_past_waits_for_the_next_run():
-    c = VirtualClock()
-    fired = []
-
-    def periodic(now):
-        fired.append(now)
-        c.add_timer(now, periodic)
-
-    c.add_timer(10, periodic)
-    assert c.run_due(10) == 1
-    assert c.run_due(10) == 1
-    assert fired == [10, 10]

@@ -4,12 +4,15 @@ instruction's semantics becomes #UD for the guest and a record naming the instru
 from __future__ import annotations
 
 import capstone.x86_const as X
+import pytest
 from x86util import LongModeMachine
 
 from nitdbg.x86 import decode
 
 
-def test_an_internal_error_in_an_instruction_becomes_ud_with_a_record(monkeypatch):
+@pytest.mark.internal_error_expected
+def test_an_internal_error_stops_the_vcpu_at_the_instruction_without_inventing_a_ud(
+        monkeypatch):
     def broken(d):
         def fn(c):
             raise KeyError("simulated bug")
@@ -17,9 +20,23 @@ def test_an_internal_error_in_an_instruction_becomes_ud_with_a_record(monkeypatc
     monkeypatch.setitem(decode.TRANSLATORS, X.X86_INS_BSWAP, broken)
     m = LongModeMachine("bad: bswap %eax\nhlt\nud_handler: hlt", handlers={6: "ud_handler"})
     m.cpu.run(10)
-    assert m.cpu.rip == m.syms["ud_handler"] + 1
-    rip, _, text = m.cpu.last_unsupported
-    assert rip == m.syms["bad"] and "internal error executing bswap" in text
+    c = m.cpu
+    assert c.stop_reason == "internal" and c.rip == m.syms["bad"]
+    err = c.internal_error
+    assert err.rip == m.syms["bad"] and err.code == b"\x0f\xc8"
+    assert "bswap" in err.line() and "KeyError" in err.line()
+    assert c.run(10) == 0 and c.stop_reason == "internal"      # it runs no further
+
+
+@pytest.mark.internal_error_expected
+def test_a_translator_bug_stops_the_vcpu_too(monkeypatch):
+    def broken(d):
+        raise ValueError("translator bug")
+    monkeypatch.setitem(decode.TRANSLATORS, X.X86_INS_BSWAP, broken)
+    m = LongModeMachine("bad: bswap %eax\nhlt\nud_handler: hlt", handlers={6: "ud_handler"})
+    m.cpu.run(10)
+    assert m.cpu.stop_reason == "internal" and m.cpu.rip == m.syms["bad"]
+    assert "ValueError: translator bug" in m.cpu.internal_error.line()
 
 
 def test_flag_instructions_clear_set_and_complement_one_flag_each():

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 
 from ..guest.symbols import SymbolTable
 from ..svm import exitcodes as ec
+from ..vmm.vcpu import EMULATED_EXITS  # exits the hypervisor completes itself
 from ..vmm.vm import Vm
+from ..x86.faults import Fault
 from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_NMI, EV_SOFTINT, EV_VMEXIT, EV_VMRUN, Event
 from .disasm import Disassembler, DisInsn
 
-# Exits after which the hypervisor resumes the guest past the intercepted instruction.
-EMULATED_EXITS = frozenset({ec.VMEXIT_HLT, ec.VMEXIT_PAUSE, ec.VMEXIT_IOIO, ec.VMEXIT_MSR,
-                            ec.VMEXIT_CPUID})
 DELIVERY_KINDS = frozenset({EV_EXCEPTION, EV_NMI, EV_INTR})
 SHOW_MAX = 16          # omitted instructions listed one by one in report()
 
@@ -135,7 +134,7 @@ class StepAudit:
                 try:
                     code = self.vm.read_guest(v, rip, n)
                     break
-                except Exception:  # noqa: BLE001 - unreadable code: decode what we have
+                except (Fault, ValueError):   # unreadable code: decode what we have
                     continue
             d = self.dis.decode(code, rip) if code else self.dis.decode(b"", rip)
             self._icache[rip] = d

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..guest.abi import IDT_STUBS
+from . import state
 from .errors import DdbError
-from .examine import examine, print_value
+from .examine import EXAMINE_MAX, check_format, examine, print_value
 from .expr import ExprContext, expression, starts_expression
 from .lex import Lexer
 from .regs import FRAME_REGS, SHOW_REGS
@@ -78,9 +79,14 @@ def cmd_next(db: Ddb, a: Args):
 
 
 def cmd_examine(db: Ddb, a: Args) -> str:
-    if a.modif:
-        db.examine_format = a.modif
-    return examine(db, a.addr, db.examine_format, a.count if a.count > 0 else 1)
+    fmt = a.modif or db.examine_format
+    check_format(fmt)                 # a bad format is refused before it is remembered
+    count = a.count if a.count > 0 else 1
+    if count > EXAMINE_MAX:
+        raise DdbError(f"Count too large (at most {EXAMINE_MAX:#x} items)")
+    out = examine(db, a.addr, fmt, count)
+    db.examine_format = fmt
+    return out
 
 
 def cmd_print(db: Ddb, a: Args) -> str:
@@ -270,6 +276,7 @@ def execute(db: Ddb, line: str) -> DdbResult:
         text = db.last_line
         if not text:
             return DdbResult("")
+    before = state.save(db)
     try:
         own = _own_syntax(db, text)
         if own is not None:
@@ -285,7 +292,8 @@ def execute(db: Ddb, line: str) -> DdbResult:
         db.last_line = _repeatable(text)
         res = cmd.fn(db, args)
     except DdbError as e:
-        return DdbResult(f"{e}\n")
+        state.restore(db, before)     # a refused line changes nothing
+        return DdbResult(f"{e}\n", rejected=True)
     if isinstance(res, str):
         return DdbResult(res)
     return res
@@ -343,12 +351,14 @@ def cmd_write(db: Ddb, lx: Lexer, ctx: ExprContext) -> str:
         values.append(expression(lx, ctx) & ((1 << (8 * size)) - 1))
     if not values or not lx.at_eol():
         raise DdbError("Syntax error")
+    # Read every old value first: an unreadable address refuses the whole line before
+    # anything is written.
+    raw = db.read(addr, size * len(values))
     out = []
-    for v in values:
-        old = int.from_bytes(db.read(addr, size), "little")
-        db.write(addr, v.to_bytes(size, "little"))
-        out.append(f"{db.symbols.format(addr)}\t\t{old:#8x}\t=\t{v:#8x}\n")
-        addr += size
+    for i, v in enumerate(values):
+        old = int.from_bytes(raw[i * size:(i + 1) * size], "little")
+        out.append(f"{db.symbols.format(addr + i * size)}\t\t{old:#8x}\t=\t{v:#8x}\n")
+    db.write(addr, b"".join(v.to_bytes(size, "little") for v in values))
     return "".join(out)
 
 

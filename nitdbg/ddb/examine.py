@@ -10,6 +10,15 @@ if TYPE_CHECKING:
     from .main import Ddb
 
 MAX_WIDTH = 79        # db_max_width - 1: where db_end_line breaks a line of values
+EXAMINE_MAX = 0x1000  # items one `x` prints: ddb's pager would stop a person long before
+FORMAT_CHARS = "bhlgwarxzduocsSiI"
+STRING_MAX = 0x400    # bytes of one x/s string
+
+
+def check_format(fmt: str) -> None:
+    """Refuse an `x` format before anything is read or remembered."""
+    if any(c not in FORMAT_CHARS for c in fmt):
+        raise DdbError("Bad modifier")
 
 
 class _Out:
@@ -38,6 +47,20 @@ class _Out:
 def _signed(v: int, size: int) -> int:
     bits = 8 * size
     return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def _string(db: Ddb, addr: int) -> tuple[str, int]:
+    """A NUL-terminated string of at most STRING_MAX bytes, read a page at a time."""
+    s: list[str] = []
+    while len(s) < STRING_MAX:
+        chunk = db.read(addr, min(STRING_MAX - len(s), 0x1000 - (addr & 0xFFF)))
+        nul = chunk.find(0)
+        part = chunk if nul < 0 else chunk[:nul]
+        s.extend(chr(b) if 0x20 <= b <= 0x7E else f"\\{b:03o}" for b in part)
+        addr += len(part)
+        if nul >= 0:
+            return "".join(s), addr + 1
+    return "".join(s), addr
 
 
 def examine(db: Ddb, addr: int, fmt: str, count: int) -> str:
@@ -70,14 +93,8 @@ def examine(db: Ddb, addr: int, fmt: str, count: int) -> str:
                 out.put("\n")
                 continue
             if c == "s":
-                s = []
-                while True:
-                    b = db.read(addr, 1)[0]
-                    addr += 1
-                    if b == 0 or len(s) > 4096:
-                        break
-                    s.append(chr(b) if 0x20 <= b <= 0x7E else f"\\{b:03o}")
-                out.put("".join(s) + "\n")
+                text, addr = _string(db, addr)
+                out.put(text + "\n")
                 continue
             if c == "c":
                 b = db.read(addr, 1)[0]

@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ..guest.symbols import SymbolTable
 from .errors import DdbError
 from .lex import Lexer, is_hex_word
 
 M64 = (1 << 64) - 1
+MAX_DEPTH = 64      # parentheses and unary minus nested deeper are refused, not recursed into
 
 
 class ExprContext:
@@ -20,6 +22,7 @@ class ExprContext:
         self.symbols = symbols
         self.var = var
         self.dot = dot
+        self.depth = 0            # nesting of ( and unary -, bounded by MAX_DEPTH
 
 
 def starts_expression(lx: Lexer) -> bool:
@@ -33,13 +36,19 @@ def expression(lx: Lexer, ctx: ExprContext) -> int:
     return value & M64
 
 
+def _wrap(v: int) -> int:
+    """db_expr_t is a signed 64-bit integer: every operation wraps, so no intermediate value
+    grows without bound (a chain of huge products would otherwise cost seconds)."""
+    return ((v + (1 << 63)) & M64) - (1 << 63)
+
+
 def _add(lx: Lexer, ctx: ExprContext) -> int:
     v = _mul(lx, ctx)
     while True:
         if lx.accept("+"):
-            v = v + _mul(lx, ctx)
+            v = _wrap(v + _mul(lx, ctx))
         elif lx.accept("-"):
-            v = v - _mul(lx, ctx)
+            v = _wrap(v - _mul(lx, ctx))
         else:
             return v
 
@@ -48,39 +57,52 @@ def _mul(lx: Lexer, ctx: ExprContext) -> int:
     v = _unary(lx, ctx)
     while True:
         if lx.accept("*"):
-            v = v * _unary(lx, ctx)
+            v = _wrap(v * _unary(lx, ctx))
         elif lx.accept("/") or lx.accept("%"):
             op = lx.toks[lx.pos - 1].text
             r = _unary(lx, ctx)
             if r == 0:
                 raise DdbError("Division by 0")
-            v = v // r if op == "/" else v % r
+            v = _wrap(v // r if op == "/" else v % r)
         else:
             return v
 
 
 def _unary(lx: Lexer, ctx: ExprContext) -> int:
     if lx.accept("-"):
-        return -_unary(lx, ctx)
+        with _nested(ctx):
+            return _wrap(-_unary(lx, ctx))
     return _term(lx, ctx)
+
+
+@contextmanager
+def _nested(ctx: ExprContext) -> Iterator[None]:
+    ctx.depth += 1
+    try:
+        if ctx.depth > MAX_DEPTH:
+            raise DdbError(f"Expression too deeply nested (more than {MAX_DEPTH} levels)")
+        yield
+    finally:
+        ctx.depth -= 1
 
 
 def _term(lx: Lexer, ctx: ExprContext) -> int:
     t = lx.next()
     if t.kind == "num":
-        return t.value
+        return _wrap(t.value)
     if t.kind == "ident":
         if t.text == ".":
             return ctx.dot()
         if t.text in ctx.symbols:
             return ctx.symbols.address(t.text)
         if is_hex_word(t.text):
-            return int(t.text, 16)        # a bare hex word that is not a symbol
+            return _wrap(int(t.text, 16))   # a bare hex word that is not a symbol
         raise DdbError(f"Symbol '{t.text}' not found")
     if t.kind == "var":
         return ctx.var(t.text)
     if t.kind == "punct" and t.text == "(":
-        v = _add(lx, ctx)
+        with _nested(ctx):
+            v = _add(lx, ctx)
         if not lx.accept(")"):
             raise DdbError("Syntax error")
         return v

@@ -78,7 +78,8 @@ def tokenize(line: str) -> list[Token]:
             out.append(Token("punct", c))
             i += 1
             continue
-        raise DdbError(f"Bad character '{c}'")
+        shown = c if c.isprintable() else ascii(c)[1:-1]     # one line, whatever was typed
+        raise DdbError(f"Bad character '{shown}'")
     out.append(Token("eol", ""))
     return out
 

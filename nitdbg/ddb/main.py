@@ -35,6 +35,7 @@ TID_BASE = 100000            # FreeBSD numbers threads from 100000
 class DdbResult:
     output: str          # what to print
     resume: bool = False  # True: leave kdb, run the guest, call enter() at the next stop
+    rejected: bool = False  # the line was refused: nothing changed, output is one line
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Ddb:
 
     def write(self, addr: int, data: bytes) -> None:
         try:
-            self.vm.write_guest(self._v(), addr, data)
+            self.vm.write_guest(self._v(), addr & ((1 << 64) - 1), data)
         except (Fault, ValueError):
             raise DdbError(f"*** error writing to address {addr:x} ***") from None
 

@@ -35,7 +35,8 @@ def backtrace(db: Ddb, count: int = -1) -> str:
     tf = db.frame()
     pc, rsp, frame = tf["tf_rip"], tf["tf_rsp"], tf["tf_rbp"]
     out = [f"Tracing pid {db.thread[0]} tid {db.thread[1]}\n"]
-    count = MAX_FRAMES if count < 0 else count
+    limited = count < 0 or count > MAX_FRAMES
+    count = MAX_FRAMES if limited else count
     first = True
     q = db.read_q
     while count > 0:
@@ -88,4 +89,8 @@ def backtrace(db: Ddb, count: int = -1) -> str:
             break
         if not inkernel(frame):
             break
+    else:
+        if limited:        # say the walk was cut, rather than end as if the chain ended
+            out.append(f"--- stopped after {MAX_FRAMES} frames: the frame chain goes on "
+                       "(it may loop) ---\n")
     return "".join(out)

@@ -1,6 +1,7 @@
 """The firmware ABI: what the host side knows about the guest kernels in firmware/.
 
-One module, pure data and byte helpers, no imports from the rest of nitdbg:
+One module, pure data and byte helpers, importing only the hypercall numbers from the
+hypervisor that defines them (nitdbg/vmm/hypercall.py):
 the hypercall port and numbers, FreeBSD's struct trapframe (amd64 and i386)
 as (name, offset, size) tables with pack/unpack helpers, the T_* trap types
 and their names, the PSL_* RFLAGS bits, the names of the guest symbols that
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..vmm.hypercall import HC_KDB_ENTER, HC_PANIC, HYPERCALL_PORT
+from ..vmm.hypercall import HYPERCALL_NAMES as HYPERCALL_NAMES  # re-exported
+
 
 class AbiError(ValueError):
     """Bad input to one of the helpers (wrong buffer size, unknown field, value too wide)."""
@@ -25,15 +29,10 @@ class AbiError(ValueError):
 
 # ---- hypercalls (guest -> host) -------------------------------------------------------------
 
-#: `outl %eax, $NIT_HC_PORT` with EAX = call number is a hypercall; arguments in RDI, RSI, RDX.
-NIT_HC_PORT = 0xE0
-#: RDI = trapframe virtual address, RSI = T_* trap type, RDX = cpu id.  The host debugger
-#: may edit the frame; the guest then returns through its trap exit path (iretq).
-NIT_HC_KDB_ENTER = 1
-#: RDI = pointer to a NUL-terminated message.  The host stops the VM.
-NIT_HC_PANIC = 2
-
-HYPERCALL_NAMES: dict[int, str] = {NIT_HC_KDB_ENTER: "kdb_enter", NIT_HC_PANIC: "panic"}
+#: The hypervisor defines them (nitdbg/vmm/hypercall.py); the firmware's names for them.
+NIT_HC_PORT = HYPERCALL_PORT
+NIT_HC_KDB_ENTER = HC_KDB_ENTER
+NIT_HC_PANIC = HC_PANIC
 
 # Other fixed I/O ports the firmware uses.
 COM1_PORT = 0x3F8

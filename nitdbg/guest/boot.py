@@ -22,6 +22,7 @@ from nitdbg.guest.elf import (
     read_source,
 )
 from nitdbg.guest.symbols import SymbolTable
+from nitdbg.x86.regs import EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE
 
 DEFAULT_RAM_SIZE = 64 << 20
 MAX_VCPUS = 16  # boot stacks below 0x80000 leave room for 28; bhyve's old VM_MAXCPU was 16
@@ -51,7 +52,6 @@ ATTR_TSS_BUSY16 = 0x083  # P, system type 3
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 31
 CR4_PAE = 0x20
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 0x1, 0x100, 0x400, 0x800
 # The contract's 0x80050033 also has AM (bit 18), as a running FreeBSD/amd64 kernel does.
 CR0_LONG = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG  # 0x80050033
 EFER_LONG = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE  # 0xD01

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ PT_LOAD = "PT_LOAD"
 MACHINE_NAMES = {"EM_X86_64": "x86-64", "EM_386": "i386"}
 _EHDR_SIZE = {1: 52, 2: 64}  # by EI_CLASS
 _PHDR_SIZE = {1: 32, 2: 56}
+KERNEL_MAX = 128 << 20   # bytes: a kernel file larger than this is refused before reading
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
@@ -71,10 +73,22 @@ def read_source(src: Source, name: str | None = None) -> tuple[bytes, str]:
     if isinstance(src, bytes | bytearray | memoryview):
         return bytes(src), name or "<image>"
     path = Path(src)
+    label = name or path
     try:
-        return path.read_bytes(), name or path.name
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # /dev/zero, a FIFO, a directory: refused before a byte is read
+            raise BadImage(f"{label}: not a regular file")
+        if st.st_size > KERNEL_MAX:
+            raise BadImage(f"{label}: {st.st_size} bytes is larger than a kernel may be "
+                           f"({_mib(KERNEL_MAX)})")
+        with path.open("rb") as f:
+            raw = f.read(KERNEL_MAX + 1)      # bounded even if the file grows meanwhile
     except OSError as e:
-        raise BadImage(f"{name or path}: cannot read: {e.strerror or e}") from None
+        raise BadImage(f"{label}: cannot read: {e.strerror or e}") from None
+    if len(raw) > KERNEL_MAX:
+        raise BadImage(f"{label}: larger than a kernel may be ({_mib(KERNEL_MAX)})")
+    return raw, name or path.name
 
 
 def elf_class(raw: bytes) -> int | None:

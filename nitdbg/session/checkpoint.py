@@ -83,12 +83,21 @@ def _fmt(name: str, v: object) -> str:
     return hex(v)
 
 
+def _same(a: object, b: object) -> bool:
+    """Equal as JSON values: `true` is not `1` (Python's True == 1 would say it is)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict | list):
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    return a == b
+
+
 def first_difference(mine: dict, recorded: dict) -> str | None:
     """`rflags 0x246 != 0x346` for the first field that differs, or None. Registers are named
     bare on a one-vCPU machine and `name[i]` (bhyvectl's style) on a larger one."""
-    if mine["icount"] != recorded["icount"]:
+    if not _same(mine["icount"], recorded["icount"]):
         return f"icount {mine['icount']} != {recorded['icount']}"
-    if mine["now"] != recorded["now"]:
+    if not _same(mine["now"], recorded["now"]):
         return f"virtual time {mine['now']} ns != {recorded['now']} ns"
     nv = len(recorded["regs"])
     if len(mine["regs"]) != nv:
@@ -100,20 +109,20 @@ def first_difference(mine: dict, recorded: dict) -> str | None:
     for i in range(nv):
         a, b = mine["vcpus"][i], recorded["vcpus"][i]
         for k in VCPU_ORDER:
-            if a.get(k) != b.get(k):
+            if not _same(a.get(k), b.get(k)):
                 return f"{label(k, i)} {_fmt(k, a.get(k))} != {_fmt(k, b.get(k))}"
         a, b = mine["regs"][i], recorded["regs"][i]
         for k in REG_ORDER:
-            if a.get(k) != b.get(k):
+            if not _same(a.get(k), b.get(k)):
                 return f"{label(k, i)} {_fmt(k, a.get(k))} != {_fmt(k, b.get(k))}"
     for k in sorted(set(mine["knobs"]) | set(recorded["knobs"])):
         a, b = mine["knobs"].get(k), recorded["knobs"].get(k)
-        if a != b:
+        if not _same(a, b):
             return f"debug.nit.{k} {a} != {b}"
-    if mine.get("surface") != recorded.get("surface"):
+    if not _same(mine.get("surface"), recorded.get("surface")):
         return f"surface {mine.get('surface')} != {recorded.get('surface')}"
     for k in DIGEST_ORDER:
         a, b = mine["digests"].get(k), recorded["digests"].get(k)
-        if a != b:
+        if not _same(a, b):
             return f"{k} digest {str(a)[:12]} != {str(b)[:12]}"
     return None

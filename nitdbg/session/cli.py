@@ -4,8 +4,10 @@ report; nothing below it reads the clock)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 from .format import SessionError
 from .replay import replay
@@ -21,13 +23,24 @@ def main_replay(argv: list[str] | None = None) -> int:
     p.add_argument("--step", action="store_true",
                    help="with --show on a terminal: wait for Enter after each input (q quits)")
     p.add_argument("--rerecord", metavar="OUT", help="record the replay into OUT")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--files-dir", metavar="DIR",
+                   help="where the files the session wrote (ktrdump -o) are written again "
+                        "(default: a scratch folder in the user's data directory)")
+    g.add_argument("--in-place", action="store_true",
+                   help="write those files at their own paths, as the recording did")
     a = p.parse_args(argv)
+    from ..hostcmds import DiskFiles
+    from .record import data_dir
+    scratch = None if a.in_place else (a.files_dir or str(
+        data_dir() / "replay-files" / Path(a.file).stem))
+    files = DiskFiles(os.getcwd(), scratch=scratch)
     show = sys.stdout.write if a.show else None
     if a.show and a.step and sys.stdin.isatty():
         show = _stepper
     t0 = time.perf_counter()
     try:
-        res = replay(a.file, verify=a.verify, show=show, record_to=a.rerecord)
+        res = replay(a.file, verify=a.verify, show=show, record_to=a.rerecord, files=files)
     except SessionError as e:
         print(f"nitdbg replay: {e}", file=sys.stderr)
         return 1
@@ -37,12 +50,16 @@ def main_replay(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
+    if res.files:
+        where = ", ".join(dict.fromkeys(files.where(f) for f in res.files))
+        print(f"note: files the session wrote: {where}", file=sys.stderr)
     rate = res.retired / wall if wall > 0 else 0.0
-    stats = (f"{res.inputs} inputs, {res.checkpoints} checkpoints, {res.retired} instructions "
-             f"in {wall:.2f} s ({rate / 1e6:.2f} M instr/s)")
+    run = f"{res.retired} instructions in {wall:.2f} s ({rate / 1e6:.2f} M instr/s)"
     if not a.verify:
-        print(f"replayed {a.file}: {stats}")
+        print(f"replayed {a.file}: {res.inputs} inputs, {run} (checkpoints not compared; "
+              "--verify compares them)")
         return 0
+    stats = f"{res.inputs} inputs, {res.checkpoints} checkpoints verified, {run}"
     if res.ok:
         print(f"OK {a.file}: {stats}")
         return 0

@@ -17,12 +17,16 @@ so; anything else that is not a record is refused.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import schema
 
 FORMAT = "nitrec"
 VERSION = 1
 SUFFIX = ".nitrec"
+SESSION_MAX = 256 << 20    # bytes: far above any recording (a checkpoint is ~2.5 KB)
 
 
 class SessionError(Exception):
@@ -52,12 +56,11 @@ def dumps(record: dict) -> bytes:
 
 
 def read_session(path: str | Path) -> Session:
-    """Read and validate a session file; raises SessionError (one line) if it is refused."""
+    """Read and validate a session file; raises SessionError (one line) if it is refused.
+    Every record is checked against the schema (session/schema.py) here, before anything is
+    replayed; the error names the record (= line) number and the field."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise SessionError(f"{p}: {e.strerror or e}") from None
+    data = _read_bounded(p)
     if not data:
         raise SessionError(f"{p}: empty file, not a nitrec session")
     lines = data.split(b"\n")
@@ -81,6 +84,10 @@ def read_session(path: str | Path) -> Session:
     for key in ("config", "firmware"):
         if not isinstance(header.get(key), dict):
             raise SessionError(f"{p}: truncated header (no {key})")
+    problem = schema.check_header(header)
+    if problem is not None:
+        raise SessionError(f"{p}: record 1 (header): {problem.line()}")
+    nvcpus = header["config"]["vcpus"]
     s = Session(p, header)
     for i, raw in enumerate(complete[1:], start=2):
         rec = _parse(raw)
@@ -88,8 +95,14 @@ def read_session(path: str | Path) -> Session:
             # the last complete line is garbage: a torn write that happened to end in \n
             s.torn = f"ignoring a torn last record at line {i} ({len(raw)} bytes)"
             break
-        if not isinstance(rec, dict) or rec.get("t") not in ("in", "ck", "end"):
+        if rec is TOO_DEEP:
+            raise SessionError(f"{p}: record {i}: nested deeper than a record can be")
+        if not isinstance(rec, dict) or type(rec.get("t")) is not str \
+                or rec["t"] not in schema.RECORD_SCHEMAS:
             raise SessionError(f"{p}: line {i} is not a nitrec record")
+        problem = schema.check_record(rec, nvcpus)
+        if problem is not None:
+            raise SessionError(f"{p}: record {i} ({rec['t']}): {problem.line()}")
         if s.end is not None:
             raise SessionError(f"{p}: line {i} follows the end record")
         if rec["t"] == "end":
@@ -101,8 +114,35 @@ def read_session(path: str | Path) -> Session:
     return s
 
 
+TOO_DEEP = object()        # _parse: the line nests deeper than the JSON parser recurses
+
+
 def _parse(raw: bytes) -> object | None:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
+    except RecursionError:
+        return TOO_DEEP
+
+
+def _read_bounded(p: Path) -> bytes:
+    """The file's bytes, refusing what is not a regular file or is larger than SESSION_MAX
+    before reading it (a device like /dev/zero never ends)."""
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise SessionError(f"{p}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SessionError(f"{p}: not a regular file")
+    if st.st_size > SESSION_MAX:
+        raise SessionError(f"{p}: {st.st_size} bytes is larger than a session may be "
+                           f"({SESSION_MAX >> 20} MiB)")
+    try:
+        with p.open("rb") as f:
+            data = f.read(SESSION_MAX + 1)
+    except OSError as e:
+        raise SessionError(f"{p}: {e.strerror or e}") from None
+    if len(data) > SESSION_MAX:
+        raise SessionError(f"{p}: larger than a session may be ({SESSION_MAX >> 20} MiB)")
+    return data

@@ -49,6 +49,19 @@ def machine_config(m: Machine, tunables: dict[str, str] | None = None) -> dict[s
             "retire_order": vm.vcpus[0].cpu.retire.capacity.bit_length() - 1}
 
 
+def files_written(m: Machine) -> list[list]:
+    """[path as typed, sha256, size] of each host file the last input wrote."""
+    return [w.as_record() for w in m.shell.take_written()]
+
+
+def add_files_written(ck: dict, m: Machine, op: str) -> None:
+    """The files a host line wrote go into its checkpoint (an empty list when none), so
+    replay can verify them; a checkpoint without the key predates file records."""
+    files = files_written(m)
+    if files or op == "host":
+        ck["files"] = files
+
+
 class SessionWriter:
     """Append-only JSON Lines writer: whole lines, flushed and fsync'ed one by one."""
 
@@ -128,6 +141,10 @@ class RecordingMachine:
         if error is not None:
             ck["error"] = error
         ck.update(checkpoint.take(m))
+        add_files_written(ck, m, op)
+        if m.interrupted_at is not None:       # ^C: replay stops at the same step
+            ck["interrupted_at"] = m.interrupted_at
+            m.interrupted_at = None
         self.writer.write(ck)
         if error is not None:
             raise MachineError(error)

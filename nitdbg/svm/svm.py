@@ -20,7 +20,7 @@ from ..x86.retire import EV_INJECT, EV_VMEXIT, EV_VMRUN
 from . import exitcodes as ec
 from .intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, TYPE_SOFT_INT, IntInfo
 from .npt import NestedPageFault, NestedPageTable
-from .vmcb import Iopm, Msrpm, Vmcb
+from .vmcb import SEGMENT_OFFSETS, Iopm, Msrpm, Vmcb
 
 _INSN_INTERCEPTS = {
     "iret": ("IRET", ec.VMEXIT_IRET), "hlt": ("HLT", ec.VMEXIT_HLT),
@@ -32,8 +32,30 @@ _INSN_INTERCEPTS = {
     "task_switch": ("TASK_SWITCH", ec.VMEXIT_TASK_SWITCH),
 }
 # Save-area layout (APM vol 2 table B-2): ten {u16 sel, u16 attrib, u32 limit, u64 base}
-# segments from offset 0, CR4..RIP from 0x148, RAX..KERNEL_GS_BASE from 0x1F8.
-STATE_OFF = 0x400
+# segments from offset 0, CR4..RIP from 0x148, RAX..KERNEL_GS_BASE from 0x1F8. The offsets
+# come from the Vmcb's named fields (svm/vmcb.py is their one source); the bulk structs below
+# read runs of consecutive fields, checked once here.
+_OFF_SEGS = SEGMENT_OFFSETS["es"]
+_OFF_CPL = Vmcb.cpl.offset
+_OFF_EFER = Vmcb.efer.offset
+_OFF_CTRL = Vmcb.cr4.offset         # cr4, cr3, cr0, dr7, dr6, rflags, rip
+_OFF_RSP = Vmcb.rsp.offset
+_OFF_GPR = Vmcb.rax.offset          # rax, star, lstar, cstar, sfmask, kernel_gs_base
+_OFF_CR2 = Vmcb.cr2.offset
+_OFF_EXIT = Vmcb.exitcode.offset    # exitcode, exitinfo1, exitinfo2, exitintinfo
+_OFF_NRIP = Vmcb.nrip.offset
+
+
+def _consecutive(*fields: object) -> bool:
+    offs = [f.offset for f in fields]  # type: ignore[attr-defined]
+    return offs == list(range(offs[0], offs[0] + 8 * len(offs), 8))
+
+
+assert _consecutive(Vmcb.cr4, Vmcb.cr3, Vmcb.cr0, Vmcb.dr7, Vmcb.dr6, Vmcb.rflags, Vmcb.rip)
+assert _consecutive(Vmcb.rax, Vmcb.star, Vmcb.lstar, Vmcb.cstar, Vmcb.sfmask,
+                    Vmcb.kernel_gs_base)
+assert _consecutive(Vmcb.exitcode, Vmcb.exitinfo1, Vmcb.exitinfo2, Vmcb.exitintinfo)
+assert list(SEGMENT_OFFSETS.values()) == list(range(_OFF_SEGS, _OFF_SEGS + 0xA0, 0x10))
 _SEG_ALL = struct.Struct("<" + "HHIQ" * 10)
 _CTRL = struct.Struct("<7Q")
 _GPR = struct.Struct("<6Q")
@@ -76,7 +98,7 @@ class Svm(Hooks):
         """VMRUN: load the guest state from the save area (APM 15.5.1)."""
         v, c = self.vmcb, self.cpu
         buf = v.buf
-        segs = _SEG_ALL.unpack_from(buf, STATE_OFF)
+        segs = _SEG_ALL.unpack_from(buf, _OFF_SEGS)
         for i, seg in enumerate((*c.seg, None, c.ldtr, None, c.tr)):
             sel, attrib, limit, base = segs[4 * i:4 * i + 4]
             if seg is None:
@@ -84,13 +106,13 @@ class Svm(Hooks):
                 tbl.base, tbl.limit = base, limit
             else:
                 seg.sel, seg.attrib, seg.limit, seg.base = sel, attrib, limit, base
-        cpl = buf[STATE_OFF + 0xCB]
-        efer, = _Q.unpack_from(buf, STATE_OFF + 0xD0)
-        cr4, cr3, cr0, dr7, dr6, rflags, rip = _CTRL.unpack_from(buf, STATE_OFF + 0x148)
-        rsp, = _Q.unpack_from(buf, STATE_OFF + 0x1D8)
+        cpl = buf[_OFF_CPL]
+        efer, = _Q.unpack_from(buf, _OFF_EFER)
+        cr4, cr3, cr0, dr7, dr6, rflags, rip = _CTRL.unpack_from(buf, _OFF_CTRL)
+        rsp, = _Q.unpack_from(buf, _OFF_RSP)
         rax, c.star, c.lstar, c.cstar, c.sfmask, c.kernel_gs_base = _GPR.unpack_from(
-            buf, STATE_OFF + 0x1F8)
-        c.cr2, = _Q.unpack_from(buf, STATE_OFF + 0x240)
+            buf, _OFF_GPR)
+        c.cr2, = _Q.unpack_from(buf, _OFF_CR2)
         paging_changed = (c.cr0, c.cr3, c.cr4, c.efer) != (cr0, cr3, cr4, efer)
         c.cr0, c.cr3, c.cr4, c.efer = cr0, cr3, cr4, efer
         debug_changed = c.dr[7] != dr7
@@ -118,15 +140,15 @@ class Svm(Hooks):
         vals += (c.ldtr.sel, c.ldtr.attrib, c.ldtr.limit & 0xFFFF_FFFF, c.ldtr.base)
         vals += (0, 0, c.idtr.limit, c.idtr.base)
         vals += (c.tr.sel, c.tr.attrib, c.tr.limit & 0xFFFF_FFFF, c.tr.base)
-        _SEG_ALL.pack_into(buf, STATE_OFF, *vals)
-        buf[STATE_OFF + 0xCB] = c.cpl
-        _Q.pack_into(buf, STATE_OFF + 0xD0, c.efer)
-        _CTRL.pack_into(buf, STATE_OFF + 0x148, c.cr4, c.cr3, c.cr0, c.dr[7], c.dr[6],
+        _SEG_ALL.pack_into(buf, _OFF_SEGS, *vals)
+        buf[_OFF_CPL] = c.cpl
+        _Q.pack_into(buf, _OFF_EFER, c.efer)
+        _CTRL.pack_into(buf, _OFF_CTRL, c.cr4, c.cr3, c.cr0, c.dr[7], c.dr[6],
                         c.rflags, c.rip)
-        _Q.pack_into(buf, STATE_OFF + 0x1D8, c.regs[RSP])
-        _GPR.pack_into(buf, STATE_OFF + 0x1F8, c.regs[RAX], c.star, c.lstar, c.cstar,
+        _Q.pack_into(buf, _OFF_RSP, c.regs[RSP])
+        _GPR.pack_into(buf, _OFF_GPR, c.regs[RAX], c.star, c.lstar, c.cstar,
                        c.sfmask, c.kernel_gs_base)
-        _Q.pack_into(buf, STATE_OFF + 0x240, c.cr2)
+        _Q.pack_into(buf, _OFF_CR2, c.cr2)
         v.interrupt_shadow = 1 if c.shadow else 0
 
     # ------------------------------------------------------------------ VMRUN
@@ -232,10 +254,10 @@ class Svm(Hooks):
             c.rip = self._rip_override
         self.save_guest()
         nrip = nrip if nrip is not None else 0
-        # EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO are consecutive at 0x70 (APM table B-1)
-        _EXIT.pack_into(v.buf, 0x70, ec.exitcode_to_u64(code), info1 & _M64, info2 & _M64,
+        # EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO are consecutive (APM table B-1)
+        _EXIT.pack_into(v.buf, _OFF_EXIT, ec.exitcode_to_u64(code), info1 & _M64, info2 & _M64,
                         intinfo)
-        _Q.pack_into(v.buf, 0xC8, nrip)
+        _Q.pack_into(v.buf, _OFF_NRIP, nrip)
         self.exit = Exit(code, info1, info2, intinfo, nrip, c.rip)
         self.in_guest = False
         self._pending = None
@@ -286,6 +308,15 @@ class Svm(Hooks):
 
     def io_out(self, cpu: Cpu, port: int, size: int, value: int, next_rip: int) -> None:
         self._io(port, size, False, next_rip)
+
+    def io_string(self, cpu: Cpu, port: int, size: int, is_in: bool, rep: bool,
+                  addr_size: int, seg: int, next_rip: int) -> None:
+        """INS/OUTS: the IOIO exit reports STR, REP, the address size and the segment
+        (APM vol 2 15.10.2, figure 15-2); EXITINFO2 is the next RIP."""
+        if self.vmcb.intercepted("IOIO_PROT") and self.iopm.io_intercepted(port, size):
+            info = ec.IoioInfo(port=port, size=size, is_in=is_in, string=True, rep=rep,
+                               addr_size=addr_size, seg=seg)
+            self._intercept(ec.VMEXIT_IOIO, info.encode(), next_rip, next_rip)
 
     def _io(self, port: int, size: int, is_in: bool, next_rip: int) -> None:
         if self.vmcb.intercepted("IOIO_PROT") and self.iopm.io_intercepted(port, size):

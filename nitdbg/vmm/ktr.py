@@ -1,178 +1,36 @@
-"""KTR: the kernel trace ring, and ktrdump(8) over it.
+"""KTR: the kernel trace ring.
 
 Like FreeBSD's ktr_tracepoint(), a log call stores the format and its parameters in the next
 slot of a fixed ring (at most KTR_PARMS = 6 parameters); the text is produced when someone
-reads the ring, with C printf semantics (so "%#x" of 0 prints "0", "%lx" of -1 prints 16 f's).
-The index ktrdump prints is the slot number, as FreeBSD's does; `debug.ktr.clear=1` empties the
-ring and restarts at slot 0.
-
-ktrdump columns and ordering follow usr.bin/ktrdump/ktrdump.c: header "%-6s " index,
-"%-3s " cpu, "%-16s " timestamp, "%-40s " file and line, "%-18s " tid, "trace", a dashed row;
-entries "%6d ", "%3d ", "%16ju ", then the message; newest to oldest unless -l.
+reads the ring (ktr_printf.c_format). The index ktrdump prints is the slot number, as
+FreeBSD's does; `debug.ktr.clear=1` empties the ring and restarts at slot 0. ktrdump(8)
+itself is in ktrdump.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from .ktr_printf import KtrError, c_format, parse_format
+from .ktrdump import (
+    KTRDUMP_USAGE,
+    KtrdumpOptions,
+    KtrdumpResult,
+    KtrdumpUsage,
+    dump,
+    format_dump,
+    parse_ktrdump_args,
+    run_ktrdump,
+)
 
 KTR_PARMS = 6
 # FreeBSD wants KTR_ENTRIES to be a power of two; 16384 keeps the ring in the same order of
 # magnitude as the 10,000 lines a test run produces.
 DEFAULT_ENTRIES = 16384
-
-
-class KtrError(ValueError):
-    """A trace call that FreeBSD's KTR would not accept (format/parameter mismatch)."""
-
-
-# --- C printf --------------------------------------------------------------------------------
-
-_CONV_RE = re.compile(
-    r"%(?P<flags>[-+ #0']*)(?P<width>\*|\d+)?(?:\.(?P<prec>\*|\d*))?"
-    r"(?P<len>hh|h|ll|l|j|z|t|q|L)?(?P<conv>[diouxXcsp%])")
-_INT_BITS = {None: 32, "hh": 8, "h": 16, "l": 64, "ll": 64, "q": 64, "j": 64, "z": 64, "t": 64,
-             "L": 64}
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    flags: str
-    width: int | None     # -1: taken from the arguments ('*')
-    prec: int | None      # -1: taken from the arguments ('*')
-    length: str | None
-    conv: str
-
-
-# A parsed format: literal text and conversion specs, alternating; plus the argument count.
-_Parsed = tuple[tuple[str | _Spec, ...], int]
-_parse_cache: dict[str, _Parsed] = {}
-
-
-def _parse(fmt: str) -> _Parsed:
-    cached = _parse_cache.get(fmt)
-    if cached is not None:
-        return cached
-    parts: list[str | _Spec] = []
-    nargs = 0
-    pos = 0
-    for m in _CONV_RE.finditer(fmt):
-        if m.start() > pos:
-            parts.append(fmt[pos:m.start()])
-        pos = m.end()
-        conv = m["conv"]
-        if conv == "%":
-            parts.append("%")
-            continue
-        width = m["width"]
-        prec = m["prec"]
-        spec = _Spec(m["flags"],
-                     -1 if width == "*" else (int(width) if width else None),
-                     -1 if prec == "*" else (int(prec) if prec else (0 if prec == "" else None)),
-                     m["len"], conv)
-        nargs += 1 + (spec.width == -1) + (spec.prec == -1)
-        parts.append(spec)
-    if "%" in fmt[pos:]:
-        raise KtrError(f"ktr: unsupported conversion in format {fmt!r}")
-    parts.append(fmt[pos:])
-    result = (tuple(p for p in parts if p != ""), nargs)
-    if len(_parse_cache) < 4096:
-        _parse_cache[fmt] = result
-    return result
-
-
-def _fmt_int(spec: _Spec, value: int, width: int | None, prec: int | None) -> str:
-    bits = _INT_BITS[spec.length]
-    mask = (1 << bits) - 1
-    conv = spec.conv
-    flags = spec.flags
-    sign = ""
-    if conv in "di":
-        v = value & mask
-        if v >> (bits - 1):
-            v -= 1 << bits
-        if v < 0:
-            sign, v = "-", -v
-        elif "+" in flags:
-            sign = "+"
-        elif " " in flags:
-            sign = " "
-        digits = str(v)
-    else:
-        v = value & mask
-        digits = {"u": str, "x": lambda n: f"{n:x}", "X": lambda n: f"{n:X}",
-                  "o": lambda n: f"{n:o}"}[conv](v)
-    if prec is not None:
-        digits = "" if prec == 0 and v == 0 else digits.rjust(prec, "0")
-    prefix = ""
-    if "#" in flags:
-        if conv in "xX" and v != 0:
-            prefix = "0x" if conv == "x" else "0X"
-        elif conv == "o" and not digits.startswith("0"):
-            digits = "0" + digits
-    body = sign + prefix + digits
-    if width is not None and len(body) < width:
-        if "-" in flags:
-            return body.ljust(width)
-        if "0" in flags and prec is None:
-            return sign + prefix + digits.rjust(width - len(sign) - len(prefix), "0")
-        return body.rjust(width)
-    return body
-
-
-def c_format(fmt: str, args: tuple) -> str:
-    """printf(3) for the conversions kernel trace formats use (d i o u x X c s p %)."""
-    parts, nargs = _parse(fmt)
-    if nargs != len(args):
-        raise KtrError(f"ktr: format {fmt!r} takes {nargs} parameters, got {len(args)}")
-    out: list[str] = []
-    ai = 0
-    for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-            continue
-        width = part.width
-        if width == -1:
-            width = int(args[ai])
-            ai += 1
-        prec = part.prec
-        if prec == -1:
-            prec = int(args[ai])
-            ai += 1
-            if prec < 0:                          # C: a negative '*' precision is omitted
-                prec = None
-        flags = part.flags
-        if width is not None and width < 0:      # C: a negative '*' width means '-' flag
-            flags, width = flags + "-", -width
-            part = _Spec(flags, width, part.prec, part.length, part.conv)
-        arg = args[ai]
-        ai += 1
-        conv = part.conv
-        if conv == "s":
-            s = arg if isinstance(arg, str) else ("(null)" if arg is None else str(arg))
-            if prec is not None and prec >= 0:
-                s = s[:prec]
-        elif conv == "c":
-            s = arg[:1] if isinstance(arg, str) else chr(int(arg) & 0xFF)
-        elif conv == "p":
-            s = f"{int(arg or 0) & 0xFFFF_FFFF_FFFF_FFFF:#x}"
-        else:
-            if isinstance(arg, str) or arg is None:
-                raise KtrError(f"ktr: %{conv} given {arg!r} in format {fmt!r}")
-            out.append(_fmt_int(part, int(arg), width, prec))
-            continue
-        if width is not None and len(s) < width:
-            s = s.ljust(width) if "-" in flags else s.rjust(width)
-        out.append(s)
-    return "".join(out)
-
-
-# --- the ring -----------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True, slots=True)
 class KtrEntry:
@@ -240,7 +98,7 @@ class Ktr:
         if len(args) > KTR_PARMS:
             raise KtrError(f"ktr: {len(args)} parameters, KTR takes at most {KTR_PARMS}")
         if args or "%" in fmt:
-            nargs = _parse(fmt)[1]
+            nargs = parse_format(fmt)[1]
             if nargs != len(args):
                 raise KtrError(f"ktr: format {fmt!r} takes {nargs} parameters, "
                                f"got {len(args)}")
@@ -330,56 +188,12 @@ class Ktr:
     def ktrdump(self, cpu_col: bool = False, time_col: bool = False, quiet: bool = False,
                 newest_first: bool = True, file_col: bool = False, thread_col: bool = False,
                 relative: bool = False) -> str:
-        """ktrdump's text (every line ends with a newline, as fprintf writes it)."""
-        lines: list[str] = []
-        if not quiet:
-            head = f"{'index':<6} "                # %-6s
-            dash = "------ "
-            if cpu_col:
-                head += f"{'cpu':<3} "              # %-3s
-                dash += "--- "
-            if time_col:
-                head += f"{'timestamp':<16} "       # %-16s
-                dash += "---------------- "
-            if file_col:
-                head += f"{'file and line':<40} "   # %-40s
-                dash += "-" * 40 + " "
-            if thread_col:
-                head += f"{'tid':<18} "              # %-18s
-                dash += "-" * 18 + " "
-            lines.append(head + "trace")
-            lines.append(dash + "----- ")
-        slots = list(self._slots_newest_first())
-        if not newest_first:
-            slots.reverse()
-        tlast: int | None = None
-        for i in slots:
-            e = self._entry(i)
-            row = f"{e.index:6d} "                    # %6d
-            if cpu_col:
-                row += f"{e.cpu:3d} "                  # %3d
-            if time_col:
-                tnow = e.timestamp
-                if relative:
-                    if tlast is None:
-                        tlast = tnow
-                    # ktrdump computes tlast - tnow in uintmax_t for a live ring, whichever
-                    # direction it walks.
-                    row += f"{(tlast - tnow) & 0xFFFF_FFFF_FFFF_FFFF:16d} "  # %16ju
-                    tlast = tnow
-                else:
-                    row += f"{tnow & 0xFFFF_FFFF_FFFF_FFFF:16d} "  # %16ju
-            if file_col:
-                row += f"{e.file + ':' + str(e.line):<40} "  # %-40s
-            if thread_col:
-                row += f"{e.thread:#x} "                   # %p
-            lines.append(row + e.message)
-        return "".join(line + "\n" for line in lines)
+        """ktrdump's text with the given columns (ktrdump.format_dump)."""
+        return format_dump(self, cpu_col, time_col, quiet, newest_first, file_col, thread_col,
+                           relative)
 
     def dump(self, opts: KtrdumpOptions) -> str:
-        return self.ktrdump(cpu_col=opts.cpu, time_col=opts.timestamp, quiet=opts.quiet,
-                            newest_first=not opts.live, file_col=opts.file_and_line,
-                            thread_col=opts.thread, relative=opts.relative)
+        return dump(self, opts)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -397,95 +211,6 @@ class Ktr:
             if rec is not None:
                 h.update(repr(rec[:5]).encode())
         return h.hexdigest()
-
-
-# --- ktrdump(8) command line ----------------------------------------------------------------------
-
-KTRDUMP_USAGE = "usage: ktrdump [-cflqrtH] [-i ktrfile] [-M core] [-N system] [-o outfile]"
-_KTRDUMP_FLAGS = "cflqrtH"
-_KTRDUMP_ARGS = "eimMNo"
-
-
-class KtrdumpUsage(Exception):  # noqa: N818 - mirrors usage() in ktrdump.c
-    """Bad ktrdump command line: str() is what ktrdump writes to stderr (exit status 1)."""
-
-
-@dataclass(slots=True)
-class KtrdumpOptions:
-    cpu: bool = False             # -c
-    file_and_line: bool = False   # -f
-    live: bool = False            # -l: oldest to newest
-    quiet: bool = False           # -q: no header
-    relative: bool = False        # -r: timestamps relative to the previous line
-    timestamp: bool = False       # -t
-    thread: bool = False          # -H
-    infile: str | None = None     # -i
-    outfile: str | None = None    # -o
-    core: str | None = None       # -M / -m
-    system: str | None = None     # -N / -e
-
-
-def parse_ktrdump_args(argv: list[str]) -> KtrdumpOptions:
-    """BSD getopt over "cflqrtHe:i:m:M:N:o:"; argv excludes the program name."""
-    opts = KtrdumpOptions()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
-            break
-        j = 1
-        while j < len(arg):
-            c = arg[j]
-            if c in _KTRDUMP_FLAGS:
-                setattr(opts, {"c": "cpu", "f": "file_and_line", "l": "live", "q": "quiet",
-                               "r": "relative", "t": "timestamp", "H": "thread"}[c], True)
-                j += 1
-                continue
-            if c in _KTRDUMP_ARGS:
-                if j + 1 < len(arg):
-                    value = arg[j + 1:]
-                else:
-                    i += 1
-                    if i >= len(argv):
-                        raise KtrdumpUsage(f"ktrdump: option requires an argument -- {c}\n"
-                                           + KTRDUMP_USAGE)
-                    value = argv[i]
-                field = {"i": "infile", "o": "outfile", "m": "core", "M": "core",
-                         "e": "system", "N": "system"}[c]
-                setattr(opts, field, value)
-                break
-            raise KtrdumpUsage(f"ktrdump: illegal option -- {c}\n" + KTRDUMP_USAGE)
-        i += 1
-    if i < len(argv):
-        raise KtrdumpUsage(KTRDUMP_USAGE)
-    return opts
-
-
-@dataclass(frozen=True, slots=True)
-class KtrdumpResult:
-    stdout: str           # the dump, when no -o was given
-    stderr: str
-    status: int
-    outfile: str | None   # -o: the caller writes `text` there (file I/O stays with the caller)
-    text: str             # the dump itself, wherever it goes
-
-
-def run_ktrdump(ktr: Ktr, argv: list[str]) -> KtrdumpResult:
-    """ktrdump(8) over the live ring; argv excludes the program name."""
-    try:
-        opts = parse_ktrdump_args(argv)
-    except KtrdumpUsage as e:
-        return KtrdumpResult("", f"{e}\n", 1, None, "")
-    if opts.infile is not None:
-        return KtrdumpResult("", f"ktrdump: {opts.infile}: reading a saved KTR buffer is not "
-                                 "supported\n", 1, None, "")
-    text = ktr.dump(opts)
-    if opts.outfile is not None:
-        return KtrdumpResult("", "", 0, opts.outfile, text)
-    return KtrdumpResult(text, "", 0, None, text)
 
 
 # --- sysctls the ring owns ------------------------------------------------------------------
@@ -516,3 +241,8 @@ def register_ktr_sysctls(tree, ktr: Ktr) -> None:  # noqa: ANN001 - SysctlTree, 
                  getter=_zero, setter=_KtrClear(ktr))
     tree.add_int("debug.ktr.entries", access="ro",
                  descr="Number of entries in the KTR buffer", getter=AttrGetter(ktr, "entries"))
+
+
+__all__ = ["DEFAULT_ENTRIES", "KTRDUMP_USAGE", "KTR_PARMS", "Ktr", "KtrEntry", "KtrError",
+           "KtrdumpOptions", "KtrdumpResult", "KtrdumpUsage", "c_format", "parse_ktrdump_args",
+           "register_ktr_sysctls", "run_ktrdump", "source_name"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..x86.regs import DR6_BS, NT, RF, TF
+from ..x86.regs import DR6_BS, EFER_LMA, NT, RF, TF
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -74,7 +74,7 @@ class IretTracing(NmiPolicy):
     def iret_exit(self, v: Vcpu) -> None:
         vmcb = v.vmcb
         vmcb.set_intercept("IRET", False)
-        if vmcb.rflags & NT and not vmcb.efer & 0x400:
+        if vmcb.rflags & NT and not vmcb.efer & EFER_LMA:
             # A task return (32-bit guest, NT=1) loads RFLAGS from the TSS of the task it
             # returns to, so TF cannot be planted: unblock speculatively.
             v.nmi_state = NMI_IDLE

@@ -17,23 +17,24 @@ from ..svm.intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, IntInfo
 from ..svm.svm import Exit, Svm
 from ..svm.vmcb import Vmcb
 from ..x86.cpu import Cpu
-from ..x86.regs import DR6_BS, IF, TF
+from ..x86.regs import DR6_BS, HAS_ERRCODE, IF, TF
+from .hypercall import HYPERCALL_PORT
+from .inout_str import emulate_inout_str
 from .nmi_policy import NMI_IDLE, NMI_TRACING
 
 if TYPE_CHECKING:
     from .vm import Vm
 
-HYPERCALL_PORT = 0xE0
 EXIT_COST_NS = 500     # one #VMEXIT + VMRUN round trip, roughly what SVM hardware takes
 INTR_TYPE_NAMES = {TYPE_INTR: "hwintr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception", 4: "swintr"}
-EXC_WITH_ERRCODE = frozenset({8, 10, 11, 12, 13, 14, 17})
 
 
 @dataclass
 class UserExit:
     """An exit the hypervisor hands to userspace (bhyve's VM_EXITCODE_*)."""
 
-    kind: str                # kdb, panic, hlt, bogus, shutdown, debug_exit, quantum, unhandled
+    kind: str                # kdb, panic, hlt, bogus, shutdown, debug_exit, quantum, unhandled,
+    #                          internal (a bug in nitdbg stopped the vCPU)
     vcpu: int
     info: dict = field(default_factory=dict)
 
@@ -66,6 +67,9 @@ class Vcpu:
         self.stopped_by_host = False     # the machine holds it (in the debugger)
         self.last_exit: Exit | None = None
         self.exit_count = 0
+        # Restarts of an instruction the hypervisor emulates piecewise (REP INS/OUTS): they
+        # retire nothing, so run() counts them against its budget and the host stays bounded.
+        self.restarts = 0
         # (rip, consecutive PAUSE exits there, retirement count at the last one, virtual
         # time of the first one)
         self.pause_spin: tuple[int, int, int, int] | None = None
@@ -110,9 +114,9 @@ class Vcpu:
 
     def reflect_exception(self, vector: int, errcode: int | None) -> None:
         """vm_inject_exception: queue an exception for the next entry."""
-        if vector in EXC_WITH_ERRCODE and errcode is None:
+        if vector in HAS_ERRCODE and errcode is None:
             errcode = 0
-        if vector not in EXC_WITH_ERRCODE:
+        if vector not in HAS_ERRCODE:
             errcode = None
         self.exception_pending = IntInfo.exception(vector, errcode)
 
@@ -224,7 +228,13 @@ class Vcpu:
         needed. A vCPU whose budget runs out stays in guest mode (see Svm.vmrun)."""
         cpu = self.cpu
         start = cpu.icount
+        restarts0 = self.restarts
         while True:
+            if self.restarts - restarts0 >= budget:
+                return UserExit("quantum", self.id)
+            if cpu.internal_error is not None:
+                # a bug in nitdbg stopped the vCPU: userspace tells the person, nothing runs
+                return UserExit("internal", self.id, cpu.internal_error.info())
             left = budget - (cpu.icount - start)
             if self.svm.in_guest:
                 deadline = self.vm.next_deadline(self)
@@ -295,7 +305,7 @@ class Vcpu:
         for cb in self.exit_listeners:
             cb(self, e)
         inst_length = (e.nrip - e.rip) if e.nrip else 0
-        if code in _ADVANCE and e.nrip:
+        if code in EMULATED_EXITS and e.nrip:
             # The intercepted instruction is completed here: resume after it. It started
             # with the guest's RFLAGS.TF, so it owes the guest a single-step #DB (SDM
             # 17.3.1.4), as KVM's skip_emulated_instruction delivers; a HLT owes it after
@@ -315,7 +325,7 @@ class Vcpu:
                 ux = UserExit("unhandled", self.id, {"exitcode": code, "rip": e.rip})
             else:
                 ux = handler(e)
-        if code not in _ADVANCE:
+        if code not in EMULATED_EXITS:
             inst_length = 0
         handled = ux is None or ux.kind in ("hlt", "quantum")
         self.log("%s %s vmexit at %#lx/%d", "handled" if handled else "unhandled",
@@ -366,7 +376,7 @@ class Vcpu:
         self.stat("VMEXIT_EXCEPTION")
         if self.policy.exception_exit(self, vector, e.info1, e.info2):
             return None
-        errcode = e.info1 if vector in EXC_WITH_ERRCODE else None
+        errcode = e.info1 if vector in HAS_ERRCODE else None
         if vector == 14:
             self.vmcb.cr2 = e.info2
         if vector in (3, 4) and e.nrip:
@@ -380,6 +390,9 @@ class Vcpu:
         self.stat("VMEXIT_INOUT")
         io = ec.IoioInfo.decode(e.info1)
         vm = self.vm
+        if io.string:
+            emulate_inout_str(self, io, e)
+            return None
         if io.port == HYPERCALL_PORT and not io.is_in:
             return vm.hypercall(self)
         if io.is_in:
@@ -444,5 +457,5 @@ class Vcpu:
 
 
 # Exits for instructions the hypervisor completes itself: the guest resumes at nRIP.
-_ADVANCE = frozenset({ec.VMEXIT_HLT, ec.VMEXIT_PAUSE, ec.VMEXIT_IOIO, ec.VMEXIT_MSR,
+EMULATED_EXITS = frozenset({ec.VMEXIT_HLT, ec.VMEXIT_PAUSE, ec.VMEXIT_IOIO, ec.VMEXIT_MSR,
                       ec.VMEXIT_CPUID})

@@ -8,23 +8,25 @@ from __future__ import annotations
 from ..svm.npt import NestedPageTable
 from ..svm.vmcb import Iopm, Msrpm
 from ..x86.cpu import Cpu
+from ..x86.faults import Fault
 from ..x86.hooks import Hooks
 from ..x86.memory import PhysMem
-from ..x86.regs import RDI, RDX, RSI
+from ..x86.paging import ACC_SUPERVISOR, walk
+from ..x86.regs import EFER_LMA, RDI, RDX, RSI
 from .devices.debugcon import DebugCon
 from .devices.debugexit import DebugExit
 from .devices.iobus import IoBus
 from .devices.nmiport import NmiStatusPort
 from .devices.uart16550 import Uart16550
+from .hypercall import HC_KDB_ENTER, HC_PANIC, HYPERCALL_PORT
 from .ktr import Ktr, register_ktr_sysctls
 from .nmi_policy import make_policy
 from .stats import VmmStats
 from .sysctl import NitKnobs, SysctlTree, register_nit_knobs, register_vmm_tunables
-from .vcpu import HYPERCALL_PORT, UserExit, Vcpu
+from .vcpu import UserExit, Vcpu
 from .vlapic import Vlapic
 
 XAPIC_BASE = 0xFEE0_0000
-HC_KDB_ENTER, HC_PANIC = 1, 2
 NS_PER_USEC = 1000
 
 
@@ -235,10 +237,10 @@ class Vm:
         address, so that the IRET raises #GP."""
         cpu = v.cpu
         rsp = v.vmcb.rsp
-        size = 8 if v.vmcb.efer & 0x400 else 4
+        size = 8 if v.vmcb.efer & EFER_LMA else 4
         try:
             hpa = self.gla2hpa(v, rsp)
-        except Exception as e:  # noqa: BLE001 - a guest page we cannot reach: say so
+        except (Fault, ValueError) as e:   # a guest page we cannot reach: say so
             v.log("Cannot rewrite the iret frame at %#lx: %s", rsp, str(e))
             return
         old = self.mem.read(hpa, size)
@@ -249,46 +251,60 @@ class Vm:
               bad)
 
     # ------------------------------------------------------------------ guest memory access
-    def gla2hpa(self, v: Vcpu, gla: int) -> int:
+    def gla2hpa(self, v: Vcpu, gla: int, access: int = ACC_SUPERVISOR) -> int:
         """Translate a guest-linear address with the guest's own paging (bhyve's
-        vm_gla2gpa) and the hypervisor's map of guest RAM. It does not go through the
-        nested page tables, so it works while they are invalidated. Raises Fault (#PF)
-        for an unmapped guest address and ValueError for one outside guest RAM."""
+        vm_gla2gpa, setting accessed/dirty bits as the access would) and the hypervisor's
+        map of guest RAM. It does not go through the nested page tables, so it works while
+        they are invalidated. `access`: ACC_* bits checked at the guest's CPL (default an
+        implicit supervisor read). Raises Fault (#PF) for an unmapped guest address or a
+        denied access and ValueError for one outside guest RAM."""
         cpu = v.cpu
         saved = cpu.hooks
         cpu.hooks = self._hostview
         try:
-            gpa = cpu.translate(gla, 0x100)
+            gpa = cpu.translate(gla, access)
             return self._hostview.gpa(cpu, gpa, 0, False)
         finally:
             cpu.hooks = saved
 
+    def gla2hpa_nofault(self, v: Vcpu, gla: int) -> int:
+        """gla2hpa without side effects (bhyve's vm_gla2gpa_nofault, check_only): the walk
+        sets no accessed or dirty bit, so a debugger reading memory leaves the guest's page
+        tables as they were, whether the read succeeds or not."""
+        cpu, view = v.cpu, self._hostview
+        gpa = walk(cpu, gla, ACC_SUPERVISOR,
+                   lambda a, size: self.mem.read(view.gpa(cpu, a, 0, True), size))
+        return view.gpa(cpu, gpa, 0, False)
+
     def read_guest(self, v: Vcpu, gla: int, n: int) -> bytes:
-        """Read guest-virtual memory the way the vCPU sees it (one walk per page)."""
+        """Read guest-virtual memory the way the vCPU sees it (one walk per page, with no
+        side effect on the guest's page tables)."""
         out = bytearray()
         while n > 0:
             chunk = min(n, 4096 - (gla & 0xFFF))
-            out += self.mem.read_bytes(self.gla2hpa(v, gla), chunk)
-            gla += chunk
+            out += self.mem.read_bytes(self.gla2hpa_nofault(v, gla), chunk)
+            gla = (gla + chunk) & 0xFFFF_FFFF_FFFF_FFFF
             n -= chunk
         return bytes(out)
 
     def write_guest(self, v: Vcpu, gla: int, data: bytes) -> None:
         """Write guest-virtual memory; decoded instructions cached from it are dropped on
         every vCPU (a debugger planting int3 is self-modifying code)."""
+        plan = []                      # translate every page first: all or nothing
         i = 0
         while i < len(data):
             chunk = min(len(data) - i, 4096 - (gla & 0xFFF))
-            hpa = self.gla2hpa(v, gla)
-            self.mem.write_bytes(hpa, data[i:i + chunk])
+            plan.append((self.gla2hpa_nofault(v, gla), data[i:i + chunk]))
+            gla = (gla + chunk) & 0xFFFF_FFFF_FFFF_FFFF
+            i += chunk
+        for hpa, part in plan:
+            self.mem.write_bytes(hpa, part)
             for other in self.vcpus:
                 other.cpu.invalidate_code_page(hpa >> 12)
-            gla += chunk
-            i += chunk
 
     # ------------------------------------------------------------------ hypercall
     def hypercall(self, v: Vcpu) -> UserExit | None:
-        """outl %eax, $0xE0 from the guest firmware (see nitdbg/guest/abi.py)."""
+        """outl %eax, $HYPERCALL_PORT from the guest firmware (nitdbg/vmm/hypercall.py)."""
         nr = v.vmcb.rax & 0xFFFF_FFFF
         regs = v.cpu.regs
         if nr == HC_KDB_ENTER:

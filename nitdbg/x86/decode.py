@@ -77,7 +77,9 @@ class Decoded:
         self.addr_size = ci.addr_size
         self.rex_w = bool(ci.rex & 8)
         self.flags = 0
-        self.mnemonic = ci.mnemonic
+        # BND (F2) and NOTRACK (3E) on a branch do nothing without MPX / CET, which this
+        # vCPU does not have (AMD APM vol 3 1.2.7: F2 is ignored where it has no meaning).
+        self.mnemonic = ci.mnemonic.removeprefix("bnd ").removeprefix("notrack ")
 
     def size(self, i: int = 0) -> int:
         return self.ops[i].size
@@ -120,7 +122,8 @@ class Decoded:
     def stack_size(self) -> int:
         """Operand size of push/pop/call/ret: 8 in 64-bit mode (2 with 66h), else 4 or 2."""
         if self.mode == 64:
-            return 2 if self.opsz else 8
+            # REX.W wins over 66h (SDM vol 1 3.6.1, table 3-4)
+            return 2 if self.opsz and not self.rex_w else 8
         if self.mode == 32:
             return 2 if self.opsz else 4
         return 4 if self.opsz else 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import interrupts
-from .faults import Fault, Intercepted, Unsupported
+from .faults import Fault, Intercepted, InternalError, Unsupported
 from .state import CpuState
 
 
@@ -23,14 +23,18 @@ class Events(CpuState):
             return -1
         return -1 if self.shutdown else 0
 
-    def _internal_error(self, rip: int, e: Exception) -> int:
-        insn = self.icache.get(rip)
-        text = (f"nitdbg internal error executing {insn.text if insn else '?'} at {rip:#x}: "
-                f"{type(e).__name__}: {e}")
-        code = insn.code if insn else b""
-        self.last_unsupported = (rip, code, text)
-        self.hooks.unsupported(self, rip, code, text)
-        return self._fault(Unsupported(text))
+    def _internal_error(self, rip: int, e: BaseException) -> int:
+        """A bug in nitdbg (not the guest's doing): stop with RIP at the instruction and keep
+        the record; the layers above turn it into a stop the front ends print. The guest
+        gets nothing (an invented #UD would be a lie about the architecture)."""
+        if not isinstance(e, InternalError):
+            insn = self.icache.get(rip)
+            e = InternalError(rip, insn.code if insn else b"", insn.text if insn else "", e)
+        self.rip = rip
+        self.internal_error = e
+        self.stop_reason = "internal"
+        self.attention = True
+        return -1
 
     def deliver_exception(self, vector: int, error_code: int | None, fault: bool = False,
                           cr2: int | None = None) -> None:

@@ -45,3 +45,29 @@ class Unsupported(Fault):
     def __init__(self, text: str):
         super().__init__(6)
         self.text = text
+
+
+# What a bug in nitdbg's own code raises (never the guest's doing). The step loop catches
+# exactly these, stops the run and keeps an InternalError record for the front ends.
+BUG_ERRORS = (ArithmeticError, LookupError, TypeError, ValueError, AttributeError,
+              AssertionError)
+
+
+class InternalError(Exception):
+    """A bug in nitdbg met while executing guest code: the vCPU stops (RIP at the
+    instruction) and the front end names the bytes, the RIP and the Python error."""
+
+    def __init__(self, rip: int, code: bytes, insn: str, error: BaseException):
+        self.rip = rip
+        self.code = bytes(code)
+        self.insn = insn
+        self.error = f"{type(error).__name__}: {error}"
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        return (f"nitdbg internal error at rip {self.rip:#x}, bytes "
+                f"{self.code.hex(' ') or '?'} ({self.insn or '?'}): {self.error}")
+
+    def info(self) -> dict:
+        return {"rip": self.rip, "bytes": self.code.hex(" "), "insn": self.insn,
+                "error": self.error, "message": self.line()}

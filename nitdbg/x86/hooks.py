@@ -60,6 +60,11 @@ class Hooks:
         if dev is not None:
             dev.write(port, size, value)
 
+    def io_string(self, cpu: Cpu, port: int, size: int, is_in: bool, rep: bool,
+                  addr_size: int, seg: int, next_rip: int) -> None:
+        """INS/OUTS is about to run (after its I/O permission check): the layer above may
+        intercept it whole (SVM: IOIO with STR/REP, APM vol 2 15.10.2). Bare metal: no."""
+
     def rdmsr(self, cpu: Cpu, msr: int, next_rip: int) -> int | None:
         """Value of an MSR the CPU does not hold itself, or None for #GP."""
         return self.msrs.get(msr)

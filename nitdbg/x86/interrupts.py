@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .faults import Fault
-from .regs import CS, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
+from .regs import CS, EFER_LMA, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
 from .retire import EV_EXCEPTION, EV_INTR, EV_NMI, EV_SOFTINT
 from .segments import ATTR_L, Segment, decode_descriptor
 
@@ -54,7 +54,7 @@ def deliver(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:
         error_code = None
     cpu.delivering = (kind, vector, error_code)
     try:
-        if cpu.mode == 64 or cpu.efer & 0x400:
+        if cpu.mode == 64 or cpu.efer & EFER_LMA:
             _deliver64(cpu, vector, kind, error_code)
         elif cpu.cr0 & 1:
             _deliver32(cpu, vector, kind, error_code)

@@ -4,17 +4,11 @@ cache (with the code-page masks that catch self-modifying code)."""
 from __future__ import annotations
 
 from .decode import Insn, unsupported_text
-from .faults import Fault, Unsupported
+from .faults import BUG_ERRORS, Fault, InternalError, Unsupported
 from .hooks import ACC_FETCH, ACC_USER, ACC_WRITE
+from .paging import walk
 from .regs import (
-    CR0_PG,
-    CR0_WP,
-    CR4_PAE,
-    CR4_PSE,
     CS,
-    EFER_LMA,
-    EFER_NXE,
-    canonical,
 )
 from .state import CpuState
 
@@ -22,78 +16,10 @@ from .state import CpuState
 class Mmu(CpuState):
     # ------------------------------------------------------------------ paging
     def translate(self, lin: int, access: int) -> int:
-        """Linear -> guest-physical with the page walk of the current paging mode.
-
-        Raises #PF (SDM 4.7 error code, CR2) or #GP/#SS for non-canonical addresses.
-        Sets accessed and dirty bits as the walk goes.
-        """
-        if self.mode == 64 and not canonical(lin):
-            raise Fault(13, 0)
-        if not self.cr0 & CR0_PG:
-            return lin & 0xFFFF_FFFF
-        user = self.cpl == 3 and not access & 0x100  # 0x100: implicit supervisor access
-        write = access & ACC_WRITE
-        fetch = access & ACC_FETCH
-        wp = self.cr0 & CR0_WP
-        rd = self._pt_read
-        if self.efer & EFER_LMA or self.cr4 & CR4_PAE:
-            if not self.efer & EFER_LMA:
-                raise Unsupported("PAE paging outside long mode")
-            levels = ((39, 0), (30, 1), (21, 2), (12, 3))
-            table = self.cr3 & 0x000F_FFFF_FFFF_F000
-            ok_w = ok_u = True
-            nx = False
-            for shift, lvl in levels:
-                ea = table + ((lin >> shift) & 0x1FF) * 8
-                e = rd(ea, 8)
-                if not e & 1:
-                    self._pf(lin, 0, access, user)
-                ok_w = ok_w and bool(e & 2)
-                ok_u = ok_u and bool(e & 4)
-                nx = nx or bool(e >> 63 and self.efer & EFER_NXE)
-                if not e & 0x20:
-                    self._pt_write(ea, 8, e | 0x20)
-                if lvl == 3 or (lvl in (1, 2) and e & 0x80):
-                    self._check_perm(lin, access, user, write, fetch, wp, ok_w, ok_u, nx)
-                    if write and not e & 0x40:
-                        self._pt_write(ea, 8, e | 0x60)
-                    page_mask = (1 << shift) - 1
-                    return ((e & 0x000F_FFFF_FFFF_F000) & ~page_mask) | (lin & page_mask)
-                table = e & 0x000F_FFFF_FFFF_F000
-            raise AssertionError("unreachable")
-        # 32-bit paging (SDM 4.3)
-        ea = (self.cr3 & 0xFFFF_F000) + ((lin >> 22) & 0x3FF) * 4
-        pde = rd(ea, 4)
-        if not pde & 1:
-            self._pf(lin, 0, access, user)
-        if not pde & 0x20:
-            self._pt_write(ea, 4, pde | 0x20)
-        if pde & 0x80 and self.cr4 & CR4_PSE:
-            self._check_perm(lin, access, user, write, fetch, wp, bool(pde & 2), bool(pde & 4),
-                             False)
-            if write and not pde & 0x40:
-                self._pt_write(ea, 4, pde | 0x60)
-            return (pde & 0xFFC0_0000) | (lin & 0x3F_FFFF)
-        ea2 = (pde & 0xFFFF_F000) + ((lin >> 12) & 0x3FF) * 4
-        pte = rd(ea2, 4)
-        if not pte & 1:
-            self._pf(lin, 0, access, user)
-        self._check_perm(lin, access, user, write, fetch, wp, bool(pde & pte & 2),
-                         bool(pde & pte & 4), False)
-        if not pte & 0x20 or (write and not pte & 0x40):
-            self._pt_write(ea2, 4, pte | 0x20 | (0x40 if write else 0))
-        return (pte & 0xFFFF_F000) | (lin & 0xFFF)
-
-    def _check_perm(self, lin: int, access: int, user: bool, write: int, fetch: int, wp: int,
-                    ok_w: bool, ok_u: bool, nx: bool) -> None:
-        if (user and not ok_u) or (write and not ok_w and (user or wp)) or (fetch and nx):
-            self._pf(lin, 1, access, user)
-
-    def _pf(self, lin: int, present: int, access: int, user: bool) -> None:
-        code = present | (access & (ACC_WRITE | ACC_FETCH)) | (ACC_USER if user else 0)
-        if not self.efer & EFER_NXE:
-            code &= ~ACC_FETCH
-        raise Fault(14, code, cr2=lin)
+        """Linear -> guest-physical with the page walk of the current paging mode
+        (x86/paging.py, the walk the debugger shares). Raises #PF (SDM 4.7 error code, CR2)
+        or #GP for non-canonical addresses. Sets accessed and dirty bits as the walk goes."""
+        return walk(self, lin, access, self._pt_read, self._pt_write)
 
     def _pt_read(self, gpa: int, size: int) -> int:
         return self.mem.read(self.hooks.gpa(self, gpa, 0, True), size)
@@ -208,11 +134,6 @@ class Mmu(CpuState):
         for cache, rip in self._code_rips.pop(hppn, ()):
             cache.pop(rip, None)
 
-    def read_virt(self, lin: int, n: int) -> bytes:
-        """Debugger read by linear address, without side effects on TLB contents."""
-        return bytes(self._rd_slow(lin + i, 1, 0x100) for i in range(n))
-
-    # ------------------------------------------------------------------ decode
     def fetch_insn(self, rip: int) -> Insn:
         """Fetch, decode and translate the instruction at linear `rip`, caching it."""
         lin = rip if self.mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
@@ -233,16 +154,12 @@ class Mmu(CpuState):
                     raise
         try:
             insn = self.decoder.translate(code, rip, self.mode)
-        except Exception as e:  # noqa: BLE001 - a translator bug must not crash the host:
-            # the guest gets #UD and the record names the instruction (DESIGN.md)
+        except BUG_ERRORS as e:
+            # a translator bug: the run stops and the front end names the instruction
             ci = self.decoder.decode(code, rip, self.mode)
             n = ci.size if ci is not None else 1
-            text = (f"unsupported instruction {code[:n].hex(' ')} "
-                    f"({ci.mnemonic + ' ' + ci.op_str if ci else '(bad)'}) at {rip:#x}: "
-                    f"translator error {type(e).__name__}")
-            self.last_unsupported = (rip, bytes(code[:n]), text)
-            self.hooks.unsupported(self, rip, bytes(code[:n]), text)
-            raise Unsupported(text) from None
+            text = f"{ci.mnemonic} {ci.op_str}".strip() if ci is not None else "(bad)"
+            raise InternalError(rip, code[:n], text, e) from None
         if insn.fn is None:
             text = unsupported_text(insn)
             self.last_unsupported = (rip, insn.code, text)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 Reader = Callable[["Cpu"], int]
 Writer = Callable[["Cpu", int], None]
 M64 = 0xFFFF_FFFF_FFFF_FFFF
+NO_INDEX = frozenset({X.X86_REG_RIZ, X.X86_REG_EIZ})
 
 
 def reg_reader(reg: int) -> Reader:
@@ -78,7 +79,9 @@ def mem_offset(mem: X.X86OpMem, addr_size: int, next_rip: int) -> Reader:
     if base_reg in (X.X86_REG_RIP, X.X86_REG_EIP):
         return _const_ea((next_rip + disp) & am)
     b = REGMAP[base_reg][0] if base_reg else None
-    ix = REGMAP[index_reg][0] if index_reg else None
+    # A SIB byte with index 100b (and no REX.X) has no index register; capstone names that
+    # "riz"/"eiz" (SDM vol 2 table 2-3, "none").
+    ix = REGMAP[index_reg][0] if index_reg and index_reg not in NO_INDEX else None
     if b is not None and ix is not None:
         return _bisd(b, ix, scale, disp, am)
     if b is not None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from . import insn as _insn  # noqa: F401  (registers the translators)
 from .decode import Decoder, Insn
+from .faults import InternalError
 from .hooks import Hooks
 from .memory import PhysMem
 from .regs import (
@@ -62,6 +63,7 @@ class CpuState:
         self.task_switch_sel = 0
         self.task_switch_errcode: int | None = None
         self.last_unsupported: tuple[int, bytes, str] | None = None
+        self.internal_error: InternalError | None = None   # a bug in nitdbg stopped the vCPU
         # time and the retirement log
         self.icount = 0
         self.time_offset = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import interrupts
 from .decode import F_LOADS_RF, F_NO_SSTEP
 from .events import Events
-from .faults import Fault, Intercepted
+from .faults import BUG_ERRORS, Fault, Intercepted, InternalError
 from .mmu import Mmu
 from .regs import (
     CS,
@@ -28,7 +28,20 @@ class StepLoop(Events, Mmu):
     # ------------------------------------------------------------------ running
     def run(self, budget: int) -> int:
         """Run up to `budget` instructions. Returns the number retired; `stop_reason` says why
-        it stopped: "budget", "hlt", "intercept", "shutdown", "stop"."""
+        it stopped: "budget", "hlt", "intercept", "shutdown", "stop", or "internal" (a bug in
+        nitdbg: `internal_error` holds the record, and the vCPU runs no further)."""
+        start = self.icount
+        if self.internal_error is not None:
+            self.stop_reason = "internal"
+            return 0
+        try:
+            return self._run(budget)
+        except (InternalError, *BUG_ERRORS) as e:
+            # a bug outside an instruction's own execution (event delivery, a boundary event)
+            self._internal_error(self.rip, e)
+            return self.icount - start
+
+    def _run(self, budget: int) -> int:
         ring = self.retire.rips
         mask = self.retire.mask
         self.stop_reason = ""
@@ -60,14 +73,11 @@ class StepLoop(Events, Mmu):
                 self.rip = rip
                 self.stop_reason = "intercept"
                 return self.icount - start
-            except (ArithmeticError, LookupError, TypeError, ValueError) as e:
-                # A bug in an instruction's semantics must not escape as a Python
-                # exception: the guest gets #UD and the record names the instruction.
-                self.rip = rip
-                if self._internal_error(rip, e) < 0:
-                    return self.icount - start
-                icache = self.icache
-                continue
+            except (InternalError, *BUG_ERRORS) as e:
+                # A bug in nitdbg must not escape as a Python exception: the run stops and
+                # the record names the instruction (InternalError).
+                self._internal_error(rip, e)
+                return self.icount - start
             n = self.icount
             ring[n & mask] = rip
             self.icount = n + 1
@@ -131,10 +141,10 @@ class StepLoop(Events, Mmu):
             self.shadow = shadow
             self.stop_reason = "intercept"
             return -1
-        except (ArithmeticError, LookupError, TypeError, ValueError) as e:
-            self.rip = rip
-            self.shadow = 0
-            return 0 if self._internal_error(rip, e) >= 0 else -1
+        except (InternalError, *BUG_ERRORS) as e:
+            self.pending_db = pending
+            self.shadow = shadow
+            return self._internal_error(rip, e)
         # RF is cleared once an instruction completes, unless that instruction loaded it
         # (IRET, task switch): then it lasts one more instruction (APM 13.1.3.1).
         if self.rflags & RF and not insn.flags & F_LOADS_RF:

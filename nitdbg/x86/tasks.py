@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .faults import Fault, Unsupported
-from .regs import CR0_PG, CR0_TS, CS, DR6_BT, NT, RF, SS, VM
+from .regs import CR0_PG, CR0_TS, CS, DR6_BT, EFER_LMA, NT, RF, SS, VM
 from .segments import ATTR_DB, ATTR_P, ATTR_S, Segment, decode_descriptor
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def switch(c: Cpu, new_sel: int, reason: str, saved_eflags: int, *, ext: int = 0
     """
     nested = reason in ("call", "gate")
     err = (new_sel & 0xFFFC) | ext
-    if c.efer & 0x400:
+    if c.efer & EFER_LMA:
         raise Fault(13, 0)            # no task switches in IA-32e mode (SDM 7.7)
     # The new TSS descriptor: a 32-bit TSS in the GDT, available (busy for IRET), present,
     # limit >= 0x67 (SDM 7.3 steps 3-4; #TS for IRET, #GP for the others).

@@ -4,7 +4,12 @@ An access to a port nobody claims reads as all ones of the access size and a
 write to it is dropped -- what an ISA bus with nothing answering returns, and
 what bhyve's and QEMU's default handlers do.  An access that straddles ports
 owned by different devices (or none) is split into byte accesses, each going to
-its own owner, the way an 8-bit ISA device sees a 16/32-bit IN/OUT.
+its own owner, the way an 8-bit ISA device sees a 16/32-bit IN/OUT.  An access
+that runs past port 0xFFFF is split the same way; its bytes beyond 0xFFFF fall
+outside the 64 KiB I/O space (SDM vol 1 19.3, QEMU's 64 KiB io address space)
+and, with no device there, read as all ones and are dropped on a write.  The
+IOPM has bits for them too (APM vol 2 15.10.1: its third 4 KiB covers ports
+past 0xFFFF), so the intercept check sees the whole access.
 """
 
 from __future__ import annotations
@@ -63,9 +68,12 @@ def size_mask(size: int) -> int:
 
 
 def check_access(port: int, size: int) -> None:
+    """What no IN/OUT can produce: a port outside 0..0xFFFF or a size other than 1, 2, 4.
+    An access that starts at a valid port and runs past 0xFFFF is a real guest access
+    (`inl %dx` with DX=0xFFFE): the bus splits it (see read/write)."""
     if size not in ACCESS_SIZES:
         raise IoBusError(f"bad I/O access size {size} (must be 1, 2 or 4)")
-    if not 0 <= port < PORT_LIMIT or port + size > PORT_LIMIT:
+    if not 0 <= port < PORT_LIMIT:
         raise IoBusError(f"bad I/O port {port:#x} for a {size}-byte access")
 
 
@@ -156,7 +164,7 @@ class IoBus:
                 byte_rng.device.io_write(port + i, 1, (value >> (8 * i)) & 0xFF, vcpu)
 
     def _read_byte(self, port: int, vcpu: int) -> int:
-        rng = self._owner.get(port)
+        rng = self._owner.get(port)          # None past 0xFFFF: nothing decodes it
         if rng is None:
             return 0xFF
         return rng.device.io_read(port, 1, vcpu) & 0xFF

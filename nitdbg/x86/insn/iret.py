@@ -11,13 +11,28 @@ import capstone.x86_const as X
 
 from ..decode import F_LOADS_RF, Decoded, translates
 from ..faults import Fault
-from ..regs import CS, DS, ES, FS, GS, IF, IOPL, NT, RF, RFLAGS_WRITABLE, RSP, SS, VM, canonical
+from ..regs import (
+    CS,
+    DS,
+    EFER_LMA,
+    ES,
+    FS,
+    GS,
+    IF,
+    IOPL,
+    NT,
+    RF,
+    RFLAGS_WRITABLE,
+    RSP,
+    SS,
+    VM,
+    canonical,
+)
 from ..retire import EV_IRET
 from ..segments import ATTR_L, ATTR_S, Segment, decode_descriptor
 from ..stack import peek
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
-EFER_LMA = 0x400
 
 
 def _load_seg(c, sel: int, what: str) -> Segment:

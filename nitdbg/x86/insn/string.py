@@ -13,6 +13,10 @@ A repeated instruction runs to completion as one retired instruction, except tha
   iterations remain (SDM vol 3 17.3.1.4: the trap is taken between iterations);
 - a data breakpoint hit ends the instruction after that iteration the same way (SDM vol 3
   17.3.1.2: reported "after the iteration", then the instruction resumes).
+- one execution runs at most REP_SLICE iterations and then leaves RIP at the instruction, as
+  an interrupt between iterations would (SDM vol 1 7.3.9.3 / vol 2 REP: the instruction is
+  resumed with the registers as the completed iterations left them), so rCX = 2**64-1 does
+  not hold the host in one instruction; each slice is one entry of the retirement log.
 `rep movs`/`rep stos` copy a page-sized chunk at a time through the TLB's host pages when both
 pages are already translated for the access (so no page walk, watched page, MMIO or cached
 code page is involved); anything else takes the per-element path that checks everything.
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 NA = F.NOT_ARITH
+REP_SLICE = 1 << 20       # iterations of one REP string instruction per execution
 _SEG_PREFIX = {0x26: ES, 0x2E: 1, 0x36: SS, 0x3E: 3, 0x64: FS, 0x65: GS}
 _ACC = {1: X.X86_REG_AL, 2: X.X86_REG_AX, 4: X.X86_REG_EAX, 8: X.X86_REG_RAX}
 
@@ -138,11 +143,12 @@ def _movs(d: Decoded, size: int):
         stepping = c.rflags & TF
         watch = bool(c.data_bps)
         n0 = n
+        rest = n - min(n, REP_SLICE)          # iterations left for the next slice
         try:
-            while n:
+            while n > rest:
                 sl, dl = src(c, si), dst(c, di)
-                if n > 1 and not stepping:
-                    k = _chunk(sl & 0xFFF, dl & 0xFFF, n, size, down)
+                if n - rest > 1 and not stepping:
+                    k = _chunk(sl & 0xFFF, dl & 0xFFF, n - rest, size, down)
                     if k > 1:
                         sp = c.tlb_r.get(sl >> 12)
                         dp = c.tlb_w.get(dl >> 12)
@@ -200,11 +206,12 @@ def _stos(d: Decoded, size: int):
         watch = bool(c.data_bps)
         pattern = v.to_bytes(size, "little")
         n0 = n
+        rest = n - min(n, REP_SLICE)
         try:
-            while n:
+            while n > rest:
                 dl = dst(c, di)
-                if n > 1 and not stepping:
-                    k = _chunk(-1, dl & 0xFFF, n, size, down)
+                if n - rest > 1 and not stepping:
+                    k = _chunk(-1, dl & 0xFFF, n - rest, size, down)
                     if k > 1:
                         dp = c.tlb_w.get(dl >> 12)
                         if dp is not None and _no_wrap(di, k, size, down, am):
@@ -247,8 +254,9 @@ def _lods(d: Decoded, size: int):
         stepping = c.rflags & TF
         watch = bool(c.data_bps)
         n0 = n
+        rest = n - min(n, REP_SLICE)
         try:
-            while n:
+            while n > rest:
                 acc_w(c, c.rd(src(c, si), size))
                 n -= 1
                 si = (si + delta) & am
@@ -305,11 +313,12 @@ def _compare(d: Decoded, size: int, scas: bool):
         n0 = n
         acc = c.regs[0] & m
         acc_bytes = acc.to_bytes(size, "little")
+        rest = n - min(n, REP_SLICE)
         try:
-            while n:
-                if n > 1 and not (stepping or delta < 0) and bulk_ok:
-                    j = _cmp_skip(c, s, src(c, si) if not scas else -1, dst(c, di), n - 1,
-                                  si, di, acc_bytes if scas else None)
+            while n > rest:
+                if n - rest > 1 and not (stepping or delta < 0) and bulk_ok:
+                    j = _cmp_skip(c, s, src(c, si) if not scas else -1, dst(c, di),
+                                  n - rest - 1, si, di, acc_bytes if scas else None)
                     if j:
                         fl = _cmp_last_flags(c, s, si, di, j, acc if scas else None)
                         n -= j
@@ -334,6 +343,8 @@ def _compare(d: Decoded, size: int, scas: bool):
             if n != n0:
                 _progress(c, s, n, None if scas else si, di)
                 c.rflags = (c.rflags & NA) | fl
+        if n and n == rest and bool(fl & ZF) != stop_on_zf:
+            c.rip = addr              # the slice ended between iterations: resume here
     return rep_cmp
 
 

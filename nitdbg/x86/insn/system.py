@@ -448,6 +448,10 @@ def mov_cr_dr(d: Decoded):
         regmap, check, read, write = CRMAP, _cpl0, read_cr, write_cr
     else:
         regmap, check, read, write = DRMAP, _dr_access, read_dr, write_dr
+        if max(DRMAP.get(r0, -1), DRMAP.get(r1, -1)) >= 8:
+            # DR8-DR15 do not exist: #UD, before the CPL and DR7.GD checks (APM vol 3 MOV
+            # DRn "an illegal debug register was referenced"; SDM vol 2 MOV DR, 64-bit mode)
+            return _ud
     if r0 in regmap:
         n, rd = regmap[r0], d.reader(1)
 
@@ -461,6 +465,10 @@ def mov_cr_dr(d: Decoded):
         check(c)
         wr(c, read(c, n) & m)
     return from_reg
+
+
+def _ud(c) -> None:
+    raise Fault(6)
 
 
 def _dr_access(c) -> None:
@@ -511,7 +519,8 @@ def load_data_seg(c, idx: int, sel: int) -> None:
 
 
 def mov_sreg(d: Decoded):
-    if d.ops[0].reg in SEGMAP:
+    # operand 0 may be memory: its .reg would be the union's segment field (an override)
+    if d.is_reg(0) and d.ops[0].reg in SEGMAP:
         idx, rd = SEGMAP[d.ops[0].reg], d.reader(1)
         if idx == CS:
             def bad(c):
