@@ -45,3 +45,19 @@ def test_a_broadcast_nmi_with_kdb_on_nmi_shows_deadlock_and_r_force_resets_while
     asyncio.run(flow())
     res = replay(path, verify=True)
     assert res.ok, res.divergence
+
+
+def test_r_outside_a_deadlock_asks_before_resetting():
+    async def flow() -> None:
+        app = NitdbgApp({}, record=None)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(app, pilot)
+            boots = app.machine.m.boots
+            await pilot.press("R")
+            await wait_idle(app, pilot)
+            out = "".join(t for t, _ in app.main_screen.transcript)
+            assert "press R again" in out and app.machine.m.boots == boots
+            await pilot.press("R")
+            await wait_idle(app, pilot, timeout=60)
+            assert app.machine.m.boots == boots + 1
+    asyncio.run(flow())

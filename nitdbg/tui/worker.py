@@ -79,6 +79,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self.chunk = FIRST_CHUNK                     # instructions per chunk of a run
         self.last_session = ""                       # the recording stopped last
         self._confirm_record = False                 # r said what it would do: r again does
+        self._confirm_reset = False                  # the same for R outside a deadlock
         self._boots = 1
 
     # ------------------------------------------------------------------ UI thread side
@@ -220,6 +221,13 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         k = r.kind
         if k not in ("record", "refresh"):
             self._confirm_record = False
+        if k == "force_reset" and not self.deadlock and not self._confirm_reset:
+            # not the way out of a deadlock: a reset loses the guest's state, say so first
+            self._confirm_reset = True
+            self._out("R resets the VM on the host (bhyvectl --force-reset): press R again "
+                      "to do it, any other key to keep the guest as it is\n", "error")
+            return
+        self._confirm_reset = False
         if k == "pause":
             self.interrupt.clear()
             if self.state.running:
