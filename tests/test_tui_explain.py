@@ -184,3 +184,37 @@ def test_on_the_machine_a_traced_single_step_exit_is_a_reflected_exception_not_a
     _, second = _first_steps(tunables={"hw.vmm.trace_guest_exceptions": "1"})
     assert "exception 1 intercepted and reflected" in second
     assert not any("IRET" in t or "unblocked" in t for t in second)
+
+
+def test_tf_rf_planted_needs_the_policys_tracing_line():
+    f = iret_step()
+    f = replace(f, ktr=tuple(k for k in f.ktr if "iret tracing enabled" not in k.message))
+    assert "TF|RF planted" not in titles(f)
+
+
+def test_a_speculative_unblock_is_said_only_when_the_policy_logged_it():
+    events = (ev(10, 1000, "vmexit", rip=IRET_RIP, info=ec.VMEXIT_IRET),)
+    with_line = StepFacts(0, events, (ktr(1000, "vNMIs unblocked speculatively"),), IDLE)
+    assert "unblocked speculatively" in titles(with_line)
+    assert "unblocked speculatively" not in titles(replace(with_line, ktr=()))
+
+
+def test_a_nested_page_fault_is_a_link_only_between_the_iret_exit_and_its_end():
+    npf = ev(10, 1200, "vmexit", rip=IRET_RIP, info=ec.VMEXIT_NPF)
+    f = iret_step()
+    during = replace(f, events=f.events[:2] + (npf,) + f.events[2:])
+    assert "nested page fault at the IRET" in titles(during)
+    alone = StepFacts(0, (npf,), (), IDLE)
+    assert titles(alone) == []
+
+
+def test_injections_and_deliveries_are_links_by_their_vector_and_dr6():
+    nmi_inj = ev(5, 500, "inject", vector=2, rip=NEXT)
+    other_inj = ev(5, 500, "inject", vector=32, rip=NEXT)
+    assert titles(StepFacts(0, (nmi_inj,), (), IDLE)) == ["vNMI injected"]
+    assert titles(StepFacts(0, (other_inj,), (), IDLE)) == []
+    db_bs = ev(6, 600, "exception", vector=1, rip=NEXT, dr6=0xFFFF0FF0 | BS)
+    db_nobs = ev(6, 600, "exception", vector=1, rip=NEXT, dr6=0xFFFF0FF0)
+    assert titles(StepFacts(0, (db_bs,), (), IDLE)) == ["single-step #DB in the guest"]
+    assert titles(StepFacts(0, (db_nobs,), (), IDLE)) == []
+    assert titles(StepFacts(0, (ev(7, 700, "nmi", rip=NEXT),), (), IDLE)) == ["NMI delivered"]
