@@ -61,3 +61,17 @@ def test_r_outside_a_deadlock_asks_before_resetting():
             await wait_idle(app, pilot, timeout=60)
             assert app.machine.m.boots == boots + 1
     asyncio.run(flow())
+
+
+def test_a_reset_typed_at_the_host_prompt_gives_fresh_panes():
+    async def flow() -> None:
+        app = NitdbgApp({}, record=None)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(app, pilot)
+            await pilot.press("f2", *"bhyvectl --vm=vm2 --force-reset", "enter", "escape")
+            await wait_idle(app, pilot)
+            snap = app.main_screen.snap
+            assert app.machine.m.boots == 2
+            assert snap.vcpus[0].icount == app.machine.m.view(0).icount
+            assert "internal error" not in "".join(t for t, _ in app.main_screen.transcript)
+    asyncio.run(flow())

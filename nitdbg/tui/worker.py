@@ -190,7 +190,10 @@ class MachineWorker(RecordingMixin, ReplayMixin):
 
     def _snap(self, is_stop: bool, status: str = "") -> None:
         m = self.m
-        assert m is not None and self.builder is not None
+        assert m is not None
+        if getattr(m, "boots", 1) != self._boots:
+            self._machine_reset()        # reset from the host shell (F2) as well as by R
+        assert self.builder is not None
         if is_stop:
             # "retired since the last stop": from the previous stop up to this one
             self.since = dict(self._since_next)
@@ -242,9 +245,14 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if k == "select":
             self.selected = r.num % m.summary().vcpus
             return
-        if k in ("refresh", "audit"):
+        if k in ("refresh", "audit", "exits"):      # reads: not inputs to the machine
             if k == "audit":
                 self._out(m.ddb.audit.report(), "audit")
+            elif k == "exits":
+                exits = m.exit_history(self.selected)
+                names = {a: m.symbols.format(a) for x in exits
+                         for a in (x.exit.rip, x.regs["rip"])}
+                self.post(ExitHistory(self.selected, exits, names))
             return
         self.deadlock = {}              # an input: the watchdog says again if it still holds
         if k == "ddb":
@@ -276,11 +284,6 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self._host_step(r.arg or "insn")
         elif k == "force_reset":
             self._force_reset()
-        elif k == "exits":
-            exits = m.exit_history(self.selected)
-            names = {a: m.symbols.format(a) for x in exits
-                     for a in (x.exit.rip, x.regs["rip"])}
-            self.post(ExitHistory(self.selected, exits, names))
         elif k == "scenario":
             self._scenario(r.arg)
         elif k == "record":
