@@ -83,10 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tui", help="the Textual app (the default)")
     _machine_args(t)
     _record_args(t)
+    t.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="also serve gdb here (loopback unless a host is given)")
+    t.add_argument("--timeline", action="store_true",
+                   help="keep the history for `back` / `back-stop` (on with --gdb)")
     c = sub.add_parser("console", help="the machine on a line prompt (host$, guest#, db>)")
     _machine_args(c)
     _record_args(c)
     c.add_argument("--replay", metavar="FILE", help="play a recorded session back")
+    c.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="also serve gdb here (loopback unless a host is given)")
+    c.add_argument("--timeline", action="store_true",
+                   help="keep the history for `back` / `back-stop` at host$ (on with --gdb)")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
     r.add_argument("--max-instructions", type=int, default=100_000_000)
@@ -98,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--events-out", metavar="FILE.jsonl", help="JSON Lines event log")
     r.add_argument("--trace-instructions", action="store_true",
                    help="include every retired instruction in the events log")
+    r.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="wait for gdb here before the first guest instruction (loopback "
+                        "unless a host is given); reverse-stepi/continue work")
     sub.add_parser("scenario", help="the seed's test plan as scenarios", add_help=False)
     sub.add_parser("replay", help="replay a recorded .nitrec session", add_help=False)
     b = sub.add_parser("bench", help="performance figures")
@@ -121,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return _console(a)
         if a.cmd == "run":
             from .runner import run_headless
+            if a.gdb:
+                return _run_gdb(a)
             return run_headless(a, _make_machine(a))
         if a.cmd == "bench":
             from . import bench
@@ -140,9 +153,42 @@ def _tui(a: argparse.Namespace) -> int:
     import os
 
     from .hostcmds import DiskFiles
+    if a.gdb or a.timeline:
+        try:
+            _tui_gdb_hook(a)
+        except ValueError as e:
+            print(f"nitdbg: {e}", file=sys.stderr)
+            return 2
     kw = _machine_kwargs(a)
     kw["host_files"] = DiskFiles(os.getcwd())     # host$ files are real files, as in console
     return run_app(kw, record=_record_target(a)) or 0
+
+
+def _tui_gdb_hook(a: argparse.Namespace) -> None:
+    """--gdb / --timeline for the TUI without touching it: once its worker has built and
+    booted the machine, serve gdb beside it (or keep the history). The worker's inputs go
+    through the machine's @_input methods, which take the stub's lock."""
+    from .gdb.server import parse_endpoint
+    from .tui import worker
+    if a.gdb:
+        parse_endpoint(a.gdb)          # a bad endpoint fails here, before the app starts
+    start = worker.MachineWorker._start
+
+    def _start(self) -> None:  # noqa: ANN001
+        start(self)
+        m = getattr(self.m, "machine", self.m)      # under a session recorder
+        if a.gdb:
+            from .gdb import serve_in_thread
+            try:
+                srv = serve_in_thread(m, a.gdb, log=lambda s: self._out(s + "\n", "info"))
+            except OSError as e:
+                self._out(f"gdb: {a.gdb}: {e.strerror or e}\n", "error")
+                return
+            self._out(f"gdb: serving on {srv.address[0]}:{srv.address[1]}\n", "info")
+        else:
+            from .timeline import Timeline
+            Timeline(m)
+    worker.MachineWorker._start = _start
 
 
 def _console(a: argparse.Namespace) -> int:
@@ -156,7 +202,8 @@ def _console(a: argparse.Namespace) -> int:
         return main_replay([a.replay, "--show", "--step", "--verify"])
     target = _record_target(a)
     if target is None:
-        return console.main(_make_machine(a))
+        m = _make_machine(a)
+        return console.main(m) if _console_extras(a, m) else 1
     from .machine import MachineError
     from .session import SessionError, start_recording
     try:
@@ -165,10 +212,60 @@ def _console(a: argparse.Namespace) -> int:
         print(f"nitdbg: {e}", file=sys.stderr)
         return 1
     try:
+        if not _console_extras(a, rec.machine):
+            return 1
         return console.main(rec)
     finally:
         rec.close()
         print(f"session recorded: {rec.path}", file=sys.stderr)
+
+
+def _console_extras(a: argparse.Namespace, m) -> bool:  # noqa: ANN001 - a Machine
+    """--timeline and --gdb for the console; False (after one line) if --gdb cannot serve."""
+    if a.gdb:
+        from .gdb import serve_in_thread
+        try:
+            serve_in_thread(m, a.gdb)
+        except (ValueError, OSError) as e:
+            print(f"nitdbg: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return False
+    elif a.timeline:
+        from .timeline import Timeline
+        Timeline(m)
+    return True
+
+
+def _run_gdb(a: argparse.Namespace) -> int:
+    """`nitdbg run --gdb`: hold the machine for gdb (like qemu -s -S); after gdb detaches
+    the run goes on headless, after `kill` it ends."""
+    from .gdb import GdbServer, parse_endpoint
+    from .runner import run_headless
+    from .timeline import Timeline
+    try:
+        host, port = parse_endpoint(a.gdb)
+    except ValueError as e:
+        print(f"nitdbg: {e}", file=sys.stderr)
+        return 2
+    m = _make_machine(a)
+    for s in a.sysctl:
+        res = m.vm.sysctl.run([s])
+        if res.status:
+            print(res.stderr.strip(), file=sys.stderr)
+            return 1
+    a.sysctl = []
+    try:
+        server = GdbServer(m, host, port)
+    except OSError as e:
+        print(f"nitdbg: --gdb {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    Timeline(m)
+    how = server.serve()
+    if how == "kill":
+        sys.stdout.buffer.write(m.console_output())
+        sys.stdout.flush()
+        return 0
+    m.timeline = None                  # gdb has gone: no more history to keep
+    return run_headless(a, m)
 
 
 def _delegate(cmd: str, rest: list[str]) -> int:
@@ -195,6 +292,8 @@ def _bench_extras() -> dict:
         extras["tui"] = tui
     except ImportError:
         pass
+    from .gdb.bench import bench_figures as gdb
+    extras["gdb"] = gdb
     return extras
 
 

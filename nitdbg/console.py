@@ -23,7 +23,8 @@ from .machine import Machine, MachineError, StopEvent, describe_stop
 
 SURFACES = ("host", "guest", "ddb")
 PROMPTS = {"host": "host$ ", "guest": "guest# ", "ddb": "db> "}
-HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "help", "sudo",
+HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "head", "tail", "wc",
+              "help", "sudo",
               "--vm=vm2", "--force-reset", "--force-poweroff",
               "--cpu=0", "--cpu=-1", "--assert-lapic-lvt=1", "--inject-nmi", "--get-stats",
               "--get-rip", "--get-rflags", "--get-dr6", "--get-intinfo",

@@ -7,6 +7,7 @@ one quantum of instructions; a halted vCPU waits at its next timer deadline.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,27 @@ RESUME_INSNS = 2_000_000         # a multi-step debugger command gives the promp
 
 class MachineError(Exception):
     """A one-line error for the user (bad option, bad file, bad state)."""
+
+
+def _input(fn: Callable) -> Callable:
+    """Mark a method that gives the machine an input or runs it: with a timeline attached
+    (nitdbg/timeline.py) the outermost such call is recorded, so re-execution from a
+    checkpoint repeats it exactly."""
+    @functools.wraps(fn)
+    def wrapper(self: Machine, *args, **kwargs):
+        lock = self.lock
+        if lock is not None:               # a gdb stub on another thread (gdb/server.py)
+            with lock:
+                return _call(self, fn, args, kwargs)
+        return _call(self, fn, args, kwargs)
+    return wrapper
+
+
+def _call(m: Machine, fn: Callable, args: tuple, kwargs: dict):  # noqa: ANN202
+    tl = m.timeline
+    if tl is None or m._in_op:
+        return fn(m, *args, **kwargs)
+    return tl.apply(fn.__name__, args, kwargs)
 
 
 @dataclass
@@ -113,6 +135,7 @@ class Machine:
         self._ddb = None
 
     # ------------------------------------------------------------------ reset / power off
+    @_input
     def force_reset(self) -> None:
         """bhyvectl --force-reset: reboot the VM from the same kernel, vCPUs, policy and
         tunables. What belongs to the host survives: the KTR ring, the debug.nit knobs, the
@@ -128,6 +151,7 @@ class Machine:
         self.boots += 1
         self.powered_off = False
 
+    @_input
     def force_poweroff(self) -> None:
         """bhyvectl --force-poweroff: stop the VM; it runs again only after force_reset().
         The host side (KTR, stats, sysctl, files) stays readable."""
@@ -153,21 +177,56 @@ class Machine:
         to return to: replay steps back by cloning forward from the nearest one)."""
         import copy
         listeners, self.listeners = self.listeners, []
+        # the timeline (it holds clones) and a thread lock are the host's, not the state's
+        host = {k: self.__dict__.pop(k) for k in ("timeline", "lock") if k in self.__dict__}
         try:
             return copy.deepcopy(self)
         finally:
             self.listeners = listeners
+            self.__dict__.update(host)
 
     # ------------------------------------------------------------------ host side
     def host(self, line: str) -> str:
-        """A host command line (bhyvectl, sysctl, ktrdump, sleep, cat, | grep)."""
+        """A host command line (bhyvectl, sysctl, ktrdump, sleep, cat, | grep), or `back
+        [VCPU]` / `back-stop` to go back in time (with a timeline attached)."""
+        word, _, rest = line.strip().partition(" ")
+        if word in ("back", "back-stop"):
+            return self._back(word, rest.strip())
+        return self._host(line)
+
+    @_input
+    def _host(self, line: str) -> str:
         return self.shell.run(line)
 
+    def _back(self, word: str, rest: str) -> str:
+        try:
+            if word == "back":
+                if rest and not rest.isdigit():
+                    return "back: usage: back [VCPU]\n"
+                ev = self.step_back(int(rest or "0"))
+            else:
+                if rest:
+                    return "back-stop: usage: back-stop\n"
+                ddb = [b.address for b in self._ddb.breaks.user_breakpoints()] \
+                    if self._ddb is not None else []
+                gdb = self.timeline.gdb_points() if self.timeline is not None else ((), ())
+                ev = self.back_to_stop(tuple(ddb) + tuple(gdb[0]), tuple(gdb[1]))
+        except MachineError as e:
+            return f"{word}: {e}\n"
+        if ev.reason == "begin":
+            return f"{word}: at the start of the recorded history\n"
+        k = ev.vcpu if ev.vcpu is not None else 0
+        rip = self.live_regs(k)["rip"]
+        return (f"{word}: vCPU {k} at {self.symbols.format(rip)} ({rip:#x}), "
+                f"{self.vm.vcpus[k].cpu.icount} instructions retired\n")
+
+    @_input
     def assert_lapic_lvt(self, vcpu: int, pin: int = 1) -> None:
         self._check_on()
         self._catch_up(vcpu)
         self.vm.assert_lapic_lvt(vcpu, pin)
 
+    @_input
     def inject_nmi(self, vcpu: int) -> None:
         self._check_on()
         self._catch_up(vcpu)
@@ -200,6 +259,7 @@ class Machine:
     def console_output(self) -> bytes:
         return bytes(self.vm.console_out)
 
+    @_input
     def console_input(self, data: bytes) -> None:
         self._check_on()
         self.vm.com1.feed(data)
@@ -225,6 +285,7 @@ class Machine:
                 best, bt = v, t
         return best
 
+    @_input
     def run(self, max_insns: int | None = None, until_ns: int | None = None,
             until: Callable[[], bool] | None = None) -> StopEvent:
         """Run the vCPUs until a stop: the debugger is entered, the budget of instructions or
@@ -233,6 +294,8 @@ class Machine:
             return StopEvent("poweroff")
         if self.shutdown is not None:
             return StopEvent("shutdown", None, {"reason": self.shutdown})
+        if self.held_by is not None and not self._host_running:
+            return StopEvent("held", None, {"by": self.held_by})
         if self.in_kdb:
             return StopEvent("kdb", next(iter(self.in_kdb)), {})
         retired = 0
@@ -274,6 +337,7 @@ class Machine:
                     cb(ev)
                 return ev
 
+    @_input
     def step_vcpu(self, vcpu: int, unit: str = "insn", limit: int = 1_000_000) -> StopEvent:
         """Host-level single step of one vCPU, without the guest's involvement: exactly one
         guest instruction, or one event delivery ("insn"); or up to its next VM exit and
@@ -293,6 +357,7 @@ class Machine:
             return StopEvent("deadlock", None, {"spins": spins})
         return None
 
+    @_input
     def settle(self, max_insns: int = SETTLE_INSNS, ns: int = SETTLE_NS) -> StopEvent:
         """Let the guest react to an input: run until the debugger is entered, a stop, or
         `ns` of virtual time / `max_insns` instructions have passed."""
@@ -315,6 +380,7 @@ class Machine:
             return StopEvent("shutdown", ux.vcpu, dict(ux.info))
         return StopEvent(kind, ux.vcpu, dict(ux.info))
 
+    @_input
     def leave_kdb(self, vcpu: int) -> None:
         self.in_kdb.pop(vcpu, None)
         self.vm.vcpus[vcpu].stopped_by_host = False
@@ -333,6 +399,7 @@ class Machine:
         """Which surface has the input: "ddb" while a vCPU is in the debugger, else "guest"."""
         return "ddb" if self.in_kdb else "guest"
 
+    @_input
     def enter_debugger(self, ev: StopEvent, max_insns: int = SETTLE_INSNS) -> str:
         """A kdb stop: let ddb take it (and follow `s,N` / step-over resumes)."""
         res = self.ddb.enter(ev.vcpu, ev.info)
@@ -341,6 +408,7 @@ class Machine:
             out += self._resume(ev.vcpu, max_insns)
         return out
 
+    @_input
     def debugger(self, line: str, max_insns: int = SETTLE_INSNS) -> str:
         """One line typed at the db> prompt; if it resumes the guest, run until the next
         stop (or as long as settle() would) and return what the debugger printed."""
@@ -373,16 +441,19 @@ class Machine:
                 return out
 
     # ------------------------------------------------------------------ convenience
+    @_input
     def run_until_output(self, text: bytes, max_insns: int = 50_000_000) -> bool:
         start = len(self.vm.console_out)
         ev = self.run(max_insns=max_insns,
                       until=lambda: text in self.vm.console_out[start:])
         return ev.reason == "until"
 
+    @_input
     def boot_to_prompt(self, prompt: bytes = b"# ", max_insns: int = 50_000_000) -> None:
         if not self.run_until_output(prompt, max_insns):
             raise MachineError(f"the guest did not reach its prompt {prompt!r}")
 
+    @_input
     def type_line(self, line: str, max_insns: int = 50_000_000, wait_prompt: bool = True
                   ) -> str:
         """Type a line at the guest console and run until the prompt comes back."""
@@ -434,6 +505,149 @@ class Machine:
         return d
 
 
+    # ------------------------------------------------------------------ host debugger (gdb)
+    # The gdb stub (nitdbg/gdb/) and the timeline (nitdbg/timeline.py) work through these.
+    timeline = None                  # a Timeline records the inputs while attached
+    _in_op = False                   # inside a recorded input (nested calls are not inputs)
+    host_overlay: dict | None = None  # the timeline's seek/probe conditions during re-execution
+    held_by: str | None = None       # "gdb" while the stub holds every vCPU
+    _host_running = False            # run_stops is running them for it
+    lock = None                      # a threading.RLock when gdb runs on its own thread
+
+    def live_regs(self, vcpu: int) -> dict[str, int]:
+        """The guest registers now: the CPU model's while the vCPU stays in guest mode
+        across slices, else the VMCB save area and the saved GPRs (what VMRUN loads)."""
+        v = self._vcpu(vcpu)
+        c = v.cpu
+        d = {n: c.regs[i] for i, n in enumerate(GPR_NAMES)}
+        names = ("es", "cs", "ss", "ds", "fs", "gs")
+        if v.svm.in_guest:
+            d.update(rip=c.rip, rflags=c.rflags, efer=c.efer)
+            for n, sg in zip(names, c.seg, strict=True):
+                d[n], d[n + "_base"] = sg.sel, sg.base
+        else:
+            vm = v.vmcb
+            d.update(rax=vm.rax, rsp=vm.rsp, rip=vm.rip, rflags=vm.rflags, efer=vm.efer)
+            for n in names:
+                sg = vm.seg(n)
+                d[n], d[n + "_base"] = sg.selector, sg.base
+        return d
+
+    @_input
+    def write_reg(self, vcpu: int, name: str, value: int) -> None:
+        """Set one guest register (rip, rflags, a GPR, fs_base, gs_base)."""
+        from .x86.regs import FS, GS
+        v = self._vcpu(vcpu)
+        c = v.cpu
+        value &= (1 << 64) - 1
+        if name in ("rip", "rflags", "rax", "rsp") and not v.svm.in_guest:
+            setattr(v.vmcb, name, value | 2 if name == "rflags" else value)
+            if name == "rip":
+                v.nextrip = value
+            if name not in ("rax", "rsp"):
+                return
+        if name == "rip":
+            c.rip = value
+            c.attention = True
+        elif name == "rflags":
+            c.set_rflags(value)
+        elif name in GPR_NAMES:
+            c.regs[GPR_NAMES.index(name)] = value
+        elif name in ("fs_base", "gs_base"):
+            if v.svm.in_guest:
+                c.seg[FS if name == "fs_base" else GS].base = value
+            else:
+                v.vmcb.seg(name[:2]).base = value
+        else:
+            raise MachineError(f"register {name} cannot be written")
+
+    def read_mem(self, vcpu: int, addr: int, n: int) -> bytes:
+        """Guest-virtual memory as the vCPU sees it (its page tables, guest RAM)."""
+        v = self._vcpu(vcpu)
+        if not v.svm.in_guest and v.exit_count == 0 and v.cpu.icount == 0:
+            # before its first VMRUN the guest's paging state is only in the VMCB; loading
+            # it now is what that VMRUN will do anyway
+            v.svm.load_guest()
+        try:
+            return self.vm.read_guest(v, addr, n)
+        except Exception as e:  # noqa: BLE001 - #PF or outside RAM: one line for the user
+            raise MachineError(f"cannot access memory at {addr:#x}") from e
+
+    @_input
+    def write_mem(self, vcpu: int, addr: int, data: bytes) -> None:
+        v = self._vcpu(vcpu)
+        self.read_mem(vcpu, addr, len(data))    # every page reachable before any write
+        self.vm.write_guest(v, addr, data)
+
+    def _vcpu(self, vcpu: int) -> Vcpu:
+        if not 0 <= vcpu < len(self.vm.vcpus):
+            raise MachineError(f"no vCPU {vcpu} (the VM has {len(self.vm.vcpus)})")
+        return self.vm.vcpus[vcpu]
+
+    @_input
+    def hold(self, holder: str | None) -> None:
+        """A host debugger holds every vCPU (holder "gdb") or lets them go (None)."""
+        self.held_by = holder
+        if holder is None:
+            self.stopped.clear()
+        else:
+            self.stopped.update(range(len(self.vm.vcpus)))
+
+    @_input
+    def run_stops(self, vcpus: tuple[int, ...], stops: dict, max_insns: int) -> StopEvent:
+        """Run the vCPUs in `vcpus` (the others stay held) until one meets its stop
+        conditions: stops[i] = {"bps": addresses, "watches": ((lo, hi, kind), ...),
+        "step": bool}, checked at instruction boundaries (x86/hoststop.py), or until
+        `max_insns` instructions have retired or anything else stops the machine."""
+        saved = set(self.stopped)
+        self.stopped = set(range(len(self.vm.vcpus))) - set(vcpus)
+        self.arm_host_stops(stops)
+        self._host_running = True
+        try:
+            ev = self.run(max_insns=max_insns)
+            if ev.reason == "gdb":
+                hs = self.vm.vcpus[ev.vcpu].cpu.host_stop
+                ev.info["hit"] = hs.hit if hs is not None else None
+            return ev
+        finally:
+            self._host_running = False
+            self.stopped = saved
+            self.arm_host_stops({})
+
+    def arm_host_stops(self, stops: dict) -> None:
+        """Give each vCPU its stop conditions plus the timeline's overlay (seek, probes)."""
+        from .x86.hoststop import HostStop, arm
+        ov = self.host_overlay or {}
+        for v in self.vm.vcpus:
+            a, o = stops.get(v.id), ov.get(v.id)
+            if a is None and o is None:
+                arm(v.cpu, None)
+                continue
+            rip = v.cpu.rip if v.svm.in_guest else v.vmcb.rip
+            hs = HostStop(resume=(v.cpu.icount, rip))
+            if a is not None:
+                hs.bps = frozenset(a.get("bps", ()))
+                hs.watches = tuple((lo, hi, k, True) for lo, hi, k in a.get("watches", ()))
+                hs.step = bool(a.get("step"))
+            if o is not None:
+                hs.seek = o.get("seek")
+                hs.probe = o.get("probe")
+                hs.probe_bps = frozenset(o.get("bps", ()))
+                hs.watches += tuple((lo, hi, k, False) for lo, hi, k in o.get("watches", ()))
+            arm(v.cpu, hs)
+
+    def step_back(self, vcpu: int = 0) -> StopEvent:
+        """Reverse-stepi: back to just before vCPU `vcpu` executed its last instruction."""
+        if self.timeline is None:
+            raise MachineError("going back needs the history: start with --timeline or --gdb")
+        return self.timeline.step_back(vcpu)
+
+    def back_to_stop(self, bps: tuple[int, ...] = (), watches: tuple = ()) -> StopEvent:
+        """Reverse-continue: back to the previous hit of a breakpoint or watchpoint."""
+        if self.timeline is None:
+            raise MachineError("going back needs the history: start with --timeline or --gdb")
+        return self.timeline.back_to_stop(bps, watches)
+
 def describe_stop(m: Machine, ev: StopEvent) -> str:
     """One line for a stop that is not a debugger entry (empty when there is nothing to say)."""
     if ev.reason == "deadlock":
@@ -454,6 +668,8 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: guest panic\n"
     if ev.reason == "internal":
         return f"vm {m.vm.name}: vCPU {ev.vcpu} stopped: {ev.info.get('message')}\n"
+    if ev.reason == "held":
+        return f"vm {m.vm.name}: {ev.info['by']} holds every vCPU; continue there to run them\n"
     return ""
 
 

@@ -57,7 +57,7 @@ class QemuSerial:
         memory_mib: int = 64,
         cmdline: str = "",
         extra_args: Sequence[str] = (),
-        timeout: float = 10.0,
+        timeout: float = 60.0,   # generous: QEMU TCG is slow on a loaded 2-core machine
     ) -> None:
         self.kernel = Path(kernel)
         self.qemu = qemu or find_qemu()

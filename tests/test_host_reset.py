@@ -88,3 +88,8 @@ def test_a_recording_goes_on_across_a_reset_and_replays(tmp_path):
     res = replay(path, verify=True)
     assert res.ok, res.divergence
     assert res.inputs == 7 and res.machine.powered_off and res.machine.boots == 3
+
+
+def test_every_recordable_input_has_a_schema():
+    from nitdbg.session import ops, schema
+    assert set(schema.ARGS) == set(ops.OPS)

@@ -246,6 +246,8 @@ class Vcpu:
                 else:
                     exit_ = self.svm.resume(self._limit(left))
                     if exit_ is None:
+                        if cpu.stop_reason == "host":      # the gdb stub's stop
+                            return UserExit("gdb", self.id)
                         continue
             else:
                 self.kicked = False
@@ -266,6 +268,8 @@ class Vcpu:
                 self.vm.current_vcpu = self.id
                 exit_ = self.svm.vmrun(self._limit(left))
                 if exit_ is None:
+                    if cpu.stop_reason == "host":
+                        return UserExit("gdb", self.id)
                     continue
             self.last_exit = exit_
             self.nextrip = self.vmcb.rip

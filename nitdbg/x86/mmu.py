@@ -77,6 +77,8 @@ class Mmu(CpuState):
         hpa = self.lin_to_hpa(lin, flags)
         if self.data_bps:
             self._data_bp_check(lin, size, False)
+        if self.host_stop is not None and self.host_stop.watches:
+            self.host_stop.access(lin, size, False)
         page = self.mem.page(hpa >> 12)
         if page is None:
             return self.mem.read(hpa, size)
@@ -99,6 +101,8 @@ class Mmu(CpuState):
         hpa = self.lin_to_hpa(lin, ACC_WRITE | flags)
         if self.data_bps:
             self._data_bp_check(lin, size, True)
+        if self.host_stop is not None and self.host_stop.watches:
+            self.host_stop.access(lin, size, True)
         hppn = hpa >> 12
         page = self.mem.page(hppn)
         if page is None:
@@ -119,6 +123,8 @@ class Mmu(CpuState):
 
     def _watched(self, lin: int) -> bool:
         pn = lin >> 12
+        if self.host_stop is not None and self.host_stop.watches_page(pn):
+            return True
         return any(lo >> 12 == pn or (hi - 1) >> 12 == pn for lo, hi, _, _ in self.data_bps)
 
     def _data_bp_check(self, lin: int, size: int, write: bool) -> None:

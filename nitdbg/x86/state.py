@@ -8,6 +8,7 @@ from . import insn as _insn  # noqa: F401  (registers the translators)
 from .decode import Decoder, Insn
 from .faults import InternalError
 from .hooks import Hooks
+from .hoststop import HostStop
 from .memory import PhysMem
 from .regs import (
     CR0_PE,
@@ -81,6 +82,7 @@ class CpuState:
         self.mode = 16
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
         self.exec_bps: list[tuple[int, int]] = []             # (addr, index)
+        self.host_stop: HostStop | None = None    # the gdb stub's conditions (hoststop.py)
         self.update_mode()
 
     # ------------------------------------------------------------------ mode and caches

@@ -96,6 +96,10 @@ class StepLoop(Events, Mmu):
             self.stop_requested = False
             self.stop_reason = "stop"
             return -1
+        hs = self.host_stop
+        if hs is not None and hs.before_events(self):
+            self.stop_reason = "host"
+            return -1
         shadow = self.shadow
         try:
             r = self._boundary_event(shadow)
@@ -106,6 +110,9 @@ class StepLoop(Events, Mmu):
             return -1
         if r:
             return r if r < 0 else 0
+        if hs is not None and hs.before_fetch(self):
+            self.stop_reason = "host"
+            return -1
         self.shadow = 0
         rip = self.rip
         rflags = self.rflags
@@ -211,7 +218,7 @@ class StepLoop(Events, Mmu):
         self.attention = bool(
             self.rflags & (TF | RF) or self.pending_db or self.shadow or self.nmi_pending
             or (self.intr_pending and self.rflags & IF) or self.exec_bps or self.halted
-            or self.shutdown or self.stop_requested)
+            or self.shutdown or self.stop_requested or self.host_stop is not None)
 
     def request_stop(self) -> None:
         self.stop_requested = True
