@@ -9,6 +9,11 @@ retirement log on, as it always is:
     2:  mov %rcx,8(%rbx) ; add 8(%rbx),%rax ; push %rax ; pop %rdx ; dec %ecx ; jnz 2b ; hlt
     db: incq -0x10(%rsp) ; iretq          (the #DB handler for case c: b with RFLAGS.TF=1)
 
+Each loop runs with block translation (the default) and on the exact per-instruction path
+(`_per_insn`). The whole machine is the amd64 guest on 2 vCPUs running the shell's busy loop.
+With `--vs-unicorn` (`pip install -e '.[bench]'`) loops a and b also run under Unicorn on the
+same bytes, with a Python UC_HOOK_CODE callback and bare, interleaved with nitdbg run by run.
+
 This module is a front end: it reads the wall clock to measure, nothing below it does.
 """
 
@@ -59,13 +64,14 @@ def bare_cpu() -> Cpu:
     return c
 
 
-def _rate(start: int, tf: bool, seconds: float) -> float:
+def _rate(start: int, tf: bool, seconds: float, blocks: bool = True) -> float:
     c = bare_cpu()
+    c.blocks_enabled = blocks
     c.rip = BASE + start
     if tf:
         c.rflags |= TF
         c.attention = True
-    c.run(2000)                      # warm the decode cache
+    c.run(2000)                      # warm the decode cache and the block cache
     n0, t0 = c.icount, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         c.run(50_000)
@@ -74,6 +80,70 @@ def _rate(start: int, tf: bool, seconds: float) -> float:
 
 def median_rate(start: int, tf: bool, runs: int, seconds: float) -> float:
     return statistics.median(_rate(start, tf, seconds) for _ in range(runs))
+
+
+class WholeMachine:
+    """The amd64 guest on 2 vCPUs running the shell's `while [ 1 ]; do : done` (vCPU 0 in
+    the loop in ring 3, vCPU 1 idle, the LAPIC timers ticking)."""
+
+    def __init__(self, blocks: bool = True) -> None:
+        import os
+
+        from .machine import Machine
+        old = os.environ.get("NITDBG_BLOCKS")
+        os.environ["NITDBG_BLOCKS"] = "1" if blocks else "0"
+        try:
+            self.m = Machine(vcpus=2)
+        finally:
+            if old is None:
+                del os.environ["NITDBG_BLOCKS"]
+            else:
+                os.environ["NITDBG_BLOCKS"] = old
+        self.m.boot_to_prompt()
+        self.m.type_line("while [ 1 ]; do : done", wait_prompt=False)
+        self.m.run(max_insns=300_000)
+
+    def rate(self, seconds: float) -> float:
+        m = self.m
+        n0, t0 = m.total_retired, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            m.run(max_insns=200_000)
+        return (m.total_retired - n0) / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ Unicorn, for comparison
+def _unicorn(loop: str, hook: bool, iterations: int) -> float:
+    """Run loop a or b of CODE under Unicorn from after its counter load, with ECX preset, to
+    its HLT; with `hook`, a Python UC_HOOK_CODE callback on every instruction (what a user who
+    wants to see each instruction writes). Returns instructions per second."""
+    import unicorn as uc
+    import unicorn.x86_const as ux
+    mu = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
+    mu.mem_map(BASE, 0x1000)
+    mu.mem_write(BASE, CODE)
+    mu.mem_map(STACK - 0x10000, 0x20000)
+    mu.reg_write(ux.UC_X86_REG_RSP, STACK)
+    mu.reg_write(ux.UC_X86_REG_RCX, iterations)
+    if loop == "a":
+        begin, end, per, extra = A_OFF + 5, A_OFF + 0x12, 4, 1
+    else:
+        begin, end, per, extra = B_OFF + 5, B_OFF + 0x18, 6, 1
+    count = [0]
+    if hook:
+        def on_code(_mu, _addr, _size, _user) -> None:
+            count[0] += 1
+        mu.hook_add(uc.UC_HOOK_CODE, on_code)
+    t0 = time.perf_counter()
+    mu.emu_start(BASE + begin, BASE + end)
+    dt = time.perf_counter() - t0
+    n = per * iterations + extra
+    if hook and count[0] != n:
+        raise RuntimeError(f"unicorn ran {count[0]} instructions, expected {n}")
+    return n / dt
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def machine_figures() -> dict[str, float]:
@@ -94,14 +164,45 @@ def machine_figures() -> dict[str, float]:
 
 
 def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
-        extra: dict[str, Callable[[], dict]] | None = None) -> int:
-    figs: dict[str, float] = {
-        "alu_branch_loop_ips": median_rate(A_OFF, False, runs, seconds),
-        "memory_push_pop_loop_ips": median_rate(B_OFF, False, runs, seconds),
-        "single_step_db_iretq_ips": median_rate(B_OFF, True, runs, seconds),
-    }
+        extra: dict[str, Callable[[], dict]] | None = None, vs_unicorn: bool = False) -> int:
+    """Every loop is measured `runs` times, the variants interleaved run by run (the machine
+    may be shared: the median and the spread say more than one figure)."""
+    samples: dict[str, list[float]] = {}
+
+    def add(name: str, v: float) -> None:
+        samples.setdefault(name, []).append(v)
+
+    wm = {b: WholeMachine(b) for b in (True, False)}
+    for _ in range(runs):
+        for blocks in (True, False):
+            sfx = "" if blocks else "_per_insn"
+            add("alu_branch_loop_ips" + sfx, _rate(A_OFF, False, seconds, blocks))
+            add("memory_push_pop_loop_ips" + sfx, _rate(B_OFF, False, seconds, blocks))
+            add("single_step_db_iretq_ips" + sfx, _rate(B_OFF, True, seconds, blocks))
+            add("whole_machine_2vcpu_loop_ips" + sfx, wm[blocks].rate(seconds))
+        if vs_unicorn:
+            add("unicorn_hook_alu_branch_loop_ips", _unicorn("a", True, 150_000))
+            add("unicorn_hook_memory_push_pop_loop_ips", _unicorn("b", True, 100_000))
+            add("unicorn_bare_alu_branch_loop_ips", _unicorn("a", False, 20_000_000))
+            add("unicorn_bare_memory_push_pop_loop_ips", _unicorn("b", False, 10_000_000))
+    del wm
+    import gc
+    gc.collect()                     # the machines' pages before the extras measure
+    figs: dict[str, float] = {}
+    spread: dict[str, dict[str, float]] = {}
+    for name, xs in samples.items():
+        st = _stats(xs)
+        spread[name] = st
+        figs[name] = st["median"]
+    if vs_unicorn:
+        for loop in ("alu_branch_loop", "memory_push_pop_loop"):
+            figs[f"{loop}_vs_unicorn_hook"] = round(
+                figs[f"{loop}_ips"] / figs[f"unicorn_hook_{loop}_ips"], 3)
+            figs[f"{loop}_vs_unicorn_bare"] = round(
+                figs[f"{loop}_ips"] / figs[f"unicorn_bare_{loop}_ips"], 4)
     figs.update(machine_figures())
     figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
+    figs["retire_log_bytes_per_insn"] = 8.0     # one array('Q') slot per retired RIP
     for name, fn in (extra or {}).items():
         try:
             figs.update(fn())
@@ -113,13 +214,18 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
     except ImportError:   # pragma: no cover - not on this platform
         pass
     if argv_json:
-        print(json.dumps(figs, indent=2, sort_keys=True))
+        out = dict(figs)
+        for name, st in spread.items():
+            out[name + "_min"], out[name + "_max"] = st["min"], st["max"]
+        print(json.dumps(out, indent=2, sort_keys=True))
     else:
-        loops = ("alu_branch_loop_ips", "memory_push_pop_loop_ips", "single_step_db_iretq_ips")
         for k, v in figs.items():
-            if k.endswith("_ips"):
-                note = f" (median of {runs})" if k in loops else ""
-                print(f"{k:32} {v / 1e6:8.2f} M instr/s{note}")
+            if k in spread:
+                st = spread[k]
+                print(f"{k:42} {v / 1e6:9.2f} M instr/s  (median of {runs}, "
+                      f"{st['min'] / 1e6:.2f}-{st['max'] / 1e6:.2f})")
+            elif k.endswith("_ips"):
+                print(f"{k:42} {v / 1e6:9.2f} M instr/s")
             else:
-                print(f"{k:32} {v}")
+                print(f"{k:42} {v}")
     return 0

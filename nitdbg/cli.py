@@ -7,8 +7,9 @@ import argparse
 import sys
 
 from . import __version__
+from .vmm.nmi_policy import POLICIES as _NMI_POLICIES
 
-POLICIES = ("iret-tracing", "bhyve-upstream")
+POLICIES = tuple(_NMI_POLICIES)       # every registered NMI policy, the default first
 
 
 def _record_args(p: argparse.ArgumentParser) -> None:
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="performance figures")
     b.add_argument("--json", action="store_true")
     b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--vs-unicorn", action="store_true",
+                   help="also run loops a and b under Unicorn (pip install -e '.[bench]')")
     return p
 
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_headless(a, _make_machine(a))
         if a.cmd == "bench":
             from . import bench
-            return bench.run(a.json, a.runs, extra=_bench_extras())
+            return bench.run(a.json, a.runs, extra=_bench_extras(), vs_unicorn=a.vs_unicorn)
     except KeyboardInterrupt:
         return 130
     p.print_help()

@@ -670,6 +670,9 @@ def describe_stop(m: Machine, ev: StopEvent) -> str:
         return f"vm {m.vm.name}: vCPU {ev.vcpu} stopped: {ev.info.get('message')}\n"
     if ev.reason == "held":
         return f"vm {m.vm.name}: {ev.info['by']} holds every vCPU; continue there to run them\n"
+    if ev.reason == "kassert":
+        # the hypervisor's own assertion (a bhyve kernel with INVARIANTS panics here)
+        return f"vm {m.vm.name}[{ev.vcpu}]: hypervisor panic: {ev.info.get('message', '')}\n"
     return ""
 
 

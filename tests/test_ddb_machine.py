@@ -25,9 +25,10 @@ class KvmNmiSinglestep(IretTracing):
     name = "kvm-nmi-singlestep"
 
     def exception_exit(self, v, vector, info1, info2):
-        if v.nmi_state == NMI_TRACING and vector == 1 and v.vmcb.dr6 & DR6_BS:
-            v.vmcb.rflags = (v.vmcb.rflags & ~(TF | RF)) | v.saved_tf_rf
-            self._end_tracing(v)
+        st = self.state(v)
+        if st.state == NMI_TRACING and vector == 1 and v.vmcb.dr6 & DR6_BS:
+            v.vmcb.rflags = (v.vmcb.rflags & ~(TF | RF)) | st.saved_tf_rf
+            self._end_tracing(v, "test: #DB after the IRET")
             return True
         return super().exception_exit(v, vector, info1, info2)
 

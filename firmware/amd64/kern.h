@@ -141,6 +141,8 @@ void sigexit(struct trapframe *tf, int sig);
 const char *curproc_name(int cpu, int *pid);
 
 /* sysctl.c */
+int sstest_sysctl(const char *name, void *old, size_t *oldlen, const void *new,
+    size_t newlen, int *kind);
 int kern_sysctlbyname(const char *name, void *old, size_t *oldlen, const void *new,
     size_t newlen, int *kind);
 

@@ -28,8 +28,8 @@ int kern_sysctlbyname(const char *name, void *old, size_t *oldlen, const void *n
 	for (i = 0; i < nitems(sysctl_oids); i++)
 		if (strcmp(sysctl_oids[i].name, name) == 0)
 			oid = &sysctl_oids[i];
-	if (oid == NULL)
-		return ENOENT;
+	if (oid == NULL)	/* debug.sstest* live in sstest.c */
+		return sstest_sysctl(name, old, oldlen, new, newlen, kind);
 	*kind = oid->kind;
 	size = oid->kind == CTLTYPE_INT ? sizeof(int) : strlen(oid->ptr) + 1;
 	if (old != NULL) {

@@ -13,9 +13,14 @@ from typing import Any
 from ..machine import Machine, MachineError, StopEvent
 from ..session.format import SUFFIX
 from ..session.record import RecordingMachine
+from ..vmm.nmi_policy import POLICIES as NMI_POLICIES
 from .evidence import UPSTREAM_CLEARED, Check, Trace, TraceLine
 
-POLICIES = ("iret-tracing", "bhyve-upstream")
+# every registered NMI policy (nitdbg/vmm/nmi/), the default first
+POLICIES = tuple(NMI_POLICIES)
+# Checks of KTR lines only some policies write are judged only for them (`only=`):
+SEED_LINES = ("iret-tracing",)          # the seed's lines: iret tracing, unblocked precisely
+BHYVE_LINES = ("iret-tracing", "bhyve-upstream", "bhyve-upstream-noshadow")  # svm.c's lines
 KTRFILE = "/tmp/ktrdump.out"
 # ddb `c` runs the guest until its next stop; an idle guest never stops, so bound it
 CONTINUE_INSNS = 200_000
@@ -48,11 +53,16 @@ class ScenarioResult:
 
     @property
     def passed(self) -> int:
-        return sum(1 for c in self.checks if c.passed)
+        return sum(1 for c in self.checks if c.judged and c.passed)
 
     @property
     def failed(self) -> int:
-        return sum(1 for c in self.checks if not c.passed) + (1 if self.error else 0)
+        return sum(1 for c in self.checks if c.judged and not c.passed) + (1 if self.error
+                                                                            else 0)
+
+    @property
+    def not_judged(self) -> int:
+        return sum(1 for c in self.checks if not c.judged)
 
     @property
     def ok(self) -> bool:
@@ -172,12 +182,20 @@ class Ctx:
     # ------------------------------------------------------------------ checks
     def check(self, text: str, passed: bool, evidence: list[str] | None = None,
               detail: str = "", upstream: str | None = None, trace: Trace | None = None,
-              demo: bool = False) -> bool:
+              demo: bool = False, only: tuple[str, ...] | None = None) -> bool:
         """Record and print one piece of evidence. `upstream`: why upstream bhyve fails it
-        (printed when it does, with upstream's own KTR line as counter-evidence)."""
+        (printed when it does, with upstream's own KTR line as counter-evidence). `only`:
+        the policies that write the lines the check looks for; under any other policy it is
+        shown but not judged ("n/a")."""
         label = f"[{self.part}] " if self.part else ""
         ev = [ln for x in (evidence or []) for ln in str(x).rstrip().splitlines() if ln.strip()]
-        c = Check(label + text, bool(passed), ev, detail, demo=demo)
+        judged = only is None or self.policy in only
+        c = Check(label + text, bool(passed), ev, detail, demo=demo, judged=judged,
+                  only=tuple(only) if only else ())
+        if not judged:
+            self.result.checks.append(c)
+            self.out(f"  n/a   {c.text}  (judged only for {', '.join(only or ())})")
+            return c.passed
         if not c.passed and self.policy == "bhyve-upstream" and upstream is not None:
             c.why = upstream
             if trace is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..machine import Machine
 from ..x86.retire import EV_INJECT, EV_NMI, EV_VMEXIT
-from .base import UPSTREAM_WHY, Ctx
+from .base import BHYVE_LINES, SEED_LINES, UPSTREAM_WHY, Ctx
 from .evidence import ANY_UNBLOCK, PRECISE, Trace, lines
 
 NPF_RE = r"^nested page fault on gpa (\S+) at rip (0x[0-9a-f]+)$"
@@ -35,25 +35,25 @@ def delay_checks(ctx: Ctx, tr: Trace, usecs: int, guest_dies: bool = False) -> N
               'precisely"', u is not None and not early and (delivered or (guest_dies and
                                                                           inj is None)),
               lines(u, inj) + note, detail="" if u else "no 'vNMIs unblocked precisely' after it",
-              upstream=UPSTREAM_WHY, trace=tr)
+              upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
 
 
 def recursive_checks(ctx: Ctx, tr: Trace, before: int, after: int) -> None:
     ctx.check('"vNMI unblocked precisely" went up by 2 (two NMIs were injected)',
               after - before == 2, [f"vNMI unblocked precisely: {before} -> {after}"],
               upstream="upstream never counts 'vNMI unblocked precisely': it clears blocking "
-              "at the IRET intercept instead")
+              "at the IRET intercept instead", only=SEED_LINES)
     r = tr.find(r"^Injecting recursive vNMI$")
     held = tr.find(r"^Cannot inject NMI due to NMI-blocking$", after=r) if r else None
     ctx.check('there is a pending NMI after "Injecting recursive vNMI"',
-              r is not None and held is not None, lines(r, held))
+              r is not None and held is not None, lines(r, held), only=BHYVE_LINES)
     if held is None:
         return
     u = tr.find(PRECISE, after=held)
     second = tr.find(r"^Injecting vNMI$", after=r)
     ctx.check('this NMI is delivered ("Injecting vNMI") only after "vNMIs unblocked '
               'precisely"', u is not None and second is not None and second.pos > u.pos,
-              lines(u, second), upstream=UPSTREAM_WHY, trace=tr)
+              lines(u, second), upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
 
 
 def npf_checks(ctx: Ctx, m: Machine, tr: Trace, bounce: bool) -> None:
@@ -63,7 +63,7 @@ def npf_checks(ctx: Ctx, m: Machine, tr: Trace, bounce: bool) -> None:
               rm is not None, lines(t, rm),
               detail="no 'vNMI iret tracing enabled'" if t is None else "",
               upstream="upstream does not trace the IRET, so there is no 'vNMI iret tracing "
-              "enabled' (the knob acts at its IRET exit without it)", trace=tr)
+              "enabled' (the knob acts at its IRET exit without it)", trace=tr, only=SEED_LINES)
     start = rm or tr.find(r"^Removing all nested pages$")
     if start is None:
         return
@@ -80,16 +80,17 @@ def npf_checks(ctx: Ctx, m: Machine, tr: Trace, bounce: bool) -> None:
               f"(nmi_iret = {nmi_iret:#x})", bool(rips) and rips == {nmi_iret},
               [f"exit rips: {', '.join(m.symbols.format(r) for r in sorted(rips))}"],
               upstream="upstream clears blocking at the IRET exit and lets the guest run on, "
-              "so the nested page faults continue past the IRET, in the code after it")
+              "so the nested page faults continue past the IRET, in the code after it",
+              only=SEED_LINES)   # the window ends at "vNMIs unblocked precisely"
     ctx.check('this is followed by "vNMIs unblocked precisely"', u is not None
               and (not npfs or u.pos > npfs[-1].pos), lines(u),
-              upstream=UPSTREAM_WHY, trace=tr)
+              upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
     if bounce:
         b = tr.find(r"^Bouncing to userspace$", after=start, before=u)
         n = len(tr.all(r"^Bouncing to userspace$", after=start, before=u))
         ctx.check('"Bouncing to userspace" during iret tracing', b is not None,
                   lines(b) + [f"{n} bounces while the IRET was traced"],
-                  upstream=UPSTREAM_WHY, trace=tr)
+                  upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
 
 
 def gpf_checks(ctx: Ctx, tr: Trace) -> None:
@@ -98,10 +99,10 @@ def gpf_checks(ctx: Ctx, tr: Trace) -> None:
     r = tr.find(r"^Reflecting exception 13/0 into the guest$", after=u) if u else None
     ctx.check('"updated to non-canonical value 0xdeadbeefbeefdead"', g is not None, lines(g))
     ctx.check('then "vNMIs unblocked precisely" (SDM 6.7.1: the faulting IRET unblocks NMIs)',
-              u is not None, lines(u), upstream=UPSTREAM_WHY, trace=tr)
+              u is not None, lines(u), upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
     ctx.check('then "Reflecting exception 13/0 into the guest"', r is not None, lines(r),
               upstream="upstream's IRET exit does not intercept #GP; the guest takes the #GP "
-              "directly, so nothing is reflected", trace=tr)
+              "directly, so nothing is reflected", trace=tr, only=SEED_LINES)
 
 
 def invariants(ctx: Ctx, m: Machine, tr: Trace, expected_nmis: int, since_seq: int) -> None:
@@ -116,12 +117,13 @@ def invariants(ctx: Ctx, m: Machine, tr: Trace, expected_nmis: int, since_seq: i
               len(injected) == expected_nmis and len(delivered) == expected_nmis
               and len(unblocks) == expected_nmis,
               [f"'Injecting vNMI' x{len(injected)}, NMI deliveries in the retirement log "
-               f"x{len(delivered)}, unblockings x{len(unblocks)}"])
+               f"x{len(delivered)}, unblockings x{len(unblocks)}"], only=BHYVE_LINES)
     early = []
     for o, c in tr.windows(r"^Injecting vNMI$", ANY_UNBLOCK):
         early += tr.all(r"^Injecting hwintr ", after=o, before=c)
     ctx.check("invariant: interrupts are delivered only after NMI unblocking", not early,
-              lines(*early[:3]) or ["no 'Injecting hwintr' inside any NMI-blocked window"])
+              lines(*early[:3]) or ["no 'Injecting hwintr' inside any NMI-blocked window"],
+              only=BHYVE_LINES)
     traced = []
     for o, c in tr.windows(r"^vNMI iret tracing enabled$", ANY_UNBLOCK):
         traced += tr.all(r"^Injecting (vNMI|nmi at vector 2)", after=o, before=c)

@@ -55,7 +55,9 @@ def main_scenario(argv: list[str] | None = None) -> int:
     print(f"{len(results)} scenario{'s' if len(results) != 1 else ''}, {retired} guest "
           f"instructions in {wall:.1f} s ({retired / max(wall, 1e-9) / 1e6:.2f} M instr/s)",
           file=sys.stderr)
-    print(f"{passed} passed, {failed} failed")
+    na = sum(r.not_judged for r in results)
+    print(f"{passed} passed, {failed} failed" + (f", {na} not judged for {a.policy}" if na
+                                                 else ""))
     return 1 if failed else 0
 
 

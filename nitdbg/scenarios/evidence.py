@@ -72,6 +72,8 @@ class Check:
     detail: str = ""                 # what was found instead, when it failed
     why: str = ""                    # explanation (e.g. what upstream bhyve does instead)
     demo: bool = False               # part of a documented demonstration
+    judged: bool = True              # False: the policy does not write the lines it reads
+    only: tuple[str, ...] = ()       # the policies it is judged for (empty: all)
 
 
 def lines(*xs: TraceLine | str | None) -> list[str]:

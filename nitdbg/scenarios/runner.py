@@ -11,12 +11,13 @@ from ..machine import MachineError
 from ..session.format import SessionError
 from .base import POLICIES, Ctx, Scenario, ScenarioError, ScenarioResult
 from .matrix import knob_matrix
+from .policies import SCENARIOS as POLICY_SCENARIOS
 from .seed import SCENARIOS
 
 ALL: list[Scenario] = [*SCENARIOS, Scenario(
     "knob-matrix", "Combining various test knobs", "amd64, 1 vCPU per combination: every "
     "allowed combination of the debug.nit knobs, and the forbidden gpf+recursive_nmi as a "
-    "demonstration", knob_matrix)]
+    "demonstration", knob_matrix), *POLICY_SCENARIOS]
 
 
 def list_scenarios() -> list[Scenario]:

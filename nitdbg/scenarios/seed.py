@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from ..machine import I386_KERNEL, Machine, describe_stop
-from .base import CONTINUE_INSNS, UPSTREAM_WHY, Ctx, Scenario
+from .base import CONTINUE_INSNS, SEED_LINES, UPSTREAM_WHY, Ctx, Scenario
 from .checks import delay_checks, gpf_checks, invariants, npf_checks, recursive_checks
 from .evidence import PRECISE, SPECULATIVE, Trace, lines
 
@@ -64,7 +64,7 @@ def single_step_after_nmi(ctx: Ctx) -> None:
               and any(x.endswith("vNMIs unblocked precisely") for x in msgs),
               ([m.ddb.audit.report().splitlines()[1]] if first_step else [])
               + [x for x in msgs if "unblocked" in x or "tracing" in x][:2],
-              upstream=UPSTREAM_WHY)
+              upstream=UPSTREAM_WHY, only=SEED_LINES)
     ctx.check("step audit: no instruction omitted", m.ddb.audit.ok
               and len(m.ddb.audit.checks) == STEPS, [m.ddb.audit.summary()]
               + [ln for ln in m.ddb.audit.report().splitlines() if "VIOLATION" in ln][:3])
@@ -248,7 +248,7 @@ def nmi_interrupt_gate(ctx: Ctx) -> None:
     u = tr.find(PRECISE, after=t) if t else None
     ctx.check('its IRET is traced and NMIs are "unblocked precisely"', u is not None
               and s1 == s0 + 1, lines(inj, t, u) + [f"vNMI unblocked precisely: {s0} -> {s1}"],
-              upstream=UPSTREAM_WHY, trace=tr)
+              upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
     invariants(ctx, m, tr, 1, seq)
 
 
@@ -273,11 +273,11 @@ def tsnmi_task_gate(ctx: Ctx) -> None:
     ctx.check("debug.tsnmi is incremented", n1 == n0 + 1, [f"debug.tsnmi: {n0} -> {n1}"])
     ctx.check('the stat "Number of times vNMI unblocked speculatively" is incremented',
               s1 == s0 + 1, [f"{s0} -> {s1}"], upstream="upstream has no such counter: it "
-              "clears blocking at every IRET exit the same way")
+              "clears blocking at every IRET exit the same way", only=SEED_LINES)
     sp = tr.find(SPECULATIVE)
     ctx.check("the task-switching IRET cannot be traced: \"vNMIs unblocked speculatively\"",
               sp is not None, lines(tr.find(r"^Injecting vNMI$"), sp),
-              upstream=UPSTREAM_WHY, trace=tr)
+              upstream=UPSTREAM_WHY, trace=tr, only=SEED_LINES)
 
 
 SCENARIOS = [

@@ -123,6 +123,11 @@ class Svm(Hooks):
         c.regs[RAX] = rax
         c.cpl = cpl
         c.shadow = SHADOW_STI if v.interrupt_shadow else 0
+        if v.v_nmi_enable:
+            # Virtual NMI (APM vol 2 15.21.x): the guest's NMI state is in int_ctl; the CPU
+            # takes V_NMI_PENDING when NMIs are not blocked, as it would a real NMI.
+            c.nmi_pending = bool(v.v_nmi_pending)
+            c.nmi_blocked = bool(v.v_nmi_blocking)
         if paging_changed:
             c.flush_tlb()
         c.update_mode()
@@ -149,7 +154,18 @@ class Svm(Hooks):
         _GPR.pack_into(buf, _OFF_GPR, c.regs[RAX], c.star, c.lstar, c.cstar,
                        c.sfmask, c.kernel_gs_base)
         _Q.pack_into(buf, _OFF_CR2, c.cr2)
+        # INTERRUPT_SHADOW reflects the guest's shadow state at #VMEXIT (APM vol 2 15.21.5,
+        # table B-1 offset 68h): an instruction that has not completed (a #NPF on it) leaves
+        # the shadow VMRUN loaded in force.
         v.interrupt_shadow = 1 if c.shadow else 0
+        if v.v_nmi_enable:
+            mark = self._vnmi_iret
+            if mark is not None and c.icount == mark[0]:
+                # An IRET that exits before it completes has not unblocked virtual NMIs:
+                # "hardware clears V_NMI_BLOCKING upon successful execution of IRET".
+                c.nmi_blocked = mark[1]
+            v.v_nmi_pending = 1 if c.nmi_pending else 0
+            v.v_nmi_blocking = 1 if c.nmi_blocked else 0
 
     # ------------------------------------------------------------------ VMRUN
     def vmrun(self, budget: int) -> Exit | None:
@@ -163,6 +179,7 @@ class Svm(Hooks):
         self.vmcb.exitintinfo = 0
         self._pending = None
         self._rip_override = None
+        self._vnmi_iret = None
         self.in_guest = True
         c.record_event(EV_VMRUN, 0, None, c.rip, c.rflags)
         try:
@@ -207,6 +224,10 @@ class Svm(Hooks):
         c.record_event(EV_INJECT, info.vector, info.errcode if info.errcode_valid else None,
                        c.rip, c.rflags, raw)
         self._injecting = raw
+        if info.type == TYPE_NMI and v.v_nmi_enable:
+            # "If Event Injection is used to inject an NMI when NMI Virtualization is
+            # enabled, VMRUN sets V_NMI_MASK in the guest state" (APM, via KVM 72046d0a077a)
+            c.nmi_blocked = True
         try:
             c.inject(kind, info.vector, info.errcode if info.errcode_valid else None)
         finally:
@@ -253,6 +274,10 @@ class Svm(Hooks):
         if self._rip_override is not None:
             c.rip = self._rip_override
         self.save_guest()
+        if v.v_nmi_enable and intinfo & (1 << 31) and (intinfo >> 8) & 7 == TYPE_NMI:
+            # "Hardware clears V_NMI_BLOCKING ... if a VM-Exit occurs while delivering the
+            # virtual NMI"; the NMI is in EXITINTINFO for the hypervisor to re-inject.
+            v.v_nmi_blocking = 0
         nrip = nrip if nrip is not None else 0
         # EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO are consecutive (APM table B-1)
         _EXIT.pack_into(v.buf, _OFF_EXIT, ec.exitcode_to_u64(code), info1 & _M64, info2 & _M64,
@@ -266,6 +291,8 @@ class Svm(Hooks):
 
     _pending: tuple[int, int, int, int, int | None] | None = None
     _rip_override: int | None = None
+    # vNMI: (icount, NMI blocked) at the start of the IRET being executed
+    _vnmi_iret: tuple[int, bool] | None = None
 
     def _intercept(self, code: int, info1: int = 0, info2: int = 0,
                    nrip: int | None = None) -> None:
@@ -274,6 +301,11 @@ class Svm(Hooks):
 
     # ------------------------------------------------------------------ hooks
     def exception(self, cpu: Cpu, vector: int, error_code: int | None) -> None:
+        mark = self._vnmi_iret
+        if mark is not None and cpu.icount == mark[0] and self.vmcb.v_nmi_enable:
+            # The IRET faulted: with vNMI only a successful IRET clears V_NMI_BLOCKING.
+            cpu.nmi_blocked = mark[1]
+            self._vnmi_iret = None
         if vector < 32 and self.vmcb.exception_intercepted(vector):
             # For #DB, DR6/DR7 were already updated (APM 15.12.2). For #PF, EXITINFO2 is
             # the faulting address. INT3/INTO report nRIP = the next instruction.
@@ -289,6 +321,8 @@ class Svm(Hooks):
             self._intercept(ec.VMEXIT_VINTR)
 
     def nmi(self, cpu: Cpu) -> None:
+        if self.vmcb.v_nmi_enable:
+            return      # the virtual NMI (physical NMIs are not modelled in guest mode)
         if self.vmcb.intercepted("NMI"):
             self._intercept(ec.VMEXIT_NMI)
 
@@ -298,6 +332,8 @@ class Svm(Hooks):
             self._intercept(ec.VMEXIT_SHUTDOWN)
 
     def insn(self, cpu: Cpu, name: str, next_rip: int) -> None:
+        if name == "iret" and self.vmcb.v_nmi_enable:
+            self._vnmi_iret = (cpu.icount, bool(cpu.nmi_blocked))
         ent = _INSN_INTERCEPTS.get(name)
         if ent is not None and self.vmcb.intercepted(ent[0]):
             self._intercept(ent[1], 0, 0, next_rip)

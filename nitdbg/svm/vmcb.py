@@ -211,6 +211,10 @@ class Vmcb:
     v_tpr = _Field(0x060, 1)
     v_irq = _Field(0x061, 1, 0, 1)
     vgif = _Field(0x061, 1, 1, 1)
+    # Virtual NMI (APM vol 2 15.21.x; Linux svm.h): int_ctl bits 11, 12 and 26.
+    v_nmi_pending = _Field(0x061, 1, 3, 1)
+    v_nmi_blocking = _Field(0x061, 1, 4, 1)       # AMD's V_NMI_MASK
+    v_nmi_enable = _Field(0x063, 1, 2, 1)
     v_intr_prio = _Field(0x062, 1, 0, 4)
     v_ign_tpr = _Field(0x062, 1, 4, 1)
     v_intr_masking = _Field(0x063, 1, 0, 1)

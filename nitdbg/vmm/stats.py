@@ -61,6 +61,8 @@ STAT_TYPES: tuple[StatType, ...] = (
     # the seed's iret tracing
     StatType("VNMI_UNBLOCKED_PRECISELY", "vNMI unblocked precisely"),
     StatType("VNMI_UNBLOCKED_SPECULATIVELY", "Number of times vNMI unblocked speculatively"),
+    # nitdbg: a hypervisor KASSERT that a kernel with INVARIANTS would panic on
+    StatType("VMM_KASSERT_FAILED", "KASSERT failures (INVARIANTS panics)"),
 )
 
 # key -> (first counter index, nelems)

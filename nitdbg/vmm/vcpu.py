@@ -20,7 +20,6 @@ from ..x86.cpu import Cpu
 from ..x86.regs import DR6_BS, HAS_ERRCODE, IF, TF
 from .hypercall import HYPERCALL_PORT
 from .inout_str import emulate_inout_str
-from .nmi_policy import NMI_IDLE, NMI_TRACING
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -53,16 +52,11 @@ class Vcpu:
         self.nextrip = 0
         self.halted = False
         self.intr_window = False
-        # NMI blocking as the policy tracks it
-        self.nmi_state = NMI_IDLE
-        self.last_unblock = ""
-        self.saved_tf_rf = 0
-        self.saved_dr6_bs = 0
-        self.saved_exc_bitmap = 0
+        # NMI blocking is the policy's (vm.policy owns the per-vCPU state)
         self.recursive_nmi_armed = False
         self.bounce_pending = False
         self.kicked = False
-        self.iret_exit_rip: int | None = None
+        self.kassert_pending: str | None = None   # a failed KASSERT to report to userspace
         self.sstep_after_hlt = False
         self.stopped_by_host = False     # the machine holds it (in the debugger)
         self.last_exit: Exit | None = None
@@ -91,6 +85,32 @@ class Vcpu:
     @property
     def policy(self):
         return self.vm.policy
+
+    def nmi_describe(self) -> dict:
+        """The NMI policy's state for this vCPU as plain data (state, last_unblock,
+        last_transition, blocked, policy, and the policy's own fields)."""
+        return self.policy.describe(self)
+
+    # read-only views kept for the front ends and checkpoints
+    @property
+    def nmi_state(self) -> str:
+        return self.policy.describe(self)["state"]
+
+    @property
+    def last_unblock(self) -> str:
+        return self.policy.state(self).last_unblock
+
+    @property
+    def guest_rflags(self) -> int:
+        """RFLAGS as the guest and the tools see it (a policy may hide its own TF/RF)."""
+        return self.policy.guest_rflags(self)
+
+    def kassert(self, message: str) -> None:
+        """A hypervisor KASSERT failed: a bhyve kernel with INVARIANTS would panic. Logged,
+        counted, and reported to userspace as a "kassert" stop at the end of this exit."""
+        self.log("panic: %s", message)
+        self.stat("VMM_KASSERT_FAILED")
+        self.kassert_pending = message
 
     def now(self) -> int:
         return self.cpu.now()
@@ -169,21 +189,9 @@ class Vcpu:
             info = self.exception_pending
             self.exception_pending = None
             self.eventinject(info)
-        allowed = self.policy.injection_allowed(self)
-        if self.nmi_pending:
-            if self.policy.nmi_blocked(self):
-                self.log("Cannot inject NMI due to NMI-blocking")
-            elif vmcb.interrupt_shadow:
-                self.log("Cannot inject NMI due to interrupt shadow")
-                need_window = True
-            elif vmcb.eventinj & (1 << 31):
-                self.log("Cannot inject NMI due to eventinj %#lx", vmcb.eventinj)
-            else:
-                self.nmi_pending = False
-                self.stat("VCPU_NMI_COUNT")
-                self.eventinject(IntInfo.nmi())
-                self.policy.enable_nmi_blocking(self)
-                self.log("Injecting vNMI")
+        allowed = self.policy.intr_allowed(self)
+        if self.nmi_pending and self.policy.inj_nmi(self):
+            need_window = True
         vlapic = self.vm.vlapics[self.id]
         vector = vlapic.pending_intr()
         if vector is not None:
@@ -265,8 +273,10 @@ class Vcpu:
                 if left <= 0:
                     return UserExit("quantum", self.id)
                 self.inj_interrupts()
+                if self.policy.before_vmrun(self):
+                    self.exit_after_injection()
                 self.vm.current_vcpu = self.id
-                exit_ = self.svm.vmrun(self._limit(left))
+                exit_ = self.svm.vmrun(0 if self.kicked else self._limit(left))
                 if exit_ is None:
                     if cpu.stop_reason == "host":
                         return UserExit("gdb", self.id)
@@ -281,9 +291,13 @@ class Vcpu:
             if self.vmcb.exitintinfo & (1 << 31):
                 self.exitintinfo = self.vmcb.exitintinfo
                 self.stat("VCPU_EXITINTINFO")
+            self.policy.after_vmexit(self, exit_)
             ux = self.vmexit(exit_)
             if ux is not None:
                 return ux
+            if self.kassert_pending is not None:
+                msg, self.kassert_pending = self.kassert_pending, None
+                return UserExit("kassert", self.id, {"message": msg, "rip": exit_.rip})
             if self.vm.resched:
                 # another vCPU was woken: let the scheduler interleave again
                 self.vm.resched = False
@@ -297,6 +311,11 @@ class Vcpu:
             return left
         per = self.cpu.retire.ns_per_insn
         return max(1, min(left, (deadline - self.cpu.now() + per - 1) // per))
+
+    def exit_after_injection(self) -> None:
+        """Exit again right after VMRUN has delivered EVENTINJ, before the first guest
+        instruction (bhyve's self-IPI_AST, KVM's forced immediate exit)."""
+        self.kicked = True
 
     def kick(self) -> None:
         """vcpu_notify_event: make a vCPU in guest mode exit so new events are seen."""
@@ -443,8 +462,7 @@ class Vcpu:
         self.cpu.flush_tlb()
         # bounce_to_userspace acts on nested page faults of an IRET still in flight (only
         # with invalidate_nested_mappings, as the seed says).
-        in_flight = self.nmi_state == NMI_TRACING or (
-            self.policy.name == "bhyve-upstream" and e.rip == self.iret_exit_rip)
+        in_flight = self.policy.iret_in_flight(self, e.rip)
         if in_flight and self.vm.knobs.bounce_to_userspace \
                 and self.vm.knobs.invalidate_nested_mappings:
             self.log("Bouncing to userspace")

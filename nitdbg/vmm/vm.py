@@ -20,7 +20,7 @@ from .devices.nmiport import NmiStatusPort
 from .devices.uart16550 import Uart16550
 from .hypercall import HC_KDB_ENTER, HC_PANIC, HYPERCALL_PORT
 from .ktr import Ktr, register_ktr_sysctls
-from .nmi_policy import make_policy
+from .nmi_policy import NmiPolicy, make_policy
 from .stats import VmmStats
 from .sysctl import NitKnobs, SysctlTree, register_nit_knobs, register_vmm_tunables
 from .vcpu import UserExit, Vcpu
@@ -86,6 +86,7 @@ class Vm:
         register_nit_knobs(self.sysctl, self.knobs)
         register_vmm_tunables(self.sysctl, self.knobs)
         register_ktr_sysctls(self.sysctl, self.ktr)
+        self.vcpus: list[Vcpu] = []
         self.policy = make_policy(policy)
         self.console_out = bytearray()
         self.debugcon_out = bytearray()
@@ -100,7 +101,6 @@ class Vm:
         self.iobus.register(self.nmiport, 0x61, 1)
         self.current_vcpu = 0
         self.resched = False          # a vCPU woke another: end the running slice early
-        self.vcpus: list[Vcpu] = []
         self.vlapics: list[Vlapic] = []
         for i in range(ncpus):
             cpu = Cpu(self.mem, vcpu_id=i, retire_order=retire_order)
@@ -111,7 +111,19 @@ class Vm:
                                        peers=self._peers))
         for v in self.vcpus:
             self._init_vmcb(v)
+        self.policy = self._policy       # the policy's own VMCB setup on every vCPU
         self.booted = False
+
+    @property
+    def policy(self) -> NmiPolicy:
+        """The NMI policy (an ops table owning each vCPU's NMI state)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, p: NmiPolicy) -> None:
+        self._policy = p
+        for v in self.vcpus:
+            p.vcpu_init(v)
 
     # Device callbacks are bound methods, not closures, so a deep copy of the machine (a
     # checkpoint) calls into its own copy.
@@ -222,7 +234,6 @@ class Vm:
     def knobs_at_iret_exit(self, v: Vcpu) -> None:
         """Called by the NMI policy at the IRET exit, after its own KTR line ("vNMI iret
         tracing enabled" for iret-tracing), before the guest re-enters at the IRET."""
-        v.iret_exit_rip = v.vmcb.rip
         k = self.knobs
         if k.iret_trigger_gpf:
             self._iret_trigger_gpf(v)

@@ -3,7 +3,7 @@ cache (with the code-page masks that catch self-modifying code)."""
 
 from __future__ import annotations
 
-from .decode import Insn, unsupported_text
+from .decode import TRANSLATORS, Insn, unsupported_text
 from .faults import BUG_ERRORS, Fault, InternalError, Unsupported
 from .hooks import ACC_FETCH, ACC_USER, ACC_WRITE
 from .paging import walk
@@ -11,6 +11,11 @@ from .regs import (
     CS,
 )
 from .state import CpuState
+
+# Decoded instructions by (the 15 fetched bytes, address, mode), shared by every vCPU of the
+# process: an Insn holds no CPU state, and every new machine decodes the same firmware.
+_DECODED: dict[tuple[bytes, int, int], tuple[Insn, object]] = {}
+_DECODED_MAX = 1 << 17
 
 
 class Mmu(CpuState):
@@ -139,6 +144,10 @@ class Mmu(CpuState):
         self.code_pages.pop(hppn, None)
         for cache, rip in self._code_rips.pop(hppn, ()):
             cache.pop(rip, None)
+        # A translated block may hold any of them: drop all blocks, and make a block that is
+        # running stop at the next instruction boundary (self-modifying code).
+        self.drop_blocks()
+        self.attention = True
 
     def fetch_insn(self, rip: int) -> Insn:
         """Fetch, decode and translate the instruction at linear `rip`, caching it."""
@@ -159,7 +168,16 @@ class Mmu(CpuState):
                 if need is None or need > first:
                     raise
         try:
-            insn = self.decoder.translate(code, rip, self.mode)
+            key = (code, rip, self.mode)
+            hit = _DECODED.get(key)
+            # (the translator that built it must still be the registered one)
+            if hit is not None and TRANSLATORS.get(hit[0].id) is hit[1]:
+                insn = hit[0]
+            else:
+                insn = self.decoder.translate(code, rip, self.mode)
+                if len(_DECODED) >= _DECODED_MAX:
+                    _DECODED.clear()
+                _DECODED[key] = (insn, TRANSLATORS.get(insn.id))
         except BUG_ERRORS as e:
             # a translator bug: the run stops and the front end names the instruction
             ci = self.decoder.decode(code, rip, self.mode)

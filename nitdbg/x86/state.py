@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import blocks
 from . import insn as _insn  # noqa: F401  (registers the translators)
 from .decode import Decoder, Insn
 from .faults import InternalError
@@ -79,6 +80,12 @@ class CpuState:
         self.tlb_w: dict[int, bytearray] = {}
         self._sup_r, self._sup_w = self._tlbs.setdefault(0, ({}, {}))
         self.icache: dict[int, Insn] = {}
+        # translated blocks (blocks.py), per (mode, cpl class) like the decode caches, and how
+        # often the fast path reached each start address not yet translated
+        self.blocks_enabled = blocks.enabled_by_default()
+        self._bcaches: dict[tuple[int, int], dict[int, blocks.Block | None]] = {}
+        self.bcache: dict[int, blocks.Block | None] = {}
+        self.bhot: dict[int, int] = {}
         self.mode = 16
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
         self.exec_bps: list[tuple[int, int]] = []             # (addr, index)
@@ -106,6 +113,10 @@ class CpuState:
         if ic is None:
             ic = self._icaches[key] = {}
         self.icache = ic
+        bc = self._bcaches.get(key)
+        if bc is None:
+            bc = self._bcaches[key] = {}
+        self.bcache = bc
         self.attention = True
 
     def set_cpl(self, cpl: int) -> None:
@@ -121,9 +132,16 @@ class CpuState:
             w.clear()
         for ic in self._icaches.values():
             ic.clear()
+        self.drop_blocks()
         self.code_pages.clear()
         self._code_rips.clear()
         self.update_debug()
+
+    def drop_blocks(self) -> None:
+        """Forget every translated block (their instructions changed or were remapped)."""
+        for bc in self._bcaches.values():
+            bc.clear()
+        self.bhot.clear()
 
     def update_debug(self) -> None:
         """Rebuild breakpoint lists from DR0-DR3/DR7 (SDM 17.2.4, APM 13.1.1.5)."""

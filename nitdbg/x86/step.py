@@ -9,7 +9,7 @@ the slow step then works through the boundary in the order of SDM vol 3 table 6-
 
 from __future__ import annotations
 
-from . import interrupts
+from . import blocks, interrupts
 from .decode import F_LOADS_RF, F_NO_SSTEP
 from .events import Events
 from .faults import BUG_ERRORS, Fault, Intercepted, InternalError
@@ -50,13 +50,42 @@ class StepLoop(Events, Mmu):
         # Anything that changes the decode cache in use (mode, CPL) sets `attention`, so the
         # local copy is refreshed after every slow step.
         icache = self.icache
+        bcache = self.bcache
+        use_blocks = self.blocks_enabled and not self.data_bps
         while self.icount < end:
             if self.attention:
                 if self._slow_step() < 0:
                     return self.icount - start
                 icache = self.icache
+                bcache = self.bcache
+                use_blocks = self.blocks_enabled and not self.data_bps
                 continue
             rip = self.rip
+            if use_blocks:
+                blk = bcache.get(rip, 0)
+                if blk == 0:
+                    hot = self.bhot.get(rip, 0) + 1
+                    self.bhot[rip] = hot
+                    if hot >= blocks.HOT and rip in icache:   # decoded on an earlier pass
+                        blk = bcache[rip] = blocks.build(self, rip)
+                if blk:
+                    try:
+                        if blk(self, end - self.icount):
+                            continue
+                    except Fault as f:
+                        # the block left the state as at the start of the faulting instruction
+                        if self._fault(f) < 0:
+                            return self.icount - start
+                        icache = self.icache
+                        bcache = self.bcache
+                        continue
+                    except Intercepted:
+                        self.stop_reason = "intercept"
+                        return self.icount - start
+                    except (InternalError, *BUG_ERRORS) as e:
+                        # the block left RIP at the instruction that raised it
+                        self._internal_error(self.rip, e)
+                        return self.icount - start
             insn = icache.get(rip)
             try:
                 if insn is None:
@@ -68,6 +97,7 @@ class StepLoop(Events, Mmu):
                 if self._fault(f) < 0:
                     return self.icount - start
                 icache = self.icache
+                bcache = self.bcache
                 continue
             except Intercepted:
                 self.rip = rip

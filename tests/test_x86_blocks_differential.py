@@ -1,0 +1,402 @@
+"""Block translation against the exact per-instruction path: the same guest code gives the same
+retirement log, events, registers, flags and memory with translated blocks and without.
+
+Three sources of guest code: random instruction sequences (a fixed seed, thousands of them,
+with and without TF and DR0-3 breakpoints, with faults, self-modifying stores and flag-reading
+instructions the translator leaves to the slow path), the amd64 firmware's boot to the shell
+prompt, and every scenario of the seed.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nitdbg.x86 import blocks
+from nitdbg.x86.cpu import Cpu
+from nitdbg.x86.memory import PhysMem
+from nitdbg.x86.segments import Segment
+
+PML4, GDT, IDT = 0x1000, 0x8000, 0x9000
+CODE, DATA, STACK = 0x10000, 0x40000, 0x60000
+HOLE = 0x200000                     # the 2 MiB page at 2 MiB is not present: #PF
+DB_H, PF_H, OTHER_H = 0xF000, 0xF100, 0xF200
+SEQUENCES = 2000
+
+# data registers the sequences compute with (rbx, rbp: pointers into DATA; r12: into HOLE)
+DREGS = [0, 1, 2, 6, 7, 8, 9, 10, 11]
+
+
+def _cpu(code: bytes, blocks_on: bool) -> Cpu:
+    mem = PhysMem(4 << 20)
+    mem.write(PML4, 8, (PML4 + 0x1000) | 3)
+    mem.write(PML4 + 0x1000, 8, (PML4 + 0x2000) | 3)
+    mem.write(PML4 + 0x2000, 8, 0x83)             # 0-2 MiB present; 2-4 MiB not
+    mem.write(GDT + 8, 8, 0x00AF9B000000FFFF)
+    mem.write(GDT + 16, 8, 0x00CF93000000FFFF)
+    for vec in range(32):
+        h = {1: DB_H, 14: PF_H}.get(vec, OTHER_H)
+        mem.write(IDT + vec * 16, 8, (h & 0xFFFF) | (0x08 << 16) | (0x8E << 40)
+                  | ((h >> 16) << 48))
+    # #DB: set RF in the frame (an instruction breakpoint would fire again) and return
+    mem.write_bytes(DB_H, bytes.fromhex("814c24100000010048cf"))
+    mem.write_bytes(PF_H, b"\xf4")                # #PF and the rest: stop
+    mem.write_bytes(OTHER_H, b"\xf4")
+    mem.write_bytes(CODE, code)
+    mem.write_bytes(DATA, bytes(range(256)) * 8)
+    c = Cpu(mem)
+    c.blocks_enabled = blocks_on
+    c.cr0, c.cr4, c.efer, c.cr3 = 0x80050033, 0x20, 0xD01, PML4
+    c.gdtr.base, c.gdtr.limit = GDT, 23
+    c.idtr.base, c.idtr.limit = IDT, 256 * 16 - 1
+    c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, 0xA9B))
+    for i in (0, 2, 3, 4, 5):
+        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
+    c.update_mode()
+    c.regs[4] = STACK
+    c.regs[3] = DATA
+    c.regs[5] = DATA + 0x800
+    c.regs[12] = HOLE + 0x100
+    c.rip = CODE
+    return c
+
+
+# ------------------------------------------------------------------ a tiny x86-64 encoder
+def _rex(w: int, reg: int, rm: int, force: bool = False) -> bytes:
+    v = 0x40 | (w << 3) | ((reg >> 3) << 2) | (rm >> 3)
+    return bytes([v]) if v != 0x40 or force else b""
+
+
+def _modrm_reg(reg: int, rm: int) -> bytes:
+    return bytes([0xC0 | ((reg & 7) << 3) | (rm & 7)])
+
+
+def _modrm_mem(reg: int, base: int, disp: int) -> bytes:
+    """[base + disp8]; base is rbx, rbp, rsp or r12 (needs SIB)."""
+    if base & 7 == 4:
+        return bytes([0x44 | ((reg & 7) << 3), 0x24, disp & 0xFF])
+    return bytes([0x40 | ((reg & 7) << 3) | (base & 7), disp & 0xFF])
+
+
+def _mem_operand(r: random.Random) -> tuple[int, int]:
+    roll = r.random()
+    if roll < 0.03:
+        return 12, r.randrange(0, 0x70, 8)          # the hole: #PF
+    if roll < 0.07:                                 # wherever a data register points:
+        return r.choice(DREGS), r.randrange(-0x80, 0x78, 8)   # often #PF or #GP, later
+    if roll < 0.35:
+        return 4, r.randrange(-0x40, 0x40, 8)        # the stack
+    return r.choice((3, 5)), r.randrange(-0x80, 0x78, r.choice((1, 8)))
+
+
+def _one(r: random.Random) -> bytes:
+    """One random instruction (most of them forms the translator handles)."""
+    k = r.random()
+    d, s = r.choice(DREGS), r.choice(DREGS)
+    w = r.random() < 0.7
+    if k < 0.30:                                   # ALU r/m, r and r, r/m
+        op = r.choice((0x01, 0x29, 0x39, 0x21, 0x09, 0x31, 0x85, 0x89, 0x03, 0x2B, 0x3B,
+                       0x23, 0x0B, 0x33, 0x8B, 0x11, 0x19))
+        if r.random() < 0.6:
+            return _rex(w, s, d) + bytes([op]) + _modrm_reg(s, d)
+        base, disp = _mem_operand(r)
+        return _rex(w, s, base) + bytes([op]) + _modrm_mem(s, base, disp)
+    if k < 0.40:                                   # 8-bit forms (AH..BH without REX)
+        op = r.choice((0x00, 0x28, 0x38, 0x30, 0x88, 0x8A, 0x20))
+        if r.random() < 0.5:
+            return bytes([op]) + _modrm_reg(r.randrange(8), r.choice((0, 1, 2, 6, 7)))
+        base, disp = _mem_operand(r)
+        return _rex(0, 0, base) + bytes([op]) + _modrm_mem(r.choice((0, 1, 2)), base, disp)
+    if k < 0.52:                                   # ALU r/m, imm
+        n = r.choice((0, 1, 4, 5, 6, 7))
+        imm8 = r.random() < 0.5
+        imm = (r.randrange(-128, 128) & 0xFF).to_bytes(1, "little") if imm8 else \
+            r.getrandbits(32).to_bytes(4, "little")
+        opc = 0x83 if imm8 else 0x81
+        if r.random() < 0.6:
+            return _rex(w, 0, d) + bytes([opc]) + _modrm_reg(n, d) + imm
+        base, disp = _mem_operand(r)
+        return _rex(w, 0, base) + bytes([opc]) + _modrm_mem(n, base, disp) + imm
+    if k < 0.58:                                   # inc / dec
+        n = r.choice((0, 1))
+        if r.random() < 0.6:
+            return _rex(w, 0, d) + bytes([0xFF]) + _modrm_reg(n, d)
+        base, disp = _mem_operand(r)
+        return _rex(w, 0, base) + bytes([0xFF]) + _modrm_mem(n, base, disp)
+    if k < 0.64:                                   # push / pop
+        if r.random() < 0.5:
+            return _rex(0, 0, s) + bytes([0x50 | (s & 7)])
+        return _rex(0, 0, d) + bytes([0x58 | (d & 7)])
+    if k < 0.70:                                   # mov r, imm
+        if r.random() < 0.5:
+            return _rex(0, 0, d) + bytes([0xB8 | (d & 7)]) + r.getrandbits(32).to_bytes(4, "little")
+        return _rex(1, 0, d) + bytes([0xB8 | (d & 7)]) + r.getrandbits(64).to_bytes(8, "little")
+    if k < 0.75:                                   # lea, movzx, movsx, movsxd
+        base, disp = _mem_operand(r)
+        which = r.randrange(4)
+        if which == 0:
+            return _rex(w, d, base) + b"\x8d" + _modrm_mem(d, base, disp)
+        if which == 3:
+            return _rex(1, d, s) + b"\x63" + _modrm_reg(d, s)
+        op = r.choice((0xB6, 0xB7, 0xBE, 0xBF))
+        if r.random() < 0.5:
+            return _rex(w, d, s) + bytes([0x0F, op]) + _modrm_reg(d, s)
+        return _rex(w, d, base) + bytes([0x0F, op]) + _modrm_mem(d, base, disp)
+    if k < 0.80:                                   # flag readers the translator leaves alone
+        cc = r.randrange(16)
+        if r.random() < 0.5:
+            return _rex(0, 0, d, force=True) + bytes([0x0F, 0x90 | cc]) + _modrm_reg(0, d)
+        return _rex(1, d, s) + bytes([0x0F, 0x40 | cc]) + _modrm_reg(d, s)
+    if k < 0.83:                                   # shifts, imul: not translated
+        return _rex(1, 0, d) + bytes([0xC1]) + _modrm_reg(r.choice((4, 5, 7)), d) + \
+            bytes([r.randrange(64)])
+    if k < 0.86:
+        return b"\x90"
+    if k < 0.88:                                   # pushf / popf with TF maybe set
+        return b"\x68" + (0x2 | 0x200 | (0x100 if r.random() < 0.3 else 0)
+                          | r.getrandbits(1) | (r.getrandbits(1) << 6)).to_bytes(4, "little") \
+            + b"\x9d"
+    return _rex(w, s, d) + bytes([0x31]) + _modrm_reg(s, d)
+
+
+def _sequence(r: random.Random) -> bytes:
+    """Straight-line pieces, forward conditional jumps, a counted loop, a call and a ret, and
+    a store into a later instruction (self-modifying code); ends with HLT."""
+    parts: list[bytes] = []
+    for _ in range(r.randrange(3, 7)):
+        kind = r.random()
+        body = [_one(r) for _ in range(r.randrange(1, 8))]
+        if kind < 0.3:                             # loop: mov ecx, n; body; dec ecx; jnz
+            # the body may change rcx too: the run budgets bound the loop
+            n = r.randrange(1, 40)
+            inner = b"".join(body) + b"\xff\xc9"
+            if len(inner) + 2 > 127:
+                inner = b"\xff\xc9"
+            back = (-(len(inner) + 2)) & 0xFF
+            parts.append(b"\xb9" + n.to_bytes(4, "little") + inner + bytes([0x75, back]))
+        elif kind < 0.5:                           # jcc over the body
+            inner = b"".join(body)
+            if len(inner) < 127:
+                parts.append(bytes([0x70 | r.randrange(16), len(inner)]) + inner)
+        elif kind < 0.6:                           # call a local function
+            inner = b"".join(body) + b"\xc3"
+            if len(inner) < 127:
+                parts.append(b"\xe8\x02\x00\x00\x00" + bytes([0xEB, len(inner)]) + inner)
+        elif kind < 0.68:                          # SMC: patch the imm8 of a later instruction
+            later = b"\x83\xc0\x05"                # add eax, 5
+            # mov byte [rip + disp32], imm8 ; the target is the imm8 of `later`, after it
+            disp = len(body[0]) + 2
+            parts.append(b"\xc6\x05" + disp.to_bytes(4, "little") + bytes([r.randrange(256)])
+                         + body[0] + later)
+        else:
+            parts.append(b"".join(body))
+    return b"".join(parts) + b"\xf4"
+
+
+def _state(c: Cpu) -> tuple:
+    r = c.retire
+    n = min(c.icount, r.capacity)
+    ring = [r.rips[(c.icount - 1 - i) & r.mask] for i in range(n)]
+    return (list(c.regs), c.rip, c.rflags, c.icount, ring, list(r.events), list(c.dr),
+            c.cr2, c.stop_reason, c.halted, c.pending_db,
+            c.mem.read_bytes(DATA, 0x1000), c.mem.read_bytes(STACK - 0x1000, 0x1000),
+            c.mem.read_bytes(CODE, 0x1000))
+
+
+def _run(code: bytes, blocks_on: bool, tf: bool, drs: tuple[int, ...], budgets) -> tuple:
+    c = _cpu(code, blocks_on)
+    if tf:
+        c.rflags |= 0x100
+    if drs:
+        dr7 = 0
+        for i, (addr, rw) in enumerate(drs):
+            c.dr[i] = addr
+            dr7 |= (1 << (2 * i)) | (rw << (16 + 4 * i)) | ((3 if rw else 0) << (18 + 4 * i))
+        c.dr[7] = dr7 | 0x400
+        c.update_debug()
+    c.attention = True
+    for b in budgets:
+        c.run(b)
+        if c.halted or c.shutdown:
+            break
+    return _state(c)
+
+
+def _memo_decoder(monkeypatch) -> None:
+    """Decoded instructions hold no CPU state: share them between the runs (speed only)."""
+    from nitdbg.x86.decode import Decoder
+    orig = Decoder.translate
+    memo: dict = {}
+
+    def translate(self, code, addr, mode):
+        key = (bytes(code), addr, mode)
+        insn = memo.get(key)
+        if insn is None:
+            insn = memo[key] = orig(self, code, addr, mode)
+        return insn
+    monkeypatch.setattr(Decoder, "translate", translate)
+
+
+def test_random_sequences_retire_the_same_with_and_without_blocks(monkeypatch):
+    monkeypatch.setattr(blocks, "HOT", 1)        # translate at first sight
+    _memo_decoder(monkeypatch)
+    r = random.Random(11)
+    compared = translated = 0
+    for n in range(SEQUENCES):
+        code = _sequence(r)
+        variant = n % 3
+        tf = variant == 1
+        drs: tuple = ()
+        if variant == 2:
+            drs = ((CODE + r.randrange(len(code)), 0), (DATA + r.randrange(0, 0x100, 8), 1))
+        budgets = [r.choice((1, 2, 3, 5, 17, 64, 200)) for _ in range(10)] + [300]
+        off = _run(code, False, tf, drs, budgets)
+        on = _run(code, True, tf, drs, budgets)
+        assert on == off, f"sequence {n} ({code.hex()}) tf={tf} drs={drs} budgets={budgets}"
+        compared += 1
+        translated += on[3]
+    assert compared == SEQUENCES and translated > 100_000
+
+
+def test_a_translated_block_is_really_used():
+    """The differential tests mean something only if blocks run: the ALU loop of the bench
+    retires from a translated, self-looping block."""
+    from nitdbg import bench
+    c = bench.bare_cpu()
+    c.rip = bench.BASE + bench.A_OFF
+    c.run(5000)
+    assert any(c.bcache.values())
+    assert c.icount == 5000
+
+
+def test_a_fault_inside_a_block_leaves_the_state_of_the_faulting_instruction(monkeypatch):
+    """mov [rbx], rax; add rax, 1; mov rcx, [r12] (#PF): the #PF frame holds the RIP of the
+    load, RAX is incremented once, CR2 is the address, and the two retirements before it are
+    in the log; the same as the per-instruction path."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    code = bytes.fromhex("488903" "4883c001" "498b0c24" "f4")
+    off = _run(code, False, False, (), [100])
+    on = _run(code, True, False, (), [100])
+    assert on == off
+    regs, _rip, _fl, icount, ring = on[:5]
+    assert on[7] == HOLE + 0x100 and regs[0] == 1 and ring[-2:] == [CODE + 3, CODE]
+
+
+def test_a_fault_on_the_first_instruction_of_a_later_pass_of_a_looping_block(monkeypatch):
+    """mov rax, [rbx]; mov [rbp], rax; add rbx, 1 MiB; jmp back: the third pass's load hits
+    the hole; the #PF is reported at the load with two passes (8 instructions) retired."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    code = bytes.fromhex("488b03" "48894500" "4881c300001000" "ebf0")
+    off = _run(code, False, False, (), [1000])
+    on = _run(code, True, False, (), [1000])
+    assert on == off
+    assert on[7] == DATA + 0x200000 and on[3] == 9
+    assert on[4][:9] == [PF_H] + [CODE + 0xE, CODE + 7, CODE + 3, CODE] * 2
+
+
+class _Probe:
+    """An MMIO device that records what it sees of the vCPU at each access, and on a write
+    of 1 raises an NMI (an event that must be taken at the next instruction boundary)."""
+
+    def __init__(self) -> None:
+        self.cpu: Cpu | None = None
+        self.seen: list = []
+
+    def _look(self, kind: str, off: int, value: int) -> None:
+        c = self.cpu
+        self.seen.append((kind, off, value, c.icount, c.rip, c.rflags, list(c.regs)))
+
+    def mmio_read(self, off: int, size: int) -> int:
+        self._look("r", off, size)
+        return 0x1234
+
+    def mmio_write(self, off: int, size: int, value: int) -> None:
+        self._look("w", off, value)
+        if value == 1:
+            self.cpu.raise_nmi()
+
+
+def test_mmio_inside_a_block_sees_the_vcpu_as_the_per_insn_path_does(monkeypatch):
+    """A device reached from inside a block sees the count, RIP, flags and registers of the
+    instruction making the access, and an NMI it raises is taken right after it."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    mmio = 0x30000
+    # rsi = mmio; loop 3x: add rax, 7; mov [rsi], rax; mov rdx, [rsi+8]; cmp eax, 15;
+    # sete cl... (not translated) -> keep to: add; store; load; dec ecx; jnz; then
+    # mov qword [rsi], 1 (NMI) ; add rax, 1 ; hlt
+    code = bytes.fromhex("be00000300" "b903000000" "4883c007" "488906" "488b5608" "ffc9"
+                         "75f2" "48c70601000000" "4883c001" "f4")
+    outs = []
+    for on in (False, True):
+        probe = _Probe()
+        c = _cpu(code, on)
+        c.mem.map_mmio(mmio, 0x1000, probe)
+        probe.cpu = c
+        mem = c.mem
+        h = 0xF300
+        mem.write(IDT + 2 * 16, 8, (h & 0xFFFF) | (0x08 << 16) | (0x8E << 40)
+                  | ((h >> 16) << 48))
+        mem.write_bytes(h, b"\xf4")                # the NMI handler stops
+        c.run(1000)
+        outs.append((probe.seen, _state(c)))
+    assert outs[0] == outs[1]
+    seen, st = outs[1]
+    assert len(seen) == 7 and st[1] == 0xF301 and st[0][0] == 21
+
+
+def test_a_store_into_the_running_block_ends_it_at_the_next_instruction(monkeypatch):
+    """Self-modifying code: the patched instruction executes with its new bytes."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    # mov byte [rip+3], 7 ; nop ; add eax, 5 (imm patched to 7) ; hlt, run twice via a loop
+    code = bytes.fromhex("b902000000" "c6050300000007" "90" "83c005" "ffc9" "75f1" "f4")
+    off = _run(code, False, False, (), [1000])
+    on = _run(code, True, False, (), [1000])
+    assert on == off and on[0][0] == 14
+
+
+def _machine_digest(m) -> list:
+    out = []
+    for v in m.vcpus:
+        c = v.cpu
+        r = c.retire
+        n = min(c.icount, r.capacity)
+        out.append((c.icount, c.rip, c.rflags, list(c.regs),
+                    [r.rips[(c.icount - 1 - i) & r.mask] for i in range(n)], list(r.events)))
+    out.append((m.vm.mem.digest(), bytes(m.vm.console_out)))
+    return out
+
+
+def test_firmware_boot_is_the_same_with_and_without_blocks(monkeypatch):
+    from nitdbg.machine import Machine
+    digests = []
+    for on in ("1", "0"):
+        monkeypatch.setenv("NITDBG_BLOCKS", on)
+        m = Machine()
+        m.boot_to_prompt()
+        m.type_line("while [ 1 ]; do : done", wait_prompt=False)
+        m.run(max_insns=300_000)
+        digests.append(_machine_digest(m))
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("scenario", [s.name for s in __import__(
+    "nitdbg.scenarios.runner", fromlist=["ALL"]).ALL])
+def test_scenario_is_the_same_with_and_without_blocks(monkeypatch, scenario):
+    from nitdbg.scenarios import base
+    from nitdbg.scenarios.runner import run_scenario
+    runs = []
+    for on in ("1", "0"):
+        monkeypatch.setenv("NITDBG_BLOCKS", on)
+        seen: list = []
+        orig = base.Ctx.finish
+
+        def finish(self, seen=seen, orig=orig):
+            seen.extend(_machine_digest(m) for m in self.machines)
+            orig(self)
+        monkeypatch.setattr(base.Ctx, "finish", finish)
+        lines: list[str] = []
+        res = run_scenario(scenario, "iret-tracing", lines.append, None, False)
+        runs.append((lines, [(c.text, c.passed) for c in res.checks], res.error, seen))
+        monkeypatch.setattr(base.Ctx, "finish", orig)
+    assert runs[0] == runs[1]
