@@ -145,9 +145,10 @@ class DisasmPane(LinePane, Pane):
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         self._snap = snap
         v = snap.vcpu
-        self.set_title(f"disassembly vCPU {v.id}" + (" in ddb" if v.in_ddb else "")
-                       + f" ({v.regs_source})")
         wide, where_w, height = self._geometry()
+        name = "disasm" if (self.size.width or 80) < 40 else "disassembly"
+        self.set_title(f"{name} vCPU {v.id}" + (" in ddb" if v.in_ddb else "")
+                       + f" ({v.regs_source})")
         if where_w < NARROW:
             rows, cur = narrow_rows(snap.disasm)
         else:

@@ -51,6 +51,7 @@ class NmiPane(LinePane, Pane):
                 runs.append((" +pending", "bold #ff5370"))
             lines.append(tuple(runs))
         sel = snap.vcpu
-        if sel.nmi_transition:          # as the policy reports it (nitdbg.view.NmiView)
+        small = self.is_mounted and self.screen.has_class("-small")
+        if sel.nmi_transition and not small:   # as the policy reports it (NmiView)
             lines.append(((f"  vCPU {sel.id} last: {sel.nmi_transition}", "#697098"),))
         self.set_lines(lines)
