@@ -341,31 +341,11 @@ class Machine:
 
     @_input
     def step_vcpu(self, vcpu: int, unit: str = "insn", limit: int = 1_000_000) -> StopEvent:
-        """Host-level single step of one vCPU, without the guest's involvement: one guest
-        instruction ("insn"), or up to and including its next VM exit ("exit")."""
-        if not 0 <= vcpu < len(self.vm.vcpus):
-            raise MachineError(f"no vCPU {vcpu} (the VM has {len(self.vm.vcpus)})")
-        if self.powered_off:
-            return StopEvent("poweroff", vcpu)
-        if vcpu in self.in_kdb:
-            return StopEvent("kdb", vcpu, dict(self.in_kdb[vcpu]))
-        v = self.vm.vcpus[vcpu]
-        exits, start = v.exit_count, v.cpu.icount
-        while True:
-            if v.halted and not v.wake_pending() and not self.vm.sleep_until_event(v):
-                return StopEvent("idle", vcpu)
-            before = v.cpu.icount
-            ux = v.run(1)
-            self.total_retired += v.cpu.icount - before
-            ev = self._userspace(ux)
-            if ev is not None:
-                return ev
-            if unit == "insn" and v.cpu.icount > start:
-                return StopEvent("step", vcpu)
-            if unit == "exit" and v.exit_count > exits:
-                return StopEvent("step", vcpu, {"exitcode": v.last_exit.code})
-            if v.cpu.icount - start >= limit:
-                return StopEvent("budget", vcpu)
+        """Host-level single step of one vCPU, without the guest's involvement: exactly one
+        guest instruction, or one event delivery ("insn"); or up to its next VM exit and
+        the exit's handling, stopping before the next VMRUN ("exit"). See hoststep.py."""
+        from .hoststep import host_step
+        return host_step(self, vcpu, unit, limit)
 
     def _watchdog(self) -> StopEvent | None:
         running = [v for v in self.vm.vcpus if v.id not in self.in_kdb and not v.halted]
@@ -486,6 +466,35 @@ class Machine:
                      until=lambda: self.vm.console_out[start:].rstrip(b" ").endswith(b"\n#")
                      or self.vm.console_out[start:].endswith(b"# "))
         return self.vm.console_out[start:].decode(errors="replace")
+
+    # ------------------------------------------------------------------ read-only views
+    def summary(self):  # noqa: ANN201 - nitdbg.view.MachineSummary
+        """The VM's name, policy, per-vCPU retirement counts, time and surface."""
+        from .view import summary
+        return summary(self)
+
+    def view(self, vcpu: int):  # noqa: ANN201 - nitdbg.view.VcpuState
+        """A frozen picture of one vCPU for the front ends (registers, VMCB, the exit its
+        save area is from, the NMI policy's state): see nitdbg/view.py."""
+        from .view import vcpu_state
+        return vcpu_state(self, vcpu)
+
+    def recent_events(self, vcpu: int, since_seq: int = 0, limit: int = 4096,  # noqa: ANN201
+                      skip_exits: frozenset[int] = frozenset(), scan: int = 1 << 16):
+        """The vCPU's retirement-log events since `since_seq`, with their virtual times."""
+        from .view import recent_events
+        return recent_events(self, vcpu, since_seq, limit, skip_exits, scan)
+
+    def exit_history(self, vcpu: int):  # noqa: ANN201 - tuple[nitdbg.view.ExitSnapshot, ...]
+        """The vCPU's recent #VMEXITs with the VMCB and registers as each left them (kept
+        from the first call on)."""
+        from .view import exit_history
+        return exit_history(self, vcpu)
+
+    def ktr_since(self, vcpu: int, since_ns: int, limit: int = 2000):  # noqa: ANN201
+        """The vCPU's KTR lines logged at or after virtual time `since_ns`."""
+        from .view import ktr_since
+        return ktr_since(self, vcpu, since_ns, limit)
 
     def regs(self, vcpu: int) -> dict[str, int]:
         """The guest registers as the hypervisor sees them (VMCB + saved GPRs)."""

@@ -119,7 +119,8 @@ async def _flow_host_level_steps_select_vcpu_and_layout_switch():
         await pilot.press("x")
         await wait_idle(app, pilot)
         assert "host step vCPU 1 (to the next VM exit)" in _transcript(app)
-        assert ", exit VMEXIT_" in _transcript(app)
+        assert ", then exit #" in _transcript(app)
+        assert "handled; stopped before the next VMRUN" in _transcript(app)
         await pilot.press("h")
         await wait_idle(app, pilot)
         assert app.main_screen.snap.vcpus[1].icount > before

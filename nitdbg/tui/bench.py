@@ -20,6 +20,10 @@ How they are taken (`bench_figures()`):
   - `tui_ui_key_to_repaint_ms`: `v` (next vCPU): a repaint from the snapshot at hand, the
     UI-only path (median of N); the worker's follow-up snapshot is waited for before the
     next key but not counted.
+  - `tui_step_key_to_repaint_p90_ms`: the 90th percentile of the same.
+  - `tui_running_updates_per_s`: `c` in ddb, then the progress paints of the running guest
+    over RUNNING_S; `tui_pause_key_to_stopped_ms`: then `p` to the paint of the stopped
+    guest.
   - For the split of the `s` figure, measured in this process on a machine of its own
     stopped the same way: `tui_machine_step_ms` (`machine.debugger("s")`) and
     `tui_snapshot_ms` (building the snapshot after it), medians of N.
@@ -34,6 +38,7 @@ import sys
 import time
 
 BOOTING = b"booting the guest"
+RUNNING_S = 2.0          # how long the running guest's progress paints are counted
 
 
 async def wait_idle(app, pilot, timeout: float = 30.0) -> None:  # noqa: ANN001
@@ -48,6 +53,12 @@ async def wait_idle(app, pilot, timeout: float = 30.0) -> None:  # noqa: ANN001
             raise RuntimeError(app.machine.state.error)
         await pilot.pause(0.01)
     raise TimeoutError("the machine worker did not become idle")
+
+
+def screen_rows(app) -> list:  # noqa: ANN001
+    """The rows of the screen on top as the terminal receives them (Strips: `.text` and the
+    styled segments), for tests that check what is on the screen, not in a widget."""
+    return app.screen._compositor.render_strips()
 
 
 # ---------------------------------------------------------------------- the terminal side
@@ -180,9 +191,27 @@ def _measure(keys: int, size: tuple[int, int]) -> dict[str, float]:
                 if painted is not None and seq > prev:
                     break
             ui.append(painted - t)
+        # running: `c` in ddb, the progress paints for RUNNING_S, then `p`
+        t = term.write(b"c")
+        running = []
+        while True:
+            r = term.report()
+            if r["kind"] == "update" and not r["idle"]:
+                running.append(r["t"])
+            if running and r["t"] - running[0] >= RUNNING_S:
+                break
+            if r["t"] - t > 30:
+                raise RuntimeError("the guest did not run after c")
+        t = term.write(b"p")
+        r = term.until(lambda r: r["kind"] == "update" and r["idle"] and r["t"] > t)
+        span = running[-1] - running[0]
         out.update({
             "tui_step_key_to_repaint_ms": round(statistics.median(step) * 1000, 2),
+            "tui_step_key_to_repaint_p90_ms": round(
+                statistics.quantiles(step, n=10)[-1] * 1000, 2),
             "tui_ui_key_to_repaint_ms": round(statistics.median(ui) * 1000, 2),
+            "tui_running_updates_per_s": round((len(running) - 1) / span, 1) if span else 0.0,
+            "tui_pause_key_to_stopped_ms": round((r["t"] - t) * 1000, 1),
             "tui_keys_measured": float(keys),
         })
         return out
@@ -198,11 +227,11 @@ def _split(keys: int) -> dict[str, float]:
     m = Machine()
     m.boot_to_prompt()
     m.type_line("sysctl machdep.kdb_on_nmi=1")
-    m.host(f"bhyvectl --vm={m.vm.name} --cpu=0 --assert-lapic-lvt=1")
+    m.host(f"bhyvectl --vm={m.summary().name} --cpu=0 --assert-lapic-lvt=1")
     ev = m.settle()
     m.enter_debugger(ev)
     b = SnapshotBuilder(Disassembler(m.symbols))
-    since = {v.id: v.cpu.icount for v in m.vm.vcpus}
+    since = dict(enumerate(m.summary().icounts))
     b.build(m, 0, since, 0, True, False)
     step, snap = [], []
     for i in range(keys):
@@ -210,6 +239,7 @@ def _split(keys: int) -> dict[str, float]:
         m.debugger("s")
         t1 = time.perf_counter()
         b.build(m, 0, since, i + 1, True, False)
+        since = dict(enumerate(m.summary().icounts))     # as the worker: from this stop
         step.append(t1 - t0)
         snap.append(time.perf_counter() - t1)
     return {"tui_machine_step_ms": round(statistics.median(step) * 1000, 2),

@@ -48,6 +48,8 @@ class VmcbView:
     rip: int
     dr6: int
     dr7: int
+    exit: str = ""          # which #VMEXIT the save area is from ("": none yet)
+    in_guest: bool = False  # the vCPU is in guest mode: the save area is from the last exit
 
     def fields(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -84,6 +86,8 @@ class VcpuView:
     # repaints from the snapshot at hand without asking the machine
     disasm: tuple[DisLine, ...] = ()
     explain: tuple[Explanation, ...] = ()
+    nmi_blocked: bool = False
+    nmi_transition: str = ""        # the policy's last transition in words ("" unknown)
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,26 @@ snapshot are formatted) and decoded instructions by address and bytes.
 from __future__ import annotations
 
 from collections import deque
-from itertools import islice
 
 from ..ddb.disasm import Disassembler, DisInsn
 from ..svm import exitcodes as ec
-from ..svm.intinfo import describe as intinfo_describe
+from ..view import KtrLine, read_guest, retired_among
 from ..x86.regs import GPR_NAMES
-from ..x86.retire import EV_EXCEPTION, EV_INJECT, EV_INTR, EV_IRET, EV_NMI, EV_VMEXIT
-from .explain import explain
+from .explain import AuditVerdict, StepFacts, explain
 from .model import DisLine, Snapshot, TimelineEvent, VcpuView, VmcbView
 
-DISASM_BEFORE = 8          # instructions shown above the current one
-DISASM_AFTER = 14          # ... and from it on
+DISASM_BEFORE = 24         # instructions carried above the current one (the pane shows
+DISASM_AFTER = 26          # as many as centre it in its height) ... and from it on
+DISASM_BACK = 0x800        # bytes decoded before RIP at most (from a symbol's start)
 KTR_TAIL = 400             # KTR entries carried in a snapshot
-TIMELINE_EVENTS = 1500     # newest events carried per vCPU (PAUSE exits left out) ...
-TIMELINE_SCAN = 1 << 16    # ... from this many newest retirement-log events
+TIMELINE_EVENTS = 1500     # newest events carried per vCPU (PAUSE exits left out)
+EVENT_TAIL = 4096          # newest events of each vCPU kept by the builder
+RETIRED_SCAN = 1 << 14     # retirements looked at for the dimmed "retired since" marks
+IRET_SCAN = 512            # newest events searched for the IRET exit of the window
 CONSOLE_TAIL = 8000        # bytes of serial output carried
 DECODE_CACHE = 8192        # decoded instructions kept (guest code is small)
 
+EXPLAIN_EVENTS = 1024      # newest events of the window the explanation looks at
 KtrRow = tuple[int, int, int, str]
 
 
@@ -80,6 +82,9 @@ class SnapshotBuilder:
         self.dis = dis
         self.ktr = KtrTail()
         self._decoded: dict[tuple[int, bytes], DisInsn] = {}
+        self._explained: dict[int, tuple] = {}
+        self._tails: dict[int, EventTail] = {}
+        self._iret: dict[int, tuple] = {}
 
     def decode(self, code: bytes, addr: int) -> DisInsn:
         key = (addr, code)
@@ -93,39 +98,83 @@ class SnapshotBuilder:
     def build(self, m, selected: int, since: dict[int, int], seq: int, is_stop: bool,  # noqa: ANN001
               running: bool, status: str = "") -> Snapshot:
         """Everything the panes show. `since[vcpu]` is the retirement count at the previous
-        stop (for the dimmed "retired since" instructions)."""
+        stop (for the dimmed "retired since" instructions and the explanation's window).
+        What a vCPU looks like comes from the machine's read-only view (nitdbg.view)."""
         ddb = m.ddb
         ddb_vcpu = ddb.vcpu if ddb.active else None
         bps = {b.address for b in ddb.breaks.list if not b.temporary}
-        views = []
-        for v in m.vm.vcpus:
-            here = ddb_vcpu == v.id
-            regs, src, rflags, fsrc, fnow = _vcpu_regs(m, v, here)
-            last = v.last_exit
-            views.append(VcpuView(
-                v.id, v.id in m.in_kdb, v.halted, v.cpu.icount, regs["rip"], regs, src,
-                rflags, fsrc, fnow, v.nmi_state, v.last_unblock, v.nmi_pending,
-                last is not None and last.code == ec.VMEXIT_IRET, _vmcb_view(v),
-                m.vm.stats.format_stats(v.id), _timeline(v), v.now(),
-                self._disasm(m, v, regs["rip"], since.get(v.id, 0), bps),
-                tuple(explain(m, v.id))))
         self.ktr.update(m.vm.ktr)
+        views = []
+        ms = m.summary()
+        for i in range(ms.vcpus):
+            st = m.view(i)
+            here = ddb_vcpu == i
+            regs, src, rflags, fsrc, fnow = _vcpu_regs(m, st, here)
+            last = st.last_exit
+            start = since.get(i, 0)
+            tail = self._tails.setdefault(i, EventTail())
+            tail.update(m, i, st.events_total)
+            if is_stop or i not in self._explained:
+                # explanations at stops only: a progress snapshot keeps the last ones
+                events = tail.since(start)
+                if events is None:
+                    events = m.recent_events(i, start, limit=EXPLAIN_EVENTS)
+                facts = self._facts(m, i, st, events[-EXPLAIN_EVENTS:], here)
+                self._explained[i] = tuple(explain(facts, m.symbols.format))
+            key = (st.events_total, st.nmi.blocked)
+            if self._iret.get(i, (None,))[0] != key:
+                self._iret[i] = (key, _iret_window(list(tail.events)[-IRET_SCAN:], st.nmi,
+                                                   st.icount))
+            win = self._iret[i][1]
+            timeline = tuple(tail.timeline)
+            views.append(VcpuView(
+                i, st.in_ddb, st.halted, st.icount, regs["rip"], regs, src,
+                rflags, fsrc, fnow, st.nmi.state, st.nmi.last_unblock, st.nmi.pending,
+                last is not None and last.code == ec.VMEXIT_IRET, _vmcb_view(st),
+                m.vm.stats.format_stats(i), timeline, st.now,
+                self._disasm(m, i, regs["rip"], start if is_stop else st.icount, st.icount,
+                             bps, win),
+                self._explained[i], st.nmi.blocked, st.nmi.last_transition))
         console = m.console_output()[-CONSOLE_TAIL:].decode(errors="replace")
         audit = ddb.audit
         return Snapshot(
-            seq, is_stop, running, selected, m.surface, m.vm.policy.name, m.vm.name,
+            seq, is_stop, running, selected, ms.surface, ms.policy, ms.name,
             tuple(views), tuple(self.ktr.rows), console, audit.summary(), audit.ok,
             len(audit.checks), ddb_vcpu, tuple(sorted(bps)), m.total_retired, m.now(),
             status, self.ktr.total, self.ktr.epoch)
 
-    def _disasm(self, m, v, rip: int, since: int, bps: set[int]  # noqa: ANN001
-                ) -> tuple[DisLine, ...]:
-        hit = m.symbols.lookup(rip)
-        start = rip - hit[1] if hit is not None and hit[1] <= 0x400 else rip
+    def _facts(self, m, vcpu: int, st, events, here: bool) -> StepFacts:  # noqa: ANN001
+        """What happened on `vcpu` since its previous stop, for the explanations."""
+        t0 = events[0].time if events else st.now
+        ktr = tuple(KtrLine(*row) for row in self.ktr.rows if row[1] == vcpu and row[2] >= t0)
+        reason = verdict = None
+        if here:
+            reason = m.ddb.stop_reason
+            checks = m.ddb.audit.checks
+            chk = checks[-1] if checks else None
+            if chk is not None and chk.vcpu == vcpu and chk.to_seq == st.icount:
+                verdict = AuditVerdict(chk.number, chk.ok,
+                                       tuple(f"{r.where}: {r.text}" for r in chk.executed),
+                                       tuple(chk.problems))
+        return StepFacts(vcpu, events, ktr, st.nmi, reason, verdict)
+
+    def _disasm(self, m, vcpu: int, rip: int, since: int, icount: int, bps: set[int],  # noqa: ANN001
+                win: tuple[int, int] | None) -> tuple[DisLine, ...]:
+        # decode from a symbol's start (instruction boundaries are known there), going back
+        # a symbol or two when RIP is near the start of its own, so rows above ▶ are filled
+        start = probe = rip
+        for _ in range(3):
+            hit = m.symbols.lookup(probe)
+            if hit is None or rip - (probe - hit[1]) > DISASM_BACK:
+                break
+            start = probe - hit[1]
+            if rip - start >= DISASM_BEFORE * 4 or start == 0:
+                break
+            probe = start - 1
         code = b""
         for lo in (start, rip):
             try:
-                code = m.vm.read_guest(v, lo, rip - lo + DISASM_AFTER * 15)
+                code = read_guest(m, vcpu, lo, rip - lo + DISASM_AFTER * 15)
                 start = lo
                 break
             except Exception:  # noqa: BLE001 - unreadable bytes: try from RIP, then give up
@@ -148,20 +197,20 @@ class SnapshotBuilder:
         idx = next((i for i, d in enumerate(insns) if d.addr == rip), 0)
         window = insns[max(0, idx - DISASM_BEFORE): idx + DISASM_AFTER]
         shown = {d.addr for d in window}
-        log = v.cpu.retire
-        retired = _rips(log, since, v.cpu.icount, shown) if since < v.cpu.icount else set()
-        win = _iret_window(v)
-        iret = _rips(log, win[0], win[1], shown) if win else set()
+        # marks from the newest RETIRED_SCAN retirements at most (a long run's are old news)
+        since = max(since, icount - RETIRED_SCAN)
+        retired = retired_among(m, vcpu, since, icount, shown) if since < icount else set()
+        iret = (retired_among(m, vcpu, max(win[0], win[1] - RETIRED_SCAN), win[1], shown)
+                if win else set())
         return tuple(DisLine(d.addr, m.symbols.format(d.addr), d.text, d.addr == rip,
                              d.addr in bps, d.addr in retired, d.addr in iret)
                      for d in window)
 
 
 # ---------------------------------------------------------------------- pieces
-def _vcpu_regs(m, v, ddb_here: bool) -> tuple[dict[str, int], str, int, str, int | None]:  # noqa: ANN001
+def _vcpu_regs(m, st, ddb_here: bool) -> tuple[dict[str, int], str, int, str, int | None]:  # noqa: ANN001
     """Registers to show: the trapframe's while this vCPU is in ddb (those are what ddb
-    shows and writes), else the live vCPU's (the VMCB holds RAX/RSP/RIP/RFLAGS after an
-    exit)."""
+    shows and writes), else the vCPU's as the machine's view has them."""
     if ddb_here:
         try:
             tf = m.ddb.frame()
@@ -170,93 +219,113 @@ def _vcpu_regs(m, v, ddb_here: bool) -> tuple[dict[str, int], str, int, str, int
         if tf is not None:
             regs = {n: tf.get("tf_" + n, 0) for n in GPR_NAMES}
             regs["rip"] = tf["tf_rip"]
-            pushed = _pushed_rflags(v, tf["tf_rip"])
+            pushed = _pushed_rflags(m.recent_events(st.id, 0, limit=64, scan=64),
+                                    tf["tf_rip"])
             if pushed is not None:
                 return regs, "trapframe", pushed[0], pushed[1], tf["tf_rflags"]
             return regs, "trapframe", tf["tf_rflags"], "trapframe", None
-    c = v.cpu
-    regs = {n: c.regs[i] for i, n in enumerate(GPR_NAMES)}
-    if v.svm.in_guest:
-        regs["rip"], rflags = c.rip, c.rflags
-    else:
-        regs["rax"], regs["rsp"] = v.vmcb.rax, v.vmcb.rsp
-        regs["rip"], rflags = v.vmcb.rip, v.vmcb.rflags
-    return regs, "vCPU", rflags, "vCPU", None
+    regs = {n: st.regs[n] for n in GPR_NAMES}
+    regs["rip"] = st.regs["rip"]
+    return regs, "vCPU", st.regs["rflags"], "vCPU", None
 
 
-def _pushed_rflags(v, tf_rip: int) -> tuple[int, str] | None:  # noqa: ANN001
+def _pushed_rflags(events, tf_rip: int) -> tuple[int, str] | None:  # noqa: ANN001
     """RFLAGS as the processor pushed them into the trapframe when it delivered the event
     that stopped the guest (the newest #DB/#BP/NMI delivery whose pushed RIP is the stop)."""
-    for e in reversed(v.cpu.retire.events):
-        if e.kind in (EV_EXCEPTION, EV_NMI) and e.rip in (tf_rip, tf_rip + 1):
+    for e in reversed(events):
+        if e.kind in ("exception", "nmi") and e.rip in (tf_rip, tf_rip + 1):
             name = {1: "#DB", 2: "NMI", 3: "#BP"}.get(e.vector, f"vector {e.vector}")
             return e.rflags, f"trapframe as pushed by {name}"
     return None
 
 
-def _vmcb_view(v) -> VmcbView:  # noqa: ANN001
-    b = v.vmcb
-    code = ec.exitcode_from_u64(b.exitcode)
-    return VmcbView(tuple(b.intercept_names()), code, ec.apm_name(code), b.exitinfo1,
-                    b.exitinfo2, intinfo_describe(b.exitintinfo), intinfo_describe(b.eventinj),
-                    b.v_irq, b.v_intr_vector, b.interrupt_shadow, b.rflags, b.rip, b.dr6,
-                    b.dr7)
+def _vmcb_view(st) -> VmcbView:  # noqa: ANN001 - nitdbg.view.VcpuState
+    b = st.vmcb
+    ex = st.last_exit
+    return VmcbView(b.intercepts, b.exitcode, b.exitname, b.exitinfo1, b.exitinfo2,
+                    b.exitintinfo, b.eventinj, b.v_irq, b.v_intr_vector, b.interrupt_shadow,
+                    b.rflags, b.rip, b.dr6, b.dr7, ex.where() if ex is not None else "",
+                    st.in_guest)
 
 
-def _timeline(v) -> tuple[TimelineEvent, ...]:  # noqa: ANN001
-    log = v.cpu.retire
-    out: list[TimelineEvent] = []
-    for e in islice(reversed(log.events), TIMELINE_SCAN):
-        if len(out) >= TIMELINE_EVENTS:
-            break
-        if e.kind == EV_VMEXIT:
-            if e.info == ec.VMEXIT_PAUSE:      # spin-loop noise
-                continue
-            if e.info == ec.VMEXIT_IRET:
-                kind, label = "iret", "IRET exit"
-            elif e.info == ec.vmexit_excp(1):
-                kind, label = "db", "#DB exit"
-            else:
-                kind, label = "exit", ec.ktr_name(e.info)
-        elif e.kind == EV_INJECT:
-            kind, label = "inject", "inject " + ("NMI" if e.vector == 2 else f"vec {e.vector}")
-        elif e.kind == EV_NMI:
-            kind, label = "nmi", "NMI delivered"
-        elif e.kind == EV_EXCEPTION:
-            kind, label = ("db", "#DB") if e.vector == 1 else ("exc", f"exception {e.vector}")
-        elif e.kind == EV_INTR:
-            kind, label = "intr", f"interrupt {e.vector}"
-        elif e.kind == EV_IRET:
-            kind, label = "ret", "IRET retired"
+_TIMELINE_KIND = {"inject": "inject", "nmi": "nmi", "intr": "intr", "iret": "ret"}
+
+
+def timeline_event(e) -> TimelineEvent | None:  # noqa: ANN001 - nitdbg.view.TimedEvent
+    if e.kind == "vmexit":
+        if e.info == ec.VMEXIT_PAUSE:          # spin-loop noise
+            return None
+        if e.info == ec.VMEXIT_IRET:
+            kind, label = "iret", "IRET exit"
+        elif e.info == ec.vmexit_excp(1):
+            kind, label = "db", "#DB exit"
         else:
-            continue
-        out.append(TimelineEvent(log.time_of(e.seq), kind, label))
-    return tuple(reversed(out))
+            kind, label = "exit", ec.ktr_name(e.info)
+    elif e.kind == "inject":
+        kind, label = "inject", "inject " + ("NMI" if e.vector == 2 else f"vec {e.vector}")
+    elif e.kind == "nmi":
+        kind, label = "nmi", "NMI delivered"
+    elif e.kind == "exception":
+        kind, label = ("db", "#DB") if e.vector == 1 else ("exc", f"exception {e.vector}")
+    elif e.kind == "intr":
+        kind, label = "intr", f"interrupt {e.vector}"
+    elif e.kind == "iret":
+        kind, label = "ret", "IRET retired"
+    else:
+        return None
+    return TimelineEvent(e.time, kind, label)
 
 
-def _iret_window(v) -> tuple[int, int] | None:  # noqa: ANN001
+class EventTail:
+    """The newest events of one vCPU's retirement log, taken from the machine's view only
+    as they come (the count of events ever recorded says how many are new), and the
+    timeline built from them the same way."""
+
+    def __init__(self) -> None:
+        self.events: deque = deque(maxlen=EVENT_TAIL)
+        self.timeline: deque[TimelineEvent] = deque(maxlen=TIMELINE_EVENTS)
+        self.total = 0
+
+    def update(self, m, vcpu: int, total: int) -> bool:  # noqa: ANN001
+        """Take the events recorded since the last look; True if there were any."""
+        new = total - self.total
+        if new == 0:
+            return False
+        if not 0 < new <= EVENT_TAIL:
+            self.events.clear()
+            self.timeline.clear()
+            new = EVENT_TAIL if new > 0 else min(total, EVENT_TAIL)
+        got = m.recent_events(vcpu, 0, limit=new, scan=new)
+        self.events.extend(got)
+        self.timeline.extend(t for t in map(timeline_event, got) if t is not None)
+        self.total = total
+        return True
+
+    def since(self, seq: int) -> tuple | None:
+        """The events with seq >= `seq`, or None when the tail does not reach back so far."""
+        ev = self.events
+        if not ev or ev[0].seq > seq and len(ev) == ev.maxlen:
+            return None
+        out = []
+        for e in reversed(ev):
+            if e.seq < seq:
+                break
+            out.append(e)
+        out.reverse()
+        return tuple(out)
+
+
+def _iret_window(events, nmi, icount: int) -> tuple[int, int] | None:  # noqa: ANN001
     """Retirement counts [from, to) between the newest IRET exit and the unblocking: the
-    exception exit that ends tracing (#DB with BS, or the IRET's fault), else the next exit
-    (bhyve-upstream unblocks at the IRET exit itself)."""
-    evs = list(v.cpu.retire.events)
-    for i in range(len(evs) - 1, -1, -1):
-        e = evs[i]
-        if e.kind == EV_VMEXIT and e.info == ec.VMEXIT_IRET:
-            later = [x for x in evs[i + 1:] if x.kind == EV_VMEXIT]
+    exception exit that ended the tracing (#DB with BS, or the IRET's fault); when the policy
+    unblocked at the IRET exit itself (it is neither tracing nor blocking now), the next
+    exit; while it still traces, up to now."""
+    for i in range(len(events) - 1, -1, -1):
+        e = events[i]
+        if e.kind == "vmexit" and e.info == ec.VMEXIT_IRET:
+            later = [x for x in events[i + 1:] if x.kind == "vmexit"]
             end = next((x.seq for x in later if ec.is_exception_exit(x.info)), None)
-            if end is None and later and v.policy.name != "iret-tracing":
+            if end is None and later and not nmi.blocked:
                 end = later[0].seq
-            return e.seq, end if end is not None else v.cpu.icount
+            return e.seq, end if end is not None else icount
     return None
-
-
-def _rips(log, start: int, end: int, wanted: set[int]) -> set[int]:  # noqa: ANN001
-    """Which of the `wanted` addresses were retired in [start, end) (as far as the log
-    still holds)."""
-    start = max(start, end - log.capacity, 0)
-    if start >= end or not wanted:
-        return set()
-    a, b = start & log.mask, end & log.mask
-    if a < b:
-        return wanted.intersection(log.rips[a:b])
-    return wanted.intersection(log.rips[a:]) | wanted.intersection(log.rips[:b])

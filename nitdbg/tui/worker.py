@@ -4,58 +4,43 @@ the UI only through Messages, so the UI never blocks and never reads a running m
 Requests come in on a queue; after each one the worker posts the output text and a fresh
 `Snapshot`. A long run (`c`, a ddb command that resumes, a host-level run) goes in chunks of
 guest instructions, with a progress snapshot after each chunk, and stops at the next chunk
-boundary when the user interrupts. Chunks are counted in instructions, not wall time, so
-what the screen shows after a stop does not depend on the host's speed.
+boundary when the user interrupts (`p`). The front end sizes the chunks from the host's
+speed (about RUN_SLICE_S of wall time each, so the screen updates some 20 times a second
+and `p` takes effect within one chunk), but each chunk is a machine input counted in
+instructions (`run(max_insns=N)`, recorded as such): where a run stopped is an instruction
+count, and a replay stops at the same one whatever the host's speed.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from .model import Snapshot
+from .messages import ExitHistory, MachineOutput, MachineUpdate, Request
+from .optional import optional as _optional
+from .recording import RecordingMixin
+from .replaying import ReplayMixin
 
 if TYPE_CHECKING:          # the machine is imported on the worker thread, after first paint
     from ..machine import Machine, StopEvent
     from .snapshot import SnapshotBuilder
 
-CHUNK = 250_000        # guest instructions between progress snapshots while running
+# requests, recording and replay live in messages.py, recording.py and replaying.py
 
-
-@dataclass(frozen=True)
-class Request:
-    """What the UI asks the machine to do. kind: ddb, host, guest, step, continue, pause,
-    nmi, broadcast, host_step, select, audit, scenario, record, replay_open, replay_step,
-    refresh, quit."""
-
-    kind: str
-    arg: str = ""
-    num: int = 0
-
-
-class MachineUpdate(Message):
-    """A new picture of the machine, with what was said since the previous one (text,
-    source): one message, so the screen paints a request's echo, output and result in one
-    frame."""
-
-    def __init__(self, snapshot: Snapshot, outputs: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-        self.outputs = outputs
-
-
-class MachineOutput(Message):
-    """Text for the transcript: what ddb, the host shell or the worker said."""
-
-    def __init__(self, text: str, source: str) -> None:
-        super().__init__()
-        self.text = text
-        self.source = source      # ddb, host, guest, info, error, audit
+CHUNK = 250_000        # guest instructions at most in one chunk of a run
+CHUNK_MIN = 2_000      # ... and at least
+FIRST_CHUNK = 20_000   # before the host's speed is known
+RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the clock)
+# the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
+BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
+                  "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
+                  "waiting for each other to stop.")
 
 
 @dataclass
@@ -68,16 +53,7 @@ class WorkerState:
     history: list[str] = field(default_factory=list)
 
 
-def _optional(module: str, *names: str):
-    """Parts still being written by others (scenarios, session): None until they land."""
-    try:
-        mod = __import__(f"nitdbg.{module}", fromlist=list(names))
-        return tuple(getattr(mod, n) for n in names)
-    except (ImportError, AttributeError):
-        return None
-
-
-class MachineWorker:
+class MachineWorker(RecordingMixin, ReplayMixin):
     def __init__(self, machine_kwargs: dict | None, post: Callable[[Message], object],
                  boot: bool = True, kdb_on_nmi: bool = False, record: str | None = None):
         self.kwargs = dict(machine_kwargs or {})
@@ -99,6 +75,12 @@ class MachineWorker:
         self.replay = None
         self._lock = threading.Lock()
         self._said: list[tuple[str, str]] = []      # output waiting for the next snapshot
+        self.deadlock: dict[int, str] = {}          # vCPU -> where it spins (the watchdog's)
+        self.chunk = FIRST_CHUNK                     # instructions per chunk of a run
+        self.last_session = ""                       # the recording stopped last
+        self._confirm_record = False                 # r said what it would do: r again does
+        self._confirm_reset = False                  # the same for R outside a deadlock
+        self._boots = 1
 
     # ------------------------------------------------------------------ UI thread side
     def submit(self, req: Request) -> None:
@@ -147,7 +129,10 @@ class MachineWorker:
             except MachineError as e:
                 self._out(f"{e}\n", "error")
             except Exception as e:  # noqa: BLE001 - keep the app alive, say what broke
-                self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
+                if type(e).__name__ == "SessionError":      # a bad path, a closed session
+                    self._out(f"{e}\n", "error")
+                else:
+                    self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
             with self._lock:
                 self.state.completed += 1
             if not self.state.running:
@@ -169,7 +154,8 @@ class MachineWorker:
         self._mark_stop()
         self.state.booted = True
         m = self.m
-        self._out(f"vm {m.vm.name}: {len(m.vm.vcpus)} vCPUs, policy {m.vm.policy.name}"
+        ms = m.summary()
+        self._out(f"vm {ms.name}: {ms.vcpus} vCPUs, policy {ms.policy}"
                   + (", at the guest shell prompt" if self.boot else "") + "\n"
                   "try: F3 then 'sysctl machdep.kdb_on_nmi=1', then n (NMI), then s (step); "
                   "? for help\n", "info")
@@ -187,7 +173,7 @@ class MachineWorker:
 
     def _mark_stop(self) -> None:
         assert self.m is not None
-        self._since_next = {v.id: v.cpu.icount for v in self.m.vm.vcpus}
+        self._since_next = dict(enumerate(self.m.summary().icounts))
 
     _since_next: dict[int, int] = {}
 
@@ -196,17 +182,22 @@ class MachineWorker:
         from ..ddb.disasm import Disassembler
         from .snapshot import SnapshotBuilder
         assert self.m is not None
+        for i in range(self.m.summary().vcpus):
+            self.m.exit_history(i)           # keep each vCPU's exits from now on (X)
         if self.builder is None or self._built_for is not self.m:
             self.builder = SnapshotBuilder(Disassembler(self.m.symbols))
             self._built_for = self.m
 
     def _snap(self, is_stop: bool, status: str = "") -> None:
         m = self.m
-        assert m is not None and self.builder is not None
+        assert m is not None
+        if getattr(m, "boots", 1) != self._boots:
+            self._machine_reset()        # reset from the host shell (F2) as well as by R
+        assert self.builder is not None
         if is_stop:
             # "retired since the last stop": from the previous stop up to this one
             self.since = dict(self._since_next)
-            self._since_next = {v.id: v.cpu.icount for v in m.vm.vcpus}
+            self._since_next = dict(enumerate(m.summary().icounts))
         snap = self.builder.build(m, self.selected, self.since, self.state.completed,
                                   is_stop, self.state.running, status or self._status())
         said, self._said = tuple(self._said), []
@@ -215,6 +206,9 @@ class MachineWorker:
     def _status(self) -> str:
         m = self.m
         assert m is not None
+        if self.deadlock:
+            spins = ", ".join(f"vCPU {c} spins in {sym}" for c, sym in self.deadlock.items())
+            return f"DEADLOCK: {spins} · R: force-reset"
         if self.state.running:
             return "running"
         if m.shutdown:
@@ -228,6 +222,15 @@ class MachineWorker:
         m = self.m
         assert m is not None
         k = r.kind
+        if k not in ("record", "refresh"):
+            self._confirm_record = False
+        if k == "force_reset" and not self.deadlock and not self._confirm_reset:
+            # not the way out of a deadlock: a reset loses the guest's state, say so first
+            self._confirm_reset = True
+            self._out("R resets the VM on the host (bhyvectl --force-reset): press R again "
+                      "to do it, any other key to keep the guest as it is\n", "error")
+            return
+        self._confirm_reset = False
         if k == "pause":
             self.interrupt.clear()
             if self.state.running:
@@ -240,10 +243,18 @@ class MachineWorker:
                 self._out("the guest is running: pause it first (p)\n", "error")
             return
         if k == "select":
-            self.selected = r.num % len(m.vm.vcpus)
+            self.selected = r.num % m.summary().vcpus
             return
-        if k == "refresh":
+        if k in ("refresh", "audit", "exits"):      # reads: not inputs to the machine
+            if k == "audit":
+                self._out(m.ddb.audit.report(), "audit")
+            elif k == "exits":
+                exits = m.exit_history(self.selected)
+                names = {a: m.symbols.format(a) for x in exits
+                         for a in (x.exit.rip, x.regs["rip"])}
+                self.post(ExitHistory(self.selected, exits, names))
             return
+        self.deadlock = {}              # an input: the watchdog says again if it still holds
         if k == "ddb":
             self._ddb(r.arg)
         elif k == "step":
@@ -265,14 +276,14 @@ class MachineWorker:
             self._settle()
         elif k in ("nmi", "broadcast"):
             cpu = -1 if k == "broadcast" else self.selected
-            line = f"bhyvectl --vm={m.vm.name} --cpu={cpu} --assert-lapic-lvt=1"
+            line = f"bhyvectl --vm={m.summary().name} --cpu={cpu} --assert-lapic-lvt=1"
             self._out(f"host$ {line}\n", "host")
             self._out(m.host(line), "host")
             self._settle()
         elif k == "host_step":
             self._host_step(r.arg or "insn")
-        elif k == "audit":
-            self._out(m.ddb.audit.report(), "audit")
+        elif k == "force_reset":
+            self._force_reset()
         elif k == "scenario":
             self._scenario(r.arg)
         elif k == "record":
@@ -291,7 +302,7 @@ class MachineWorker:
             self._out("db: the guest is not in the debugger\n", "error")
             return
         self._out(f"db> {line}\n", "ddb")
-        self._out(m.debugger(line, max_insns=CHUNK), "ddb")
+        self._out(self._timed(lambda n: m.debugger(line, max_insns=n)), "ddb")
         self._after_resume()
 
     def _after_resume(self) -> None:
@@ -302,12 +313,25 @@ class MachineWorker:
         if m.surface != "ddb" and m.shutdown is None:
             self.state.running = True
 
+    def _timed(self, run):  # noqa: ANN001, ANN202 - run(n) -> what the machine returned
+        """One chunk of `self.chunk` instructions; the next chunk is sized from how long
+        this one took (the wall clock only decides the size, the machine sees a count)."""
+        m = self.m
+        assert m is not None
+        before, t0 = m.total_retired, time.perf_counter()
+        out = run(self.chunk)
+        dt = time.perf_counter() - t0
+        done = m.total_retired - before
+        if done >= CHUNK_MIN // 2 and dt > 0:
+            self.chunk = max(CHUNK_MIN, min(CHUNK, int(done / dt * RUN_SLICE_S)))
+        return out
+
     def _run_chunk(self) -> None:
         m = self.m
         assert m is not None
         if self.interrupt.is_set():
             return           # the pause request is in the queue
-        ev = m.run(max_insns=CHUNK)
+        ev = self._timed(lambda n: m.run(max_insns=n))
         if ev.reason == "budget":
             self._snap(False, "running")
             return
@@ -316,11 +340,40 @@ class MachineWorker:
             self.state.running = False
             self._snap(True)
 
+    def _force_reset(self) -> None:
+        """The way out of a deadlock: bhyvectl --force-reset through the host shell (an
+        input like any other, so a recording goes on), then boot to the prompt again."""
+        m = self.m
+        assert m is not None
+        line = f"bhyvectl --vm={m.summary().name} --force-reset"
+        self._out(f"host$ {line}\n", "host")
+        self._out(m.host(line), "host")
+        if getattr(m, "boots", 1) != self._boots:
+            self._machine_reset()
+            if self.boot:
+                m.boot_to_prompt()
+            self._out(f"vm {m.summary().name} reset and booted to the prompt\n", "info")
+
+    def _machine_reset(self) -> None:
+        """The machine rebuilt its VM (force-reset): nothing cached about the old one."""
+        m = self.m
+        assert m is not None
+        self._boots = getattr(m, "boots", 1)
+        self.builder = None
+        self._new_builder()
+        self._mark_stop()
+        self.since = dict(self._since_next)
+
     def _stopped(self, ev: StopEvent) -> None:
         m = self.m
         assert m is not None
+        if ev.reason == "deadlock":
+            self.deadlock = dict(ev.info.get("spins", {}))
+            self._out(f"DEADLOCK. {BROADCAST_NOTE} Press R to run bhyvectl "
+                      f"--vm={m.summary().name} --force-reset on the host (the recording "
+                      "goes on)\n", "error")
         if ev.reason == "kdb":
-            self._out(m.enter_debugger(ev, max_insns=CHUNK), "ddb")
+            self._out(self._timed(lambda n: m.enter_debugger(ev, max_insns=n)), "ddb")
         else:
             from ..machine import describe_stop
             self._out(describe_stop(m, ev) or f"stopped: {ev.reason}\n", "info")
@@ -339,18 +392,32 @@ class MachineWorker:
     def _host_step(self, unit: str) -> None:
         m = self.m
         assert m is not None
-        v = m.vm.vcpus[self.selected]
-        before = v.vmcb.rip if not v.svm.in_guest else v.cpu.rip
-        ev = m.step_vcpu(self.selected, unit)
-        after = v.cpu.rip if v.svm.in_guest else v.vmcb.rip
+        vcpu = self.selected
+        before = m.view(vcpu).regs["rip"]
+        ev = m.step_vcpu(vcpu, unit)
+        after_view = m.view(vcpu)
+        after = after_view.regs["rip"]
+        sym = m.symbols.format
         what = "one instruction" if unit == "insn" else "to the next VM exit"
-        msg = (f"host step vCPU {self.selected} ({what}): {m.symbols.format(before)} -> "
-               f"{m.symbols.format(after)}")
-        if ev.reason == "step" and "exitcode" in ev.info:
-            from ..svm.exitcodes import apm_name
-            msg += f", exit {apm_name(ev.info['exitcode'])}"
-        elif ev.reason != "step":
-            msg += f" ({ev.reason})"
+        msg = f"host step vCPU {vcpu} ({what}): "
+        n = ev.info.get("retired", 0)
+        if ev.reason == "step" and "delivered" in ev.info:
+            msg += (f"{ev.info['delivered']} vector {ev.info['vector']} delivered at "
+                    f"{sym(before)}, now at the handler {sym(after)}; no instruction retired "
+                    "(a delivery is a stop of its own)")
+        elif ev.reason == "step" and unit == "exit" and after_view.last_exit is not None:
+            msg += (f"{n} instruction{'s' if n != 1 else ''} from {sym(before)}, then "
+                    f"{after_view.last_exit.where()}, rip {sym(after_view.last_exit.rip)}, "
+                    "handled; stopped before the next VMRUN")
+        elif ev.reason == "step":
+            how = "retired" if n else "completed by the hypervisor"
+            exitname = ""
+            if "exitcode" in ev.info:
+                from ..svm.exitcodes import apm_name
+                exitname = f" (exit {apm_name(ev.info['exitcode'])})"
+            msg += f"{sym(before)} {how}{exitname}, now at {sym(after)}"
+        else:
+            msg += f"{sym(before)} -> {sym(after)} ({ev.reason})"
         self._out(msg + "\n", "info")
         if ev.reason == "kdb" and not m.ddb.active:
             self._stopped(ev)            # the step ran into the debugger hypercall
@@ -366,7 +433,7 @@ class MachineWorker:
             names = [getattr(s, "name", str(s)) for s in list_scenarios()]
             self._out("scenarios: " + ", ".join(names) + "\n", "info")
             return
-        policy = self.m.vm.policy.name if self.m else "iret-tracing"
+        policy = self.m.summary().policy if self.m else "iret-tracing"
         # a scenario builds its own machines; the one on screen is left as it is
         def say(line: str) -> None:      # a scenario takes a while: its lines as they come
             self._out(line + "\n", "info")
@@ -376,114 +443,5 @@ class MachineWorker:
         if ok is not None:
             self._out(f"scenario {name}: {'PASS' if ok else 'FAIL'}\n", "info" if ok else "error")
 
-    def _record(self, path: str) -> None:
-        """Start/stop recording. A session starts from a fresh machine, so starting one
-        reboots the VM (with the same configuration) under the recorder."""
-        api = _optional("session", "RecordingMachine", "default_session_path")
-        if api is None:
-            self._out("recording is not available (nitdbg.session)\n", "error")
-            return
-        if self.recorder is not None:
-            self.recorder.close()
-            self._out(f"recording stopped: {self.recorder.path}\n", "info")
-            self.m = self.recorder.machine
-            self.recorder = None
-            return
-        rec = self._begin_recording(path)
-        if rec is None:
-            return
-        if self.boot:
-            rec.boot_to_prompt()
-        self._new_builder()
-        self._mark_stop()
-        self._out(f"recording to {rec.path} (the VM was rebooted for it; r stops)\n", "info")
 
-    def _begin_recording(self, path: str):
-        """A fresh machine under the session recorder (recording is on by default)."""
-        from ..machine import Machine
-        api = _optional("session", "RecordingMachine", "default_session_path")
-        if api is None:
-            self.m = Machine(**self.kwargs)
-            return None
-        RecordingMachine, default_session_path = api
-        target = path or str(default_session_path())
-        rec = RecordingMachine(Machine(**self.kwargs), target,
-                               tunables=self.kwargs.get("tunables"))
-        self.recorder = rec
-        self.m = rec
-        self.replay = None
-        return rec
-
-    def _replay_open(self, path: str) -> None:
-        api = _optional("session", "read_session")
-        if api is None:
-            self._out("replay is not available (nitdbg.session)\n", "error")
-            return
-        from ..session.format import SessionError
-        from ..session.replay import build_machine
-        try:
-            session = api[0](path)
-            m = build_machine(session)
-        except (SessionError, OSError) as e:
-            self._out(f"{e}\n", "error")
-            return
-        self.replay = _Replay(session, m)
-        self.m = m
-        self._new_builder()
-        self.selected = 0
-        self._mark_stop()
-        self._out(f"replaying {path}: {len(session.inputs)} inputs; ] forward, [ back\n",
-                  "info")
-
-    def _replay_step(self, delta: int) -> None:
-        rp = self.replay
-        if rp is None:
-            self._out("no session open for replay (o)\n", "error")
-            return
-        target = max(0, min(len(rp.session.inputs), rp.pos + delta))
-        if target < rp.pos:
-            # back: restore the nearest saved state and re-execute up to the target
-            at = rp.rewind(target)
-            self._out(f"replay: restored the state saved at input {at}\n", "info")
-        while rp.pos < target:
-            self._out(rp.apply_next(), "info")
-        self.m = rp.m
-        self._new_builder()
-        self._out(f"replay: at input {rp.pos} of {len(rp.session.inputs)}\n", "info")
-
-
-class _Replay:
-    """A session being stepped through: its machine and how many inputs it has had."""
-
-    # a full copy of the machine is kept at every SAVE_EVERY-th input: stepping back
-    # restores the nearest one at or before the target and re-executes from there
-    SAVE_EVERY = 4
-
-    def __init__(self, session, m: Machine) -> None:  # noqa: ANN001 - session.Session
-        self.session = session
-        self.m = m
-        self.pos = 0
-        self.saved: dict[int, Machine] = {0: m.clone()}
-
-    def rewind(self, target: int) -> int:
-        """Restore the nearest saved state at or before `target`; returns its position."""
-        pos = max(p for p in self.saved if p <= target)
-        self.m = self.saved[pos].clone()
-        self.pos = pos
-        return pos
-
-    def apply_next(self) -> str:
-        from ..session import checkpoint, ops
-        inp = self.session.inputs[self.pos]
-        result = ops.apply(self.m, inp["op"], inp["args"])
-        cks = [c for c in self.session.checkpoints if c.get("input") == inp.get("n")]
-        self.pos += 1
-        if self.pos % self.SAVE_EVERY == 0 and self.pos not in self.saved:
-            self.saved[self.pos] = self.m.clone()
-        line = f"#{inp.get('n')} {ops.describe(inp['op'], inp['args'])}"
-        if isinstance(result, str) and result:
-            line += "\n" + result.rstrip("\n")
-        if cks:
-            diff = checkpoint.first_difference(checkpoint.take(self.m), cks[0])
-            line += f"\n  checkpoint: {'DIVERGED: ' + diff if diff else 'same as recorded'}"
-        return line + "\n"
+__all__ = ["MachineOutput", "MachineUpdate", "MachineWorker", "Request", "WorkerState"]

@@ -1,6 +1,8 @@
-"""The main screen: every pane, laid out for the terminal (compact at 100x30, wide from
-150x40), wired to the machine worker through Messages. The screen holds no machine: it
-posts `RequestMachine` (the app forwards it to the worker) and shows `MachineUpdate`s."""
+"""The main screen: every pane, laid out for the terminal (small below 100x30: disassembly,
+registers, RFLAGS, NMI state and the prompt on the first screen, the rest in tabs; compact
+at 100x30; wide from 150x40), wired to the machine worker through Messages. The screen
+holds no machine: it posts `RequestMachine` (the app forwards it to the worker) and shows
+`MachineUpdate`s."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
+from ..messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
 from ..widgets.base import Pane
 from ..widgets.cmdline import CommandLine
@@ -28,14 +31,17 @@ from ..widgets.timeline import TimelinePane
 from ..widgets.transcript import Transcript
 from ..widgets.verdict import VerdictBar
 from ..widgets.vmcb import VmcbPane
-from ..worker import MachineOutput, MachineUpdate, Request
 
 WIDE = (150, 40)       # from this terminal size on, every pane is visible at once
+COMPACT = (100, 30)    # below this, the small layout (80x24 and up)
+LAYOUTS = ("small", "compact", "wide")
 BOOTING = "booting the guest…"
 
 
 def layout_for(width: int, height: int) -> str:
-    return "wide" if width >= WIDE[0] and height >= WIDE[1] else "compact"
+    if width >= WIDE[0] and height >= WIDE[1]:
+        return "wide"
+    return "compact" if width >= COMPACT[0] and height >= COMPACT[1] else "small"
 
 
 class RequestMachine(Message):
@@ -76,7 +82,13 @@ class MainScreen(Screen):
         Binding("f3", "surface('guest')", "guest#", show=False),
         Binding("f4", "surface('ddb')", "db>", show=False),
         Binding("colon", "surface('')", "cmd", show=False),
+        Binding("slash", "ktr_filter", "filter KTR", show=False),
+        Binding("R", "force_reset", "force-reset", show=False),
+        Binding("X", "exit_history", "exits", show=False),
     ]
+    # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
+    # takes the focus by itself, so a machine key never lands in an input
+    AUTO_FOCUS = None
 
     layout_mode: reactive[str] = reactive("compact", init=False)
 
@@ -92,6 +104,7 @@ class MainScreen(Screen):
         self.selected = 0            # the vCPU on screen: the UI's, the worker follows it
         self._panes: list[Pane] | None = None
         self._machine_started = False
+        self._ddb_followed: int | None = None
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -101,22 +114,35 @@ class MainScreen(Screen):
         self._panes = None
         if self.layout_mode == "wide":
             yield from self._wide()
+        elif self.layout_mode == "small":
+            yield from self._small()
         else:
             yield from self._compact()
         yield VerdictBar(id="verdict")
         yield CommandLine(id="cmdline")
-        yield Footer()
+        yield Footer(compact=self.layout_mode == "small")
 
     def _side(self) -> ComposeResult:
         yield RegistersPane(id="registers", classes="pane")
         yield RflagsPane(id="rflags", classes="pane")
         yield NmiPane(id="nmi", classes="pane")
 
+    def _small(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            yield DisasmPane(id="disasm", classes="pane")
+            yield RegistersPane(id="registers", classes="pane")
+        yield RflagsPane(id="rflags", classes="pane")
+        yield NmiPane(id="nmi", classes="pane")
+        yield from self._tabs()
+
     def _compact(self) -> ComposeResult:
         with Horizontal(id="top"):
             yield DisasmPane(id="disasm", classes="pane")
             with Vertical(id="side"):
                 yield from self._side()
+        yield from self._tabs()
+
+    def _tabs(self) -> ComposeResult:
         with TabbedContent(id="tabs"):
             with TabPane("ddb/host", id="tab-transcript"):
                 yield Transcript(id="transcript", classes="pane")
@@ -148,8 +174,12 @@ class MainScreen(Screen):
                 yield KtrPane(id="ktr", classes="pane")
                 yield StatsPane(id="stats", classes="pane")
 
+    def _set_layout_class(self, mode: str) -> None:
+        for m in LAYOUTS:
+            self.set_class(mode == m, f"-{m}")
+
     def on_mount(self) -> None:
-        self.set_class(self.layout_mode == "wide", "-wide")
+        self._set_layout_class(self.layout_mode)
         if self.snap is None:
             self._show_booting()
         self._probe("first")
@@ -185,7 +215,7 @@ class MainScreen(Screen):
             self.layout_mode = want
 
     async def watch_layout_mode(self, mode: str) -> None:
-        self.set_class(mode == "wide", "-wide")
+        self._set_layout_class(mode)
         await self.recompose()
         self._reshow()
 
@@ -201,6 +231,14 @@ class MainScreen(Screen):
 
     # ------------------------------------------------------------------ machine messages
     def on_machine_update(self, msg: MachineUpdate) -> None:
+        ddb = msg.snapshot.ddb_vcpu
+        if ddb is not None and ddb != self._ddb_followed and ddb != self.selected:
+            # a vCPU entered the debugger: the panes follow it (v selects another)
+            self.selected = ddb
+            self._submit(Request("select", num=ddb))
+            msg.outputs += ((f"vCPU {ddb} entered ddb: the panes follow it (v: another "
+                             "vCPU)\n", "info"),)
+        self._ddb_followed = ddb
         snap = msg.snapshot.select(self.selected % len(msg.snapshot.vcpus))
         self.snap = snap
         with self.app.batch_update():
@@ -228,7 +266,7 @@ class MainScreen(Screen):
         if snap.surface == "ddb" and cl.surface != "ddb":
             self._surface_user = cl.surface
             cl.set_surface("ddb")
-            if self.layout_mode == "compact":
+            if self.layout_mode != "wide":
                 self.query_one(TabbedContent).active = "tab-transcript"
         elif snap.surface != "ddb" and cl.surface == "ddb":
             cl.set_surface(self._surface_user if self._surface_user != "ddb" else "host")
@@ -243,12 +281,25 @@ class MainScreen(Screen):
         if source == "audit":
             from .evidence import EvidenceScreen
             self.app.push_screen(EvidenceScreen(text))
-        elif source == "error" and self.layout_mode == "compact":
+        elif source == "error" and self.layout_mode != "wide":
             self.query_one(TabbedContent).active = "tab-transcript"
 
     def on_machine_words(self, msg: MachineWords) -> None:
         self.words = msg.words
         self.query_one(CommandLine).words = msg.words
+
+    # ------------------------------------------------------------------ focus
+    def on_descendant_focus(self, event) -> None:  # noqa: ANN001 - events.DescendantFocus
+        self._show_mode()
+
+    def on_descendant_blur(self, event) -> None:  # noqa: ANN001 - events.DescendantBlur
+        self.call_after_refresh(self._show_mode)
+
+    def _show_mode(self) -> None:
+        from ..widgets.lineinput import LineInput
+        typing = isinstance(self.focused, LineInput)
+        for cl in self.query(CommandLine):
+            cl.show_mode(typing)
 
     # ------------------------------------------------------------------ widgets' messages
     def on_command_line_submitted(self, msg: CommandLine.Submitted) -> None:
@@ -327,11 +378,29 @@ class MainScreen(Screen):
 
     def action_layout(self) -> None:
         self.forced_layout = True
-        self.layout_mode = "wide" if self.layout_mode == "compact" else "compact"
+        self.layout_mode = LAYOUTS[(LAYOUTS.index(self.layout_mode) + 1) % len(LAYOUTS)]
 
     def action_help(self) -> None:
         from .help import HelpScreen
         self.app.push_screen(HelpScreen())
+
+    def action_exit_history(self) -> None:
+        """The recent exits of the selected vCPU, each with its VMCB and registers."""
+        self._submit(Request("exits"))
+
+    def on_exit_history(self, msg: ExitHistory) -> None:
+        from .exits import ExitHistoryScreen
+        self.app.push_screen(ExitHistoryScreen(msg.vcpu, msg.exits,
+                                               lambda a: msg.names.get(a, f"{a:#x}")))
+
+    def action_force_reset(self) -> None:
+        """bhyvectl --force-reset on the host: the way out of a deadlock."""
+        self._submit(Request("force_reset"))
+
+    def action_ktr_filter(self) -> None:
+        if self.layout_mode != "wide":
+            self.query_one(TabbedContent).active = "tab-ktr"
+        self.query_one("#ktr-filter").focus()
 
     def action_surface(self, surface: str) -> None:
         cl = self.query_one(CommandLine)
@@ -339,6 +408,6 @@ class MainScreen(Screen):
             if surface != "ddb":
                 self._surface_user = surface
             cl.set_surface(surface)
-            if surface == "guest" and self.layout_mode == "compact":
+            if surface == "guest" and self.layout_mode != "wide":
                 self.query_one(TabbedContent).active = "tab-console"
         cl.input.focus()

@@ -5,6 +5,8 @@ repaints the few panes whose data moved, not all of them."""
 
 from __future__ import annotations
 
+from textual.markup import escape
+
 from ..model import Snapshot
 
 _UNSHOWN = object()
@@ -35,7 +37,7 @@ class Pane:
         """border_title refreshes the widget even when unchanged: only set a new one."""
         if getattr(self, "_title_text", None) != title:
             self._title_text = title
-            self.border_title = title  # type: ignore[attr-defined]
+            self.border_title = escape(title)  # type: ignore[attr-defined] - text, not markup
 
 
 def base_vcpu(base: Snapshot | None, vcpu: int):  # noqa: ANN201 - VcpuView | None

@@ -13,6 +13,8 @@ from textual.message import Message
 from textual.suggester import Suggester
 from textual.widgets import Input, Label
 
+from .lineinput import LineInput
+
 PROMPTS = {"host": "host$", "guest": "guest#", "ddb": "db>"}
 
 
@@ -36,12 +38,11 @@ class _HistorySuggester(Suggester):
         return None
 
 
-class CmdInput(Input):
+class CmdInput(LineInput):
     BINDINGS = [
         Binding("tab", "complete", "complete", show=False),
         Binding("up", "history(-1)", "history", show=False),
         Binding("down", "history(1)", "history", show=False),
-        Binding("escape", "leave", "leave", show=False),
     ]
 
     def action_complete(self) -> None:
@@ -50,16 +51,20 @@ class CmdInput(Input):
     def action_history(self, delta: int) -> None:
         self.post_message(CommandLine.HistoryRequested(delta))
 
-    def action_leave(self) -> None:
-        self.screen.set_focus(None)
-
 
 class CommandLine(Horizontal):
     DEFAULT_CSS = """
     CommandLine { height: 1; }
-    CommandLine > Label { width: auto; padding: 0 1; background: $primary; color: $text; }
-    CommandLine > CmdInput { border: none; height: 1; padding: 0 1; }
+    CommandLine > #prompt { width: auto; padding: 0 1; background: $primary-darken-2;
+                            color: $text-muted; }
+    CommandLine:focus-within > #prompt { background: $accent; color: $text;
+                                         text-style: bold; }
+    CommandLine > CmdInput { width: 1fr; padding: 0 1; }
+    CommandLine > #mode { width: auto; padding: 0 1; color: $text-muted; }
+    CommandLine:focus-within > #mode { color: $accent; text-style: bold; }
     """
+    MODE_TYPING = "typing · Esc: keys to the view"
+    MODE_VIEW = "keys: view · F2/F3/F4 type"
 
     class Submitted(Message):
         def __init__(self, surface: str, line: str) -> None:
@@ -85,6 +90,11 @@ class CommandLine(Horizontal):
         yield Label(PROMPTS[self.surface], id="prompt")
         yield CmdInput(placeholder="F2 host  F3 guest console  F4 ddb   (tab completes)",
                        suggester=_HistorySuggester(self), id="cmd")
+        yield Label(self.MODE_VIEW, id="mode")
+
+    def show_mode(self, typing: bool) -> None:
+        """Say where the keys go: into this line, or to the main view's bindings."""
+        self.query_one("#mode", Label).update(self.MODE_TYPING if typing else self.MODE_VIEW)
 
     @property
     def input(self) -> CmdInput:

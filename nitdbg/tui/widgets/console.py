@@ -13,6 +13,7 @@ _CONTROLS = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
 
 
 class ConsolePane(LineView, Pane):
+    wrap = True
     def __init__(self, **kw) -> None:  # noqa: ANN003
         super().__init__(max_lines=LINES, **kw)
 

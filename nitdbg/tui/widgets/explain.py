@@ -1,29 +1,34 @@
-"""The explain panel: for the last event, the rule that produced it and the manual
-section (computed by nitdbg.tui.explain from what the machine did)."""
+"""The explain panel: what happened since the previous stop, link by link, each with the
+rule that produced it and the manual section (computed by nitdbg.tui.explain from the
+machine's events, the policy's transitions and the audit). Long texts wrap; the pane
+scrolls when the chain is longer than it."""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
-
-from ..model import Snapshot
-from .base import Pane, update_auto_height
+from ..model import Explanation, Snapshot
+from .base import Pane
+from .lineview import Line, LineView
 
 
-class ExplainPane(Static, Pane):
+def explanation_lines(xs: tuple[Explanation, ...]) -> list[Line]:
+    if not xs:
+        return [(("nothing notable yet: inject an NMI (n)", "#697098"),)]
+    out: list[Line] = []
+    for x in xs:
+        out.append(((x.title, "bold #ffcb6b"), (": " + x.rule + " — ", ""),
+                    (x.source, "italic #82aaff")))
+        out.append((("  [" + x.evidence + "]", "#697098"),))
+    return out
+
+
+class ExplainPane(LineView, Pane):
+    wrap = True
+    follow_end = False          # a chain reads from its first link
+
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         return snap.selected, snap.explain
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         self.set_title(f"explain vCPU {snap.selected}")
-        t = Text()
-        if not snap.explain:
-            t.append("nothing notable yet: inject an NMI (n)", style="#697098")
-        for i, x in enumerate(snap.explain):
-            if i:
-                t.append("\n")
-            t.append(x.title, style="bold #ffcb6b")
-            t.append(": " + x.rule + " — ")
-            t.append(x.source, style="italic #82aaff")
-            t.append(f"\n  [{x.evidence}]", style="#697098")
-        update_auto_height(self, t)
+        self.set_lines(explanation_lines(snap.explain))
+        self.scroll_home(animate=False)

@@ -7,11 +7,13 @@ another machine)."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input
 
 from ..model import Snapshot
 from .base import Pane
+from .lineinput import LineInput
 from .lineview import Line, LineView
 
 SHOWN = 200
@@ -25,10 +27,21 @@ def _row(e: tuple[int, int, int, str]) -> Line:
             (msg, "bold #ffcb6b" if any(h in msg for h in HIGHLIGHT) else ""))
 
 
+class KtrBody(LineView):
+    """KTR rows kept whole (columns aligned); a long message scrolls sideways."""
+
+    DEFAULT_CSS = "KtrBody { overflow-x: auto; }"
+    BINDINGS = [Binding("left", "scroll_left", "scroll left", show=False),
+                Binding("right", "scroll_right", "scroll right", show=False),
+                Binding("home", "scroll_home", show=False),
+                Binding("end", "scroll_end", show=False)]
+    hscroll = True
+
+
 class KtrPane(Vertical, Pane):
     DEFAULT_CSS = """
-    KtrPane > Input { height: 1; border: none; padding: 0 1; background: $boost; }
-    KtrPane > LineView { height: 1fr; }
+    KtrPane > LineInput { padding: 0 1; }
+    KtrPane > KtrBody { height: 1fr; }
     """
 
     def __init__(self, **kw) -> None:  # noqa: ANN003
@@ -40,8 +53,9 @@ class KtrPane(Vertical, Pane):
         self._shown = 0
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter KTR: vNMI, or !pause to hide", id="ktr-filter")
-        yield LineView(max_lines=SHOWN, id="ktr-body")
+        yield LineInput(placeholder="filter KTR: vNMI, or !pause to hide (/ to type)",
+                        id="ktr-filter")
+        yield KtrBody(max_lines=SHOWN, id="ktr-body")
 
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         return snap.ktr_epoch, snap.ktr_total

@@ -5,7 +5,9 @@ it. Here a pane's content is a list of *line specs*: tuples of (text, style) run
 hashable. Rendered strips are cached by spec, and `set_lines()` repaints only the rows whose
 spec changed, so a step costs the rows that moved. `LineView` scrolls (KTR, console,
 transcript: new rows are appended, the view follows the end unless scrolled up) and
-renders only the rows on screen.
+renders only the rows on screen. No line is cut without a way to read it: a view either
+wraps its long lines onto more rows (`wrap`: ddb, console) or scrolls sideways (`hscroll`:
+KTR, whose columns stay aligned).
 """
 
 from __future__ import annotations
@@ -31,10 +33,45 @@ def line_text(line: Line) -> str:
     return "".join(t for t, _ in line)
 
 
+def wrap_line(line: Line, width: int) -> list[Line]:
+    """`line` cut into rows of at most `width` characters, after a space where one is near
+    the end of the row (else mid-word); the runs keep their styles."""
+    text = line_text(line)
+    if width <= 0 or len(text) <= width:
+        return [line]
+    cuts = []
+    pos = 0
+    while len(text) - pos > width:
+        end = pos + width
+        space = text.rfind(" ", pos + width * 2 // 3, end)
+        pos = space + 1 if space >= 0 else end
+        cuts.append(pos)
+    out: list[Line] = []
+    cur: list[tuple[str, str]] = []
+    at = 0                        # offset of the next run's text
+    bounds = iter(cuts + [len(text)])
+    limit = next(bounds)
+    for run, style in line:
+        while run:
+            take = min(len(run), limit - at)
+            if take:
+                cur.append((run[:take], style))
+            run, at = run[take:], at + take
+            if at == limit and limit < len(text):
+                out.append(tuple(cur))
+                cur = []
+                limit = next(bounds)
+    out.append(tuple(cur))
+    return out
+
+
 class LineView(ScrollView, can_focus=True):
     DEFAULT_CSS = "LineView { overflow-x: hidden; overflow-y: auto; }"
     auto_height = False          # True: the pane is as high as its lines (height: auto)
     scrolls = True               # False: never a scrollbar (overflow hidden)
+    wrap = False                 # True: a long line goes on over the next rows
+    hscroll = False              # True: a long line is kept whole, the view scrolls sideways
+    follow_end = True            # keep the newest row in view (a log); False: stay put
 
     def __init__(self, max_lines: int = 1000, **kw) -> None:  # noqa: ANN003
         super().__init__(**kw)
@@ -43,6 +80,22 @@ class LineView(ScrollView, can_focus=True):
         self._strips: dict[tuple[Line, int], Strip] = {}
         self._style = None            # rich_style walks every ancestor: once per style change
         self._follow = True           # keep the newest row in view (until scrolled up)
+        self._rows: list[Line] = []   # wrap: the rows the lines take at _wrap_width
+        self._wrap_width = 0
+        self._widest = 0              # hscroll: the longest line, in cells
+
+    def _width(self) -> int:
+        return self.scrollable_content_region.width
+
+    def _rewrap(self) -> None:
+        w = self._width()
+        self._wrap_width = w
+        self._rows = [r for line in self._lines for r in wrap_line(line, w)]
+
+    @property
+    def rows(self) -> list[Line]:
+        """The rows drawn: the lines, or with `wrap` their pieces."""
+        return self._rows if self.wrap else self._lines
 
     @property
     def lines(self) -> list[Line]:
@@ -55,6 +108,13 @@ class LineView(ScrollView, can_focus=True):
         new = list(lines)[-self.max_lines:]
         old = self._lines
         self._lines = new
+        if self.wrap or self.hscroll:
+            if self.wrap:
+                self._rewrap()
+            else:
+                self._widest = max((sum(len(t) for t, _ in x) for x in new), default=0)
+            self._changed()
+            return
         if len(new) == len(old):
             # same rows: repaint only those that changed (the view does not move)
             top = round(self.scroll_offset.y)
@@ -65,10 +125,18 @@ class LineView(ScrollView, can_focus=True):
         self._changed()
 
     def append(self, lines: Iterable[Line]) -> None:
-        self._lines.extend(lines)
+        new = list(lines)
+        self._lines.extend(new)
         drop = len(self._lines) - self.max_lines
         if drop > 0:
             del self._lines[:drop]
+        if self.wrap:
+            if drop > 0 or self._wrap_width != self._width():
+                self._rewrap()
+            else:
+                self._rows.extend(r for line in new for r in wrap_line(line, self._wrap_width))
+        elif self.hscroll:
+            self._widest = max([self._widest] + [sum(len(t) for t, _ in x) for x in new])
         self._changed()
 
     def watch_scroll_y(self, old: float, new: float) -> None:
@@ -76,12 +144,15 @@ class LineView(ScrollView, can_focus=True):
         self._follow = round(new) >= self.max_scroll_y
 
     def on_resize(self) -> None:
-        if self._follow and self.scrolls:
+        if self.wrap and self._wrap_width != self._width():
+            self._rewrap()
+            self._changed()
+        if self._follow and self.scrolls and self.follow_end:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
 
     def _changed(self) -> None:
-        follow = self._follow and self.scrolls
-        size = Size(0, len(self._lines))
+        follow = self._follow and self.scrolls and self.follow_end
+        size = Size(self._widest if self.hscroll else 0, len(self.rows))
         height = self.scrollable_content_region.height
         was = self.virtual_size.height > height
         update = getattr(self, "_scroll_update", None)
@@ -115,9 +186,22 @@ class LineView(ScrollView, can_focus=True):
         style = self._style
         if style is None:
             style = self._style = self.rich_style
-        if not 0 <= row < len(self._lines) or width <= 0:
+        if self.wrap and width > 0 and width != self._wrap_width:
+            # the width changed without a resize (a scrollbar came or went): wrap again
+            self._rewrap()
+            self.call_later(self._changed)
+        rows = self.rows
+        if not 0 <= row < len(rows) or width <= 0:
             return Strip.blank(width, style)
-        line = self._lines[row]
+        line = rows[row]
+        if self.hscroll:
+            x = round(self.scroll_offset.x)
+            strip = self._strips.get((line, -1))
+            if strip is None:
+                text = Text.assemble(*line, no_wrap=True)
+                segs = Segment.apply_style(text.render(self.app.console), style)
+                strip = self._strips[(line, -1)] = Strip(list(segs))
+            return strip.crop(x, x + width).extend_cell_length(width, style)
         strip = self._strips.get((line, width))
         if strip is None:
             text = Text.assemble(*line, no_wrap=True)

@@ -28,7 +28,8 @@ class NmiPane(LinePane, Pane):
     auto_height = True
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         return snap.policy, snap.selected, tuple(
-            (v.nmi_state, v.last_unblock, v.iret_exit_seen, v.nmi_pending) for v in snap.vcpus)
+            (v.nmi_state, v.last_unblock, v.iret_exit_seen, v.nmi_pending, v.nmi_transition)
+            for v in snap.vcpus)
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         self.set_title(f"NMI blocking ({snap.policy})")
@@ -49,4 +50,8 @@ class NmiPane(LinePane, Pane):
             if v.nmi_pending:
                 runs.append((" +pending", "bold #ff5370"))
             lines.append(tuple(runs))
+        sel = snap.vcpu
+        small = self.is_mounted and self.screen.has_class("-small")
+        if sel.nmi_transition and not small:   # as the policy reports it (NmiView)
+            lines.append(((f"  vCPU {sel.id} last: {sel.nmi_transition}", "#697098"),))
         self.set_lines(lines)

@@ -25,7 +25,11 @@ class RegistersPane(LinePane, Pane):
         v = snap.vcpu
         old_v = base_vcpu(base, v.id)
         old = old_v.regs if old_v is not None else {}
-        self.set_title(f"registers vCPU {v.id} ({v.regs_source})")
+        small = self.screen.has_class("-small") if self.is_mounted else False
+        rip = v.regs.get("rip", 0)
+        # small layout: RIP in the title (▶ in the disassembly says where), one row less
+        self.set_title(f"registers vCPU {v.id} ({v.regs_source})" if not small
+                       else f"vCPU {v.id} {v.regs_source} rip {rip:x}")
         lines = []
         half = len(GPR_NAMES) // 2
         for row in range(half):
@@ -38,8 +42,8 @@ class RegistersPane(LinePane, Pane):
                 changed = name in old and old[name] != val
                 runs.append((f"{val:016x}", CHANGED if changed else ""))
             lines.append(tuple(runs))
-        rip = v.regs.get("rip", 0)
         changed = "rip" in old and old["rip"] != rip
-        lines.append((("rip ", "#82aaff"), (f"{rip:016x}", CHANGED if changed else ""),
-                      (f" {_where(snap)}", "#b0bec5")))
+        if not small:
+            lines.append((("rip ", "#82aaff"), (f"{rip:016x}", CHANGED if changed else ""),
+                          (f" {_where(snap)}", "#b0bec5")))
         self.set_lines(lines)

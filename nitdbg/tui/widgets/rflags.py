@@ -7,7 +7,7 @@ from textual.events import MouseMove
 
 from ..model import Snapshot
 from .base import Pane, base_vcpu
-from .lineview import LinePane, plain
+from .lineview import LinePane, plain, wrap_line
 
 # (bit, name, meaning) - APM vol 2 3.1.6, SDM vol 1 3.4.3
 BITS: list[tuple[int, str, str]] = [
@@ -58,33 +58,54 @@ class RflagsPane(LinePane, Pane):
     def flag_value(self, name: str) -> int:
         return self.values[name]
 
+    auto_height = True
+
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         v = snap.vcpu
         old = base_vcpu(base, v.id)
-        return v.rflags, v.rflags_source, v.rflags_now, old.rflags if old else None
+        return (v.rflags, v.rflags_source, v.rflags_now, old.rflags if old else None,
+                self.scrollable_content_region.width)
+
+    def on_resize(self) -> None:
+        super().on_resize()
+        if self._snap is not None:
+            self.show(*self._snap)
+
+    _snap: tuple | None = None
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
+        self._snap = (snap, base)
         v = snap.vcpu
         old_v = base_vcpu(base, v.id)
         old = old_v.rflags if old_v is not None else None
+        width = self.scrollable_content_region.width or 80
         self.set_title(f"rflags {v.rflags:#x}")
-        runs, cols, col = [], [], 0
+        # the flags on as many rows as the width needs, never cut
+        rows: list[list[tuple[str, str]]] = [[]]
+        cols, col = [], 0
         for bit, name, meaning in BITS:
             val, text, style = flag_cell(bit, name, v.rflags, old)
             self.values[name] = val
-            runs += [(text, style), (" ", "")]
-            cols.append((col, col + len(text), f"{name} (bit {bit}): {meaning}"))
-            col += len(text) + 1
+            if col and col + len(text) > width:
+                rows.append([])
+                col = 0
+            if col:
+                rows[-1].append((" ", ""))
+                col += 1
+            rows[-1].append((text, style))
+            cols.append((len(rows) - 1, col, col + len(text), f"{name} (bit {bit}): {meaning}"))
+            col += len(text)
         self._cols = cols
         src = "source: " + v.rflags_source
         if v.rflags_now is not None and v.rflags_now != v.rflags:
-            src += f"; frame now {v.rflags_now:#x}"
-        self.set_lines([tuple(runs[:-1]), plain(src, "#697098")])
+            src += f"; now {v.rflags_now:#x}"
+        lines = [tuple(r) for r in rows]
+        lines.extend(wrap_line(plain(src, "#697098"), width))
+        self.set_lines(lines)
 
     def on_mouse_move(self, event: MouseMove) -> None:
         x = event.x - self.styles.gutter.left
-        tip = None
-        if event.y - self.styles.gutter.top == 0:
-            tip = next((t for a, b, t in self._cols if a <= x < b), None)
+        y = event.y - self.styles.gutter.top
+        tip = next((t for r, a, b, t in self._cols if r == y and a <= x < b), None)
         if tip != self.tooltip:
             self.tooltip = tip

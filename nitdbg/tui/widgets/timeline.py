@@ -12,7 +12,18 @@ GLYPHS = {"iret": ("I", "bold black on #ff5370", 6), "nmi": ("N", "bold black on
           "inject": ("n", "bold #ffcb6b", 4), "db": ("D", "bold black on #82aaff", 5),
           "exc": ("E", "bold #ff5370", 3), "intr": ("i", "#89ddff", 2),
           "ret": ("r", "bold #c3e88d", 4), "exit": ("x", "#697098", 1)}
-LEGEND = "I IRET exit  r IRET retired  N NMI  n inject  D #DB  E exception  i intr  x exit"
+LEGEND = ("I IRET exit", "r IRET retired", "N NMI", "n inject", "D #DB", "E exception",
+          "i intr", "x exit")
+
+
+def legend_rows(width: int) -> list[str]:
+    """The legend packed into rows of `width`, an entry never split."""
+    rows = [""]
+    for item in LEGEND:
+        if rows[-1] and len(rows[-1]) + 2 + len(item) > width:
+            rows.append("")
+        rows[-1] += ("  " if rows[-1] else "") + item
+    return rows
 
 
 def _ends(tl: tuple) -> tuple:
@@ -45,5 +56,5 @@ class TimelinePane(LinePane, Pane):
             runs = [(f"vCPU{v.id} ", "bold" if v.id == snap.selected else "")]
             runs.extend((ch if ch != " " else "·", st or "#3a3f4b") for ch, st, _ in cells)
             lines.append(tuple(runs))
-        lines.append(plain(LEGEND, "#697098"))
+        lines.extend(plain(r, "#697098") for r in legend_rows(width + 6))
         self.set_lines(lines)

@@ -12,6 +12,7 @@ STYLES = {"ddb": "", "host": "#c3e88d", "error": "bold #ff5370", "info": "#89ddf
 
 
 class Transcript(LineView, Pane):
+    wrap = True          # ddb's `bt`, the watchdog line: every word readable
     def __init__(self, **kw) -> None:  # noqa: ANN003
         super().__init__(max_lines=2000, **kw)
 
@@ -23,4 +24,5 @@ class Transcript(LineView, Pane):
         return snap.status
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        self.set_title(f"ddb / host  [{snap.status}]")
+        status = snap.status if len(snap.status) < 40 else snap.status.split(":")[0]
+        self.set_title(f"ddb / host  [{status}]")

@@ -7,7 +7,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from ..model import Snapshot
-from .base import Pane
+from .base import Pane, update_auto_height
 
 
 class VerdictBar(Static, Pane):
@@ -20,14 +20,21 @@ class VerdictBar(Static, Pane):
         return snap.audit_ok, snap.audit_summary, snap.status
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        t = Text(no_wrap=True, overflow="ellipsis")
+        t = Text()          # wraps: a long status (a deadlock, every vCPU) stays readable
         ok = snap.audit_ok
-        t.append(" ✔ " if ok else " ✘ ", style="bold black on #c3e88d" if ok
-                 else "bold white on #ff5370")
-        t.append(" " + snap.audit_summary, style="bold" if not ok else "")
-        t.append("  (a: evidence)", style="#697098")
-        t.append(f"   {snap.status}", style="#89ddff")
-        self.update(t, layout=False)         # one line, always
+        if snap.status.startswith("DEADLOCK"):
+            # nothing runs: the deadlock is all there is to say
+            head, _, rest = snap.status.partition(":")
+            t.append(f" {head} ", style="bold white on #ff5370")
+            t.append(rest, style="bold #ff5370")
+        else:
+            t.append(" ✔ " if ok else " ✘ ", style="bold black on #c3e88d" if ok
+                     else "bold white on #ff5370")
+            t.append(" " + snap.audit_summary, style="bold" if not ok else "")
+            if (self.size.width or 100) >= 100:
+                t.append("  (a: evidence)", style="#697098")
+            t.append(f"   {snap.status}", style="#89ddff")
+        update_auto_height(self, t)
         self.set_class(not ok, "-violation")
 
     def on_click(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..model import Snapshot
 from .base import Pane, base_vcpu
-from .lineview import LinePane
+from .lineview import LinePane, wrap_line
 
 CHANGED = "bold #ffcb6b on #3b2f1a"
 
@@ -17,18 +17,25 @@ class VmcbPane(LinePane, Pane):
         return snap.selected, snap.vcpu.vmcb, old.vmcb if old else None
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
-        v = snap.vcpu
-        b = v.vmcb
-        old_v = base_vcpu(base, v.id)
+        shown = snap.vcpu
+        b = shown.vmcb
+        old_v = base_vcpu(base, shown.id)
         old = old_v.vmcb.fields() if old_v is not None else {}
-        self.set_title(f"VMCB vCPU {v.id}")
+        self.set_title(f"VMCB vCPU {shown.id}")
         lines = []
+        # which #VMEXIT the save area and the exit fields come from
+        if b.exit:
+            src = "save area from " + b.exit + ("; the guest has run on since" if b.in_guest
+                                                else "")
+        else:
+            src = "no exit yet: the save area is the loader's start state"
+        lines.append(((src, "italic #89ddff"),))
 
         def row(label: str, key: str, text: str) -> None:
             changed = key in old and old[key] != getattr(b, key)
             lines.append(((f"{label:<12}", "#82aaff"), (text, CHANGED if changed else "")))
 
-        row("exitcode", "exitcode", f"{b.exitcode:#x} {b.exitname}")
+        row("exitcode", "exitcode", f"{b.exitcode:#x} {b.exitname}" if b.exit else "-")
         row("exitinfo1", "exitinfo1", f"{b.exitinfo1:#x}")
         row("exitinfo2", "exitinfo2", f"{b.exitinfo2:#x}")
         row("exitintinfo", "exitintinfo", b.exitintinfo)
@@ -40,4 +47,5 @@ class VmcbPane(LinePane, Pane):
         row("rip", "rip", f"{b.rip:#x}")
         row("dr6/dr7", "dr6", f"{b.dr6:#x} / {b.dr7:#x}" + (" BS" if b.dr6 & 0x4000 else ""))
         row("intercepts", "intercepts", " ".join(b.intercepts))
-        self.set_lines(lines)
+        width = self.scrollable_content_region.width or 48
+        self.set_lines([r for line in lines for r in wrap_line(line, width)])
