@@ -290,7 +290,7 @@ def compare_vcpu(pm: Machine, rm: Machine, vcpu: int) -> Difference | None:
 
 
 def _position(entries: list[tuple], d: Difference) -> int:
-    """Where in the timeline the vCPU reached the divergence: the first slice of that vCPU
+    """Where in the recording the vCPU reached the divergence: the first slice of that vCPU
     that ran past it."""
     for i, e in enumerate(entries):
         if e[0] == "run" and e[1] == d.vcpu and e[2] >= d.index:
@@ -301,7 +301,7 @@ def _position(entries: list[tuple], d: Difference) -> int:
 def compare_machines(pm: Machine, rm: Machine,
                      entries: list[tuple] | None = None) -> list[Difference]:
     """Every vCPU's first divergence, then the console if nothing else differs. With the
-    timeline, a vCPU that diverges only after another one did is left out: the vCPUs share
+    recording, a vCPU that diverges only after another one did is left out: the vCPUs share
     memory, so its difference may be a consequence of the first."""
     out = [d for i in range(len(pm.vm.vcpus)) if (d := compare_vcpu(pm, rm, i)) is not None]
     if entries is not None and len(out) > 1:
