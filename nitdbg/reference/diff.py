@@ -89,8 +89,11 @@ class Trace:
                                   e.dr6, e.info) for e in evs if e.kind in DELIVERED]
         self.irets = {e.seq: e for e in evs if e.kind == EV_IRET}
         v = m.vm.vcpus[vcpu]
-        # an NMI the hypervisor has accepted but not yet delivered when the run ends
-        self.nmi_held = bool(getattr(v, "nmi_pending", False))
+        # an NMI the hypervisor has accepted but not yet delivered when the run ends: its own
+        # pending flag, or one queued in the VMCB for the processor to deliver (AMD vNMI's
+        # V_NMI_PENDING, APM vol 2 15.21.10); the reference core's held NMI is never here
+        self.nmi_held = bool(getattr(v, "nmi_pending", False)
+                             or getattr(v.vmcb, "v_nmi_pending", 0))
 
     def rip(self, seq: int) -> int:
         return self.log.rips[seq & self.log.mask]
