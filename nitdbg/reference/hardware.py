@@ -104,6 +104,8 @@ def _bare_wake(v: Vcpu, vl: Vlapic) -> Callable[[], bool]:
     def wake_pending() -> bool:
         # HLT ends on an unblocked NMI or an unmasked interrupt (SDM vol 2 HLT)
         c = v.cpu
+        if v.wait_sipi:
+            return False    # after INIT only a STARTUP IPI wakes it (SDM vol 3 9.4.2)
         if v.exception_pending or v.exitintinfo:
             return True
         if c.nmi_pending and not c.nmi_blocked:
@@ -174,6 +176,8 @@ def replay(m: Machine, tl: Recording) -> Machine:
             for v in vm.vcpus:
                 v.cpu.invalidate_code_page(e[3] >> 12)
                 v.cpu.flush_tlb()
+        elif op == "dr":
+            vm.vcpus[e[1]].set_dr(e[3], e[4])
         elif op == "console":
             vm.com1.feed(e[1])
         elif op == "ddb_enter":

@@ -13,6 +13,7 @@ points are retired-instruction indices, not virtual times. The recording is one 
                                      (timer, IPI, an I/O APIC pin; level: its trigger mode)
     ("mem", vcpu, icount, hpa, b)   the hypervisor wrote guest memory (the frame
                                      iret_trigger_gpf corrupts)
+    ("dr", vcpu, icount, n, value)  the host set a debug register (bhyvectl --set-drN)
     ("console", data)               bytes typed at COM1
     ("ddb_enter", vcpu) / ("ddb_cmd", line) / ("leave", vcpu)   the debugger's inputs
 
@@ -118,6 +119,11 @@ def _intr(h: _Hook, vector: int, level: bool = False) -> bool:
     return h.orig(vector, level)
 
 
+def _dr(h: _Hook, n: int, val: int) -> None:
+    h.tl.add(h.m, ("dr", h.arg.id, h.arg.cpu.icount, n, val))
+    h.orig(n, val)
+
+
 def _feed(h: _Hook, data: bytes) -> None:
     h.tl.add(h.m, ("console", bytes(data)))
     h.orig(data)
@@ -158,6 +164,7 @@ def record(m: Machine) -> Recording:
     vm = m.vm
     for v in vm.vcpus:
         _wrap(v, "run", _run, tl, m, v)
+        _wrap(v, "set_dr", _dr, tl, m, v)
         vm.vlapics[v.id].on_nmi = _wrap(v, "inject_nmi", _nmi, tl, m, v)
     for i, vl in enumerate(vm.vlapics):
         _wrap(vl, "set_intr", _intr, tl, m, i)
