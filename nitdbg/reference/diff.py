@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from ..x86.regs import RF, TF
+from ..x86.regs import DR6_BS, RF, TF
 from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_IRET, EV_NMI, EV_SOFTINT, Event
 
 if TYPE_CHECKING:
@@ -152,11 +152,29 @@ def _event_diff(vcpu: int, p: Trace, r: Trace, j: int) -> Difference:
             and ep.vector == er.vector:
         name = _name(er)
         where = _where(r.m, er.rip)
+        if er.rflags & TF and not ep.rflags & TF:
+            # The hypervisor cleared the guest's own TF before this frame was pushed: the
+            # frame's IRET returns without it, so the single-step #DB hardware delivers
+            # after that return does not come (looked up in both runs, not assumed).
+            hw_db = next((e for e in r.events[j + 1:] if e.kind == EV_EXCEPTION
+                          and e.vector == 1 and e.dr6 & DR6_BS), None)
+            p_db = next((e for e in p.events[j + 1:] if e.kind == EV_EXCEPTION
+                         and e.vector == 1 and e.dr6 & DR6_BS), None)
+            if hw_db is not None and (p_db is None or p_db.rip != hw_db.rip):
+                return Difference("lost_db", vcpu, er.seq, where,
+                                  f"the {name} frame holds RFLAGS {ep.rflags:#x} without the "
+                                  f"guest's TF (hardware pushes {er.rflags:#x}): the "
+                                  f"single-step #DB hardware delivers at "
+                                  f"{sym.format(hw_db.rip)} does not come")
         if (ep.rflags ^ er.rflags) & (TF | RF):
-            bits = "/".join(n for b, n in ((TF, "TF"), (RF, "RF")) if ep.rflags & b
-                            and not er.rflags & b) or "TF/RF"
+            added = "/".join(n for b, n in ((TF, "TF"), (RF, "RF")) if ep.rflags & b
+                             and not er.rflags & b)
+            gone = "/".join(n for b, n in ((TF, "TF"), (RF, "RF")) if er.rflags & b
+                            and not ep.rflags & b)
+            how = " and ".join(([f"with {added} set"] if added else [])
+                               + ([f"without the guest's {gone}"] if gone else []))
             return Difference("tf_visible", vcpu, er.seq, where,
-                              f"the {name} frame holds RFLAGS {ep.rflags:#x} with {bits} set "
+                              f"the {name} frame holds RFLAGS {ep.rflags:#x} {how} "
                               f"(hardware pushes {er.rflags:#x})")
         if ep.dr6 != er.dr6:
             return Difference("dr6", vcpu, er.seq, where,
