@@ -73,6 +73,11 @@ class Judge:
             if h is not None and not h.ok and h.from_rip == c.from_rip:
                 out[c.number] = ["the guest's behaviour, not the policy's: on hardware the "
                                  "guest loses this step too: " + hardware_rule(ref, h)]
+                d = diffs.get(c.vcpu)
+                if d is not None:
+                    # the loss is the guest's, but the policy still differs from hardware
+                    out[c.number].append(f"besides, the policy's own difference from "
+                                         f"hardware: {d.kind}: {d.detail} (at {d.at})")
             else:
                 d = diffs.get(c.vcpu)
                 why = f"{d.kind}: {d.detail} (at {d.at})" if d else "no guest-visible " \
