@@ -6,15 +6,15 @@ import json
 
 from nitdbg.cli import main
 from nitdbg.compare.matrix import scenario_names
-from nitdbg.vmm.nmi_policy import POLICIES
+from nitdbg.vmm.nmi_policy import MAIN_POLICIES
 
 
 def test_compare_json_has_exactly_the_documented_shape(capsys):
     assert main(["compare", "--scenario", "pending-nmi", "--json", "--jobs", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"policies", "scenarios", "rows"}
-    assert doc["policies"] == list(POLICIES) and doc["scenarios"] == ["pending-nmi"]
-    assert len(doc["rows"]) == len(POLICIES)
+    assert doc["policies"] == list(MAIN_POLICIES) and doc["scenarios"] == ["pending-nmi"]
+    assert len(doc["rows"]) == len(MAIN_POLICIES)
     for row in doc["rows"]:
         assert set(row) == {"scenario", "policy", "same_as_hardware", "differences"}
         assert row["same_as_hardware"] == (row["differences"] == [])

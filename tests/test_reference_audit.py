@@ -11,7 +11,7 @@ import pytest
 from nitdbg.machine import Machine
 from nitdbg.reference import compare_machines, reference_run
 from nitdbg.reference.audit import attach
-from nitdbg.vmm.nmi_policy import POLICIES
+from nitdbg.vmm.nmi_policy import MAIN_POLICIES
 
 
 def _sequence(policy: str) -> tuple[Machine, str]:
@@ -30,15 +30,18 @@ def _sequence(policy: str) -> tuple[Machine, str]:
     return m, m.debugger("show audit")
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
+# The four main policies; bhyve-upstream-noshadow is left out: with the second NMI pending at
+# the IRET exit it injects on the IRET itself, and the guest livelocks (its IRET returns to
+# itself with IF=0), so the sequence never reaches its stop.
+@pytest.mark.parametrize("policy", sorted(MAIN_POLICIES))
 def test_a_step_lost_on_hardware_too_is_the_guests_and_names_the_rule(policy):
     m, report = _sequence(policy)
-    ref = reference_run(m.timeline)
+    ref = reference_run(m.observed)
     hw = ref.ddb.audit
     # the reference itself loses the step: the nested NMI stops the guest at nmi_iret again
     assert hw.checks and not hw.checks[0].ok and hw.checks[0].stopped_twice
     policy_lost = not m.ddb.audit.ok
-    diffs = compare_machines(m, ref, m.timeline.entries)
+    diffs = compare_machines(m, ref, m.observed.entries)
     if policy_lost:
         # a policy that loses the step where hardware does: the audit says whose it is
         assert "the guest's behaviour, not the policy's" in report
@@ -52,4 +55,13 @@ def test_a_step_lost_on_hardware_too_is_the_guests_and_names_the_rule(policy):
 def test_iret_tracing_loses_the_step_as_hardware_does_and_is_the_same_as_hardware():
     m, report = _sequence("iret-tracing")
     assert "VIOLATION" in report and "the guest's behaviour" in report
-    assert compare_machines(m, reference_run(m.timeline), m.timeline.entries) == []
+    assert compare_machines(m, reference_run(m.observed), m.observed.entries) == []
+
+
+def test_under_kvm_the_lost_step_is_the_guests_and_the_audit_names_kvms_own_difference():
+    # KVM's NMI-window step clears the TF the guest's frame should hold: the audit says the
+    # loss is the guest's and names that difference, computed by the comparison
+    m, report = _sequence("kvm")
+    diffs = compare_machines(m, reference_run(m.observed), m.observed.entries)
+    assert "the guest's behaviour" in report and diffs
+    assert f"the policy's own difference from hardware: {diffs[0].kind}" in report

@@ -4,12 +4,14 @@ nothing else. The policies are registered only here (monkeypatch of the registry
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from nitdbg.compare.matrix import run_cell
 from nitdbg.scenarios.base import Scenario
 from nitdbg.vmm import nmi_policy
-from nitdbg.vmm.nmi_policy import NMI_TRACING, BhyveUpstream, IretTracing
+from nitdbg.vmm.nmi_policy import NMI_TRACING, BhyveUpstream, IretTracing, NmiState, TracingState
 from nitdbg.x86.regs import DR6_BS, RF, RSP
 
 
@@ -23,20 +25,27 @@ class EarlyNmi(BhyveUpstream):
         v.vmcb.interrupt_shadow = 0
 
 
+@dataclass
+class HoldState(TracingState):
+    hold: bool = False               # the one extra refusal is still owed
+
+
 class LateNmi(IretTracing):
     """Keeps NMIs blocked for one more VM entry after the traced IRET."""
     name = "test-late-nmi"
-    hold = False
+    state_type = HoldState
 
-    def _end_tracing(self, v):
-        super()._end_tracing(v)
-        self.hold = True
+    def _end_tracing(self, v, what):
+        super()._end_tracing(v, what)
+        self.state(v).hold = True
 
-    def nmi_blocked(self, v):
-        if self.hold:
-            self.hold = False
-            return True
-        return super().nmi_blocked(v)
+    def inj_nmi(self, v):
+        st = self.state(v)
+        if st.hold:
+            st.hold = False
+            v.log("Cannot inject NMI due to NMI-blocking")   # as if still blocked
+            return False
+        return super().inj_nmi(v)
 
 
 class DropsNmi(BhyveUpstream):
@@ -56,16 +65,17 @@ class SwallowsDb(IretTracing):
     """Keeps intercepting #DB after the traced IRET and swallows the next one, as a
     hypervisor that takes every #DB after an NMI window for its own would."""
     name = "test-swallows-db"
-    swallow = False
+    state_type = HoldState
 
-    def _end_tracing(self, v):
-        super()._end_tracing(v)
+    def _end_tracing(self, v, what):
+        super()._end_tracing(v, what)
         v.vmcb.set_exception_intercept(1, True)
-        self.swallow = True
+        self.state(v).hold = True
 
     def exception_exit(self, v, vector, info1, info2):
-        if vector == 1 and self.swallow and v.nmi_state != NMI_TRACING:
-            self.swallow = False
+        st = self.state(v)
+        if vector == 1 and st.hold and v.nmi_state != NMI_TRACING:
+            st.hold = False
             v.vmcb.set_exception_intercept(1, False)
             v.vmcb.dr6 = v.vmcb.dr6 & ~DR6_BS
             return True
@@ -78,7 +88,7 @@ class ExtraDb(IretTracing):
 
     def exception_exit(self, v, vector, info1, info2):
         if _traced_db(v, vector):
-            self._end_tracing(v)
+            self._end_tracing(v, "#DB after the IRET, reflected")
             v.reflect_exception(1, None)
             return True
         return super().exception_exit(v, vector, info1, info2)
@@ -88,25 +98,26 @@ class LeaksRf(IretTracing):
     """Leaves RF set after the traced IRET: the next frame pushed shows it."""
     name = "test-leaks-rf"
 
-    def _end_tracing(self, v):
-        super()._end_tracing(v)
+    def _end_tracing(self, v, what):
+        super()._end_tracing(v, what)
         v.vmcb.rflags = v.vmcb.rflags | RF
 
 
 class LateIntr(IretTracing):
     """Refuses interrupt injection for one more VM entry after the traced IRET."""
     name = "test-late-intr"
-    hold = False
+    state_type = HoldState
 
-    def _end_tracing(self, v):
-        super()._end_tracing(v)
-        self.hold = True
+    def _end_tracing(self, v, what):
+        super()._end_tracing(v, what)
+        self.state(v).hold = True
 
-    def injection_allowed(self, v):
-        if self.hold:
-            self.hold = False
+    def intr_allowed(self, v):
+        st = self.state(v)
+        if st.hold:
+            st.hold = False
             return False
-        return super().injection_allowed(v)
+        return super().intr_allowed(v)
 
 
 class RewritesFrame(BhyveUpstream):
@@ -122,16 +133,22 @@ class RewritesFrame(BhyveUpstream):
             v.vm.mem.write(hpa, 8, rip - 2)
 
 
+@dataclass
+class RepeatState(NmiState):
+    done: bool = False               # the one restart has been made
+
+
 class RepeatsInsn(BhyveUpstream):
     """Restarts the guest at the IRET exit two instructions before the IRET (with the
     stack those two expect, so they do the same again)."""
     name = "test-repeats-insn"
-    done = False
+    state_type = RepeatState
 
     def iret_exit(self, v):
         super().iret_exit(v)
-        if not self.done:
-            self.done = True
+        st = self.state(v)
+        if not st.done:
+            st.done = True
             # mov 0x70(%rsp),%r15; add $0x98,%rsp; iretq
             v.vmcb.rip = v.vmcb.rip - 12
             v.vmcb.rsp = v.vmcb.rsp - 0x98

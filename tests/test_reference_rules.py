@@ -12,7 +12,7 @@ def _ref(scenario: str, policy: str = "iret-tracing", edit=None):
     _ctx, recorded, error = run_recorded(scenario, policy)
     assert error is None and recorded
     part, m = recorded[0]
-    tl = m.timeline
+    tl = m.observed
     if edit is not None:
         edit(tl)
     return m, reference_run(tl)
@@ -62,7 +62,7 @@ def test_reference_nmi_wakes_hlt_and_returns_after_it():
     assert r.vm.mem.read(r.vm.gla2hpa(r.vcpus[0], nmi.rip - 1), 1) == 0xF4
 
 
-def test_a_recorded_machine_clones_with_its_own_timeline():
+def test_a_recorded_machine_clones_with_its_own_recording():
     # Machine.clone (checkpoints, reverse steps) copies the recording hooks with the machine
     from nitdbg.machine import Machine
     from nitdbg.reference import record
@@ -72,5 +72,5 @@ def test_a_recorded_machine_clones_with_its_own_timeline():
     c = m.clone()
     n = len(tl.entries)
     c.run(max_insns=2000)
-    assert len(tl.entries) == n and len(c.timeline.entries) > n
+    assert len(tl.entries) == n and len(c.observed.entries) > n
     assert c.vcpus[0].cpu.icount > m.vcpus[0].cpu.icount

@@ -172,7 +172,4 @@ def _set_drs(m: Machine, c: int, drs: dict[int, int]) -> None:
     """vm_set_register(VM_REG_GUEST_DRn): DR0-3 live in the vCPU, DR7 in the VMCB."""
     v = m.vcpus[c]
     for n, val in drs.items():
-        v.cpu.dr[n] = val
-        if n == 7:
-            v.vmcb.dr7 = val
-    v.cpu.update_debug()
+        v.set_dr(n, val)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..x86.retire import EV_IRET, EV_NMI
 from .diff import compare_machines
 from .hardware import reference_run
-from .timeline import record
+from .recorder import record
 
 if TYPE_CHECKING:
     from ..ddb.audit import StepAudit, StepCheck
@@ -61,7 +61,7 @@ class Judge:
         self._cache: tuple[int, dict[int, list[str]]] | None = None
 
     def __call__(self, audit: StepAudit) -> dict[int, list[str]]:
-        tl = self.m.timeline      # type: ignore[attr-defined]
+        tl = self.m.observed      # type: ignore[attr-defined]
         if self._cache is not None and self._cache[0] == len(tl.entries):
             return self._cache[1]
         ref = reference_run(tl)
@@ -73,6 +73,11 @@ class Judge:
             if h is not None and not h.ok and h.from_rip == c.from_rip:
                 out[c.number] = ["the guest's behaviour, not the policy's: on hardware the "
                                  "guest loses this step too: " + hardware_rule(ref, h)]
+                d = diffs.get(c.vcpu)
+                if d is not None:
+                    # the loss is the guest's, but the policy still differs from hardware
+                    out[c.number].append(f"besides, the policy's own difference from "
+                                         f"hardware: {d.kind}: {d.detail} (at {d.at})")
             else:
                 d = diffs.get(c.vcpu)
                 why = f"{d.kind}: {d.detail} (at {d.at})" if d else "no guest-visible " \
@@ -84,7 +89,7 @@ class Judge:
 
 def attach(m: Machine) -> Machine:
     """Record `m`'s inputs (if not yet) and judge its step audit against hardware."""
-    if not hasattr(m, "timeline"):
+    if getattr(m, "observed", None) is None:
         record(m)
     m.ddb.audit.judge = Judge(m)
     return m

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from ..x86.regs import RF, TF
+from ..x86.regs import DR6_BS, RF, TF
 from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_IRET, EV_NMI, EV_SOFTINT, Event
 
 if TYPE_CHECKING:
@@ -89,8 +89,11 @@ class Trace:
                                   e.dr6, e.info) for e in evs if e.kind in DELIVERED]
         self.irets = {e.seq: e for e in evs if e.kind == EV_IRET}
         v = m.vm.vcpus[vcpu]
-        # an NMI the hypervisor has accepted but not yet delivered when the run ends
-        self.nmi_held = bool(getattr(v, "nmi_pending", False))
+        # an NMI the hypervisor has accepted but not yet delivered when the run ends: its own
+        # pending flag, or one queued in the VMCB for the processor to deliver (AMD vNMI's
+        # V_NMI_PENDING, APM vol 2 15.21.10); the reference core's held NMI is never here
+        self.nmi_held = bool(getattr(v, "nmi_pending", False)
+                             or getattr(v.vmcb, "v_nmi_pending", 0))
 
     def rip(self, seq: int) -> int:
         return self.log.rips[seq & self.log.mask]
@@ -149,11 +152,29 @@ def _event_diff(vcpu: int, p: Trace, r: Trace, j: int) -> Difference:
             and ep.vector == er.vector:
         name = _name(er)
         where = _where(r.m, er.rip)
+        if er.rflags & TF and not ep.rflags & TF:
+            # The hypervisor cleared the guest's own TF before this frame was pushed: the
+            # frame's IRET returns without it, so the single-step #DB hardware delivers
+            # after that return does not come (looked up in both runs, not assumed).
+            hw_db = next((e for e in r.events[j + 1:] if e.kind == EV_EXCEPTION
+                          and e.vector == 1 and e.dr6 & DR6_BS), None)
+            p_db = next((e for e in p.events[j + 1:] if e.kind == EV_EXCEPTION
+                         and e.vector == 1 and e.dr6 & DR6_BS), None)
+            if hw_db is not None and (p_db is None or p_db.rip != hw_db.rip):
+                return Difference("lost_db", vcpu, er.seq, where,
+                                  f"the {name} frame holds RFLAGS {ep.rflags:#x} without the "
+                                  f"guest's TF (hardware pushes {er.rflags:#x}): the "
+                                  f"single-step #DB hardware delivers at "
+                                  f"{sym.format(hw_db.rip)} does not come")
         if (ep.rflags ^ er.rflags) & (TF | RF):
-            bits = "/".join(n for b, n in ((TF, "TF"), (RF, "RF")) if ep.rflags & b
-                            and not er.rflags & b) or "TF/RF"
+            added = "/".join(n for b, n in ((TF, "TF"), (RF, "RF")) if ep.rflags & b
+                             and not er.rflags & b)
+            gone = "/".join(n for b, n in ((TF, "TF"), (RF, "RF")) if er.rflags & b
+                            and not ep.rflags & b)
+            how = " and ".join(([f"with {added} set"] if added else [])
+                               + ([f"without the guest's {gone}"] if gone else []))
             return Difference("tf_visible", vcpu, er.seq, where,
-                              f"the {name} frame holds RFLAGS {ep.rflags:#x} with {bits} set "
+                              f"the {name} frame holds RFLAGS {ep.rflags:#x} {how} "
                               f"(hardware pushes {er.rflags:#x})")
         if ep.dr6 != er.dr6:
             return Difference("dr6", vcpu, er.seq, where,
@@ -290,7 +311,7 @@ def compare_vcpu(pm: Machine, rm: Machine, vcpu: int) -> Difference | None:
 
 
 def _position(entries: list[tuple], d: Difference) -> int:
-    """Where in the timeline the vCPU reached the divergence: the first slice of that vCPU
+    """Where in the recording the vCPU reached the divergence: the first slice of that vCPU
     that ran past it."""
     for i, e in enumerate(entries):
         if e[0] == "run" and e[1] == d.vcpu and e[2] >= d.index:
@@ -301,7 +322,7 @@ def _position(entries: list[tuple], d: Difference) -> int:
 def compare_machines(pm: Machine, rm: Machine,
                      entries: list[tuple] | None = None) -> list[Difference]:
     """Every vCPU's first divergence, then the console if nothing else differs. With the
-    timeline, a vCPU that diverges only after another one did is left out: the vCPUs share
+    recording, a vCPU that diverges only after another one did is left out: the vCPUs share
     memory, so its difference may be a consequence of the first."""
     out = [d for i in range(len(pm.vm.vcpus)) if (d := compare_vcpu(pm, rm, i)) is not None]
     if entries is not None and len(out) > 1:

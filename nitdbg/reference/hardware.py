@@ -10,7 +10,7 @@ only thing that changes is who blocks, holds and delivers events:
   which blocks further NMIs until the next IRET completes, also when that IRET faults, holds
   one pending and wakes HLT (SDM vol 3 6.7.1, vol 2 HLT); the local APIC drives the core's
   INTR line and the core takes the interrupt when RFLAGS.IF=1 and no shadow (SDM 6.8.1);
-- the inputs come from the policy run's timeline (see `timeline`), at the same retired-
+- the inputs come from the policy run's recording (see `recorder`), at the same retired-
   instruction index of each vCPU; the APIC timer, IPIs and bhyvectl of this run reach
   nothing on their own (their time differs: no exit costs, no delay_usecs).
 
@@ -27,7 +27,7 @@ from ..vmm.vcpu import Vcpu
 from ..vmm.vlapic import Vlapic
 from ..x86.regs import IF
 from .diff import Difference, compare_machines
-from .timeline import STOP_KINDS, Timeline
+from .recorder import STOP_KINDS, Recording
 
 MC_VECTOR = 18
 OVERRUN_INSNS = 1_000_000    # how far hardware may run on past a stop the policy's run made
@@ -59,7 +59,7 @@ def make_bare(m: Machine) -> Machine:
         # this run's own sources of NMIs and fixed interrupts reach nothing
         v.inject_nmi = lambda: None                    # type: ignore[method-assign]
         vl.on_nmi = None
-        vl.set_intr = lambda vector: False             # type: ignore[method-assign]
+        vl.set_intr = lambda vector, level=False: False             # type: ignore[method-assign]
         v.inj_interrupts = _bare_inj(v)                # type: ignore[method-assign]
         v.wake_pending = _bare_wake(v, vl)             # type: ignore[method-assign]
         v.svm._virq_setup = lambda v=v, vl=vl: _intr_line(v, vl)  # type: ignore[method-assign]
@@ -104,6 +104,8 @@ def _bare_wake(v: Vcpu, vl: Vlapic) -> Callable[[], bool]:
     def wake_pending() -> bool:
         # HLT ends on an unblocked NMI or an unmasked interrupt (SDM vol 2 HLT)
         c = v.cpu
+        if v.wait_sipi:
+            return False    # after INIT only a STARTUP IPI wakes it (SDM vol 3 9.4.2)
         if v.exception_pending or v.exitintinfo:
             return True
         if c.nmi_pending and not c.nmi_blocked:
@@ -112,7 +114,7 @@ def _bare_wake(v: Vcpu, vl: Vlapic) -> Callable[[], bool]:
     return wake_pending
 
 
-def build(tl: Timeline) -> Machine:
+def build(tl: Recording) -> Machine:
     cfg = tl.config
     m = Machine(kernel=cfg["kernel"], vcpus=cfg["vcpus"], ram_size=cfg["ram_size"],
                 name=cfg["name"], tunables=cfg["tunables"], quantum=cfg["quantum"],
@@ -155,7 +157,7 @@ def _run_to(m: Machine, vcpu: int, end: int, kind: str) -> None:
             spent += v.cpu.icount - before
 
 
-def replay(m: Machine, tl: Timeline) -> Machine:
+def replay(m: Machine, tl: Recording) -> Machine:
     """Feed the policy run's inputs to the reference machine `m`, in order."""
     vm = m.vm
     for e in tl.entries:
@@ -167,13 +169,15 @@ def replay(m: Machine, tl: Timeline) -> Machine:
             v.cpu.raise_nmi()
         elif op == "intr":
             vl = vm.vlapics[e[1]]
-            Vlapic.set_intr(vl, e[3])
+            Vlapic.set_intr(vl, e[3], e[4])
             _intr_line(vm.vcpus[e[1]], vl)
         elif op == "mem":
             vm.mem.write_bytes(e[3], e[4])
             for v in vm.vcpus:
                 v.cpu.invalidate_code_page(e[3] >> 12)
                 v.cpu.flush_tlb()
+        elif op == "dr":
+            vm.vcpus[e[1]].set_dr(e[3], e[4])
         elif op == "console":
             vm.com1.feed(e[1])
         elif op == "ddb_enter":
@@ -187,7 +191,7 @@ def replay(m: Machine, tl: Timeline) -> Machine:
     return m
 
 
-def reference_run(tl: Timeline) -> Machine:
+def reference_run(tl: Recording) -> Machine:
     """The hardware reference of a recorded policy run."""
     return replay(build(tl), tl)
 
@@ -196,7 +200,7 @@ def differences_of(machines: list[tuple[str, Machine]]) -> list[tuple[str, Diffe
     """The differences from hardware of recorded machines (part name, difference)."""
     out = []
     for part, m in machines:
-        tl = m.timeline      # type: ignore[attr-defined]
+        tl = m.observed      # type: ignore[attr-defined]
         ref = reference_run(tl)
         for d in compare_machines(m, ref, tl.entries):
             out.append((part, d))

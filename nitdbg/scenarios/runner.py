@@ -55,7 +55,8 @@ def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], A
         out(f"  FAIL  the scenario could not run to its end: {e}")
     finally:
         ctx.finish()
-    if ctx.result.failed:
+    if ctx.result.failed or ctx.result.not_judged:
+        # n/a checks (KTR lines this policy does not write) get the computed why too
         explain_failures(ctx.result, recorded, out)
     return ctx.result
 

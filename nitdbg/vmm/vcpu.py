@@ -146,6 +146,13 @@ class Vcpu:
         self.vmcb.dr6 = self.vmcb.dr6 | DR6_BS
         self.reflect_exception(1, None)
 
+    def set_dr(self, n: int, val: int) -> None:
+        """vm_set_register(VM_REG_GUEST_DRn): DR0-3 live in the vCPU, DR7 in the VMCB."""
+        self.cpu.dr[n] = val
+        if n == 7:
+            self.vmcb.dr7 = val
+        self.cpu.update_debug()
+
     def inject_nmi(self) -> None:
         """vm_inject_nmi: mark an NMI pending and wake the vCPU."""
         self.nmi_pending = True

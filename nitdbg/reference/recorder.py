@@ -1,16 +1,19 @@
-"""Recording a policy run's external inputs where they reached the guest's instruction stream.
+"""Recording a policy run's external inputs where they reached the guest's instruction stream
+(`m.observed`; not the gdb stub's reverse-execution history, `m.timeline`, nitdbg/timeline.py).
 
 The reference must see the same inputs at the same points of each vCPU's instruction stream,
 whatever the hypervisor did to time in between (exit costs, delay_usecs, HLT jumps). So the
-points are retired-instruction indices, not virtual times. The timeline is one ordered list:
+points are retired-instruction indices, not virtual times. The recording is one ordered list:
 
     ("run", vcpu, icount, kind)     the vCPU ran up to `icount` retired instructions and
                                      stopped with the user exit `kind` ("" mid-slice)
     ("nmi", vcpu, icount)           an NMI was raised for it (bhyvectl, LVT LINT1, an NMI IPI,
                                      the second NMI recursive_nmi raises at the port-0x61 read)
-    ("intr", vcpu, icount, vector)  a fixed interrupt reached its local APIC's IRR (timer, IPI)
+    ("intr", vcpu, icount, vector, level)  a fixed interrupt reached its local APIC's IRR
+                                     (timer, IPI, an I/O APIC pin; level: its trigger mode)
     ("mem", vcpu, icount, hpa, b)   the hypervisor wrote guest memory (the frame
                                      iret_trigger_gpf corrupts)
+    ("dr", vcpu, icount, n, value)  the host set a debug register (bhyvectl --set-drN)
     ("console", data)               bytes typed at COM1
     ("ddb_enter", vcpu) / ("ddb_cmd", line) / ("leave", vcpu)   the debugger's inputs
 
@@ -35,7 +38,7 @@ STOP_KINDS = frozenset({"kdb", "panic", "debug_exit", "shutdown", "unhandled"})
 
 
 @dataclass
-class Timeline:
+class Recording:
     """A policy run's inputs, and the configuration that rebuilds its machine."""
 
     config: dict[str, Any]
@@ -78,16 +81,16 @@ def _config(m: Machine) -> dict[str, Any]:
 
 class _Hook:
     """A recording wrapper around one bound method. A plain object, not a closure, so a deep
-    copy of the machine (Machine.clone) copies it with the machine and its timeline."""
+    copy of the machine (Machine.clone) copies it with the machine and its recording."""
 
-    def __init__(self, fn: Callable, orig: Callable, tl: Timeline, m: Machine, arg: Any = None):
+    def __init__(self, fn: Callable, orig: Callable, tl: Recording, m: Machine, arg: Any = None):
         self.fn, self.orig, self.tl, self.m, self.arg = fn, orig, tl, m, arg
 
     def __call__(self, *a: Any) -> Any:
         return self.fn(self, *a)
 
 
-def _wrap(obj: object, name: str, fn: Callable, tl: Timeline, m: Machine,
+def _wrap(obj: object, name: str, fn: Callable, tl: Recording, m: Machine,
           arg: Any = None) -> _Hook:
     h = _Hook(fn, getattr(obj, name), tl, m, arg)
     setattr(obj, name, h)
@@ -110,10 +113,15 @@ def _nmi(h: _Hook) -> None:
     h.orig()
 
 
-def _intr(h: _Hook, vector: int) -> bool:
+def _intr(h: _Hook, vector: int, level: bool = False) -> bool:
     i = h.arg
-    h.tl.add(h.m, ("intr", i, h.m.vm.vcpus[i].cpu.icount, vector))
-    return h.orig(vector)
+    h.tl.add(h.m, ("intr", i, h.m.vm.vcpus[i].cpu.icount, vector, level))
+    return h.orig(vector, level)
+
+
+def _dr(h: _Hook, n: int, val: int) -> None:
+    h.tl.add(h.m, ("dr", h.arg.id, h.arg.cpu.icount, n, val))
+    h.orig(n, val)
 
 
 def _feed(h: _Hook, data: bytes) -> None:
@@ -150,12 +158,13 @@ def _leave(h: _Hook, vcpu: int) -> None:
     h.orig(vcpu)
 
 
-def record(m: Machine) -> Timeline:
-    """Start recording `m`'s inputs (before it has run). Returns the timeline it fills."""
-    tl = Timeline(_config(m))
+def record(m: Machine) -> Recording:
+    """Start recording `m`'s inputs (before it has run). Returns the recording it fills."""
+    tl = Recording(_config(m))
     vm = m.vm
     for v in vm.vcpus:
         _wrap(v, "run", _run, tl, m, v)
+        _wrap(v, "set_dr", _dr, tl, m, v)
         vm.vlapics[v.id].on_nmi = _wrap(v, "inject_nmi", _nmi, tl, m, v)
     for i, vl in enumerate(vm.vlapics):
         _wrap(vl, "set_intr", _intr, tl, m, i)
@@ -164,5 +173,5 @@ def record(m: Machine) -> Timeline:
     _wrap(m.ddb, "enter", _enter, tl, m)
     _wrap(m.ddb, "command", _command, tl, m)
     _wrap(m, "leave_kdb", _leave, tl, m)
-    m.timeline = tl   # type: ignore[attr-defined]
+    m.observed = tl   # type: ignore[attr-defined]
     return tl
