@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from ..machine import Machine
 
 NS_PER_SEC = 1_000_000_000
-MAX_SLEEP = 3600                 # seconds of virtual time one `sleep` may ask for
+# Seconds of virtual time one `sleep` may ask for. An idle guest still takes its 100 Hz tick
+# (about 120 instructions and 3 exits each), ~2.7 ms of host time per virtual second, so the
+# bound keeps one command under about 15 s of host time; ^C stops it sooner.
+MAX_SLEEP = 300
 # FreeBSD sleep(1): a non-negative decimal number of seconds
 _SLEEP_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
 # guest sysctls of the i386 firmware (the amd64 ones are in guest/abi.py)
