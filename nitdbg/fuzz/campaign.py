@@ -79,11 +79,12 @@ def run_case(t: Target, case: object, timeout: float) -> Outcome:
 
 
 def run_round(t: Target, examples: int, counts: Counts, timeout: float = 60.0,
-              stop: Callable[[], bool] = lambda: False) -> None:
-    """`examples` hypothesis-generated cases of target `t`, each counted."""
+              stop: Callable[[], bool] = lambda: False, derandomize: bool = False) -> None:
+    """`examples` hypothesis-generated cases of target `t`, each counted. `derandomize`: the
+    same cases every time (the test suite's bounded rounds; campaigns explore anew)."""
 
     @settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), derandomize=derandomize)
     @given(t.strategy)
     def body(case: object) -> None:
         if stop():
