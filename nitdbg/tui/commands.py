@@ -32,8 +32,18 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("input: host shell", "surface('host')", "type at host$ (F2)"),
     ("input: guest console", "surface('guest')", "type at guest# (F3)"),
     ("input: ddb", "surface('ddb')", "type at db> (F4)"),
+    ("compare: policies against hardware", "compare",
+     "scenario x policy, each against the hardware reference (C)"),
     ("help: keys and rules", "help", "(?)"),
 ]
+
+
+def all_commands() -> list[tuple[str, str, str]]:
+    """COMMANDS and one "policy: restart under P" per NMI policy (the registry is imported
+    when the palette opens, not before the first paint)."""
+    from ..vmm.nmi_policy import POLICIES
+    return COMMANDS + [(f"policy: restart under {p}", f"policy('{p}')",
+                        "a new machine with this NMI policy, booted again") for p in POLICIES]
 
 
 class NitdbgCommands(Provider):
@@ -41,12 +51,12 @@ class NitdbgCommands(Provider):
         self.app.call_later(self.app.main_screen.run_action, action)
 
     async def discover(self) -> Hits:
-        for name, action, help_text in COMMANDS:
+        for name, action, help_text in all_commands():
             yield DiscoveryHit(name, partial(self._run, action), help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for name, action, help_text in COMMANDS:
+        for name, action, help_text in all_commands():
             score = matcher.match(name)
             if score > 0:
                 yield Hit(score, matcher.highlight(name), partial(self._run, action),

@@ -286,6 +286,8 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self._force_reset()
         elif k == "scenario":
             self._scenario(r.arg)
+        elif k == "policy":
+            self._policy(r.arg)
         elif k == "record":
             self._record(r.arg)
         elif k == "replay_open":
@@ -353,6 +355,40 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             if self.boot:
                 m.boot_to_prompt()
             self._out(f"vm {m.summary().name} reset and booted to the prompt\n", "info")
+
+    def _policy(self, name: str) -> None:
+        """A new machine under NMI policy `name` (the CLI's --policy at start), booted as
+        the first one was. A recording in progress is closed first: a session is one
+        machine's inputs."""
+        from ..machine import Machine
+        from ..vmm.nmi_policy import POLICIES
+        if name not in POLICIES:
+            self._out(f"unknown policy '{name}' (one of: {', '.join(POLICIES)})\n", "error")
+            return
+        if self.replay is not None:
+            self._out("the replay is closed: a new machine runs instead\n", "info")
+            self.replay = None
+        if self.recorder is not None:
+            self.recorder.close()
+            self._out(f"recording stopped: {self.recorder.path} (r records the new "
+                      "machine)\n", "info")
+            self.last_session = str(self.recorder.path)
+            self.recorder = None
+        self.state.running = False
+        self.kwargs["policy"] = name
+        self.m = Machine(**self.kwargs)
+        self.deadlock = {}
+        self._new_builder()
+        self._machine_reset()
+        if self.boot:
+            self.m.boot_to_prompt()
+            if self.kdb_on_nmi:
+                self.m.type_line("sysctl machdep.kdb_on_nmi=1")
+        self._mark_stop()
+        self.since = dict(self._since_next)
+        ms = self.m.summary()
+        self._out(f"vm {ms.name}: {ms.vcpus} vCPUs, now under policy {ms.policy}"
+                  + (", at the guest shell prompt" if self.boot else "") + "\n", "info")
 
     def _machine_reset(self) -> None:
         """The machine rebuilt its VM (force-reset): nothing cached about the old one."""

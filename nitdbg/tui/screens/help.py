@@ -21,6 +21,7 @@ HELP = """\
 | `x` | host-level run of the vCPU to its next VM exit, stopped before the next VMRUN |
 | `R` | `bhyvectl --force-reset`: the way out of a deadlock (the recording goes on) |
 | `/` | type a filter for the KTR log |
+| `C` | compare: every scenario under every NMI policy against hardware; a cell side by side |
 | `X` | exit history: the recent VM exits of the vCPU, the VMCB and registers of each |
 | `Esc` | leave an input: the keys go to the view again |
 | `a` | the step audit's evidence |

@@ -85,6 +85,7 @@ class MainScreen(Screen):
         Binding("slash", "ktr_filter", "filter KTR", show=False),
         Binding("R", "force_reset", "force-reset", show=False),
         Binding("X", "exit_history", "exits", show=False),
+        Binding("C", "compare", "compare", show=False),
     ]
     # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
     # takes the focus by itself, so a machine key never lands in an input
@@ -392,6 +393,15 @@ class MainScreen(Screen):
         from .exits import ExitHistoryScreen
         self.app.push_screen(ExitHistoryScreen(msg.vcpu, msg.exits,
                                                lambda a: msg.names.get(a, f"{a:#x}")))
+
+    def action_compare(self) -> None:
+        """Every scenario under every policy against the hardware reference."""
+        from .compare import CompareScreen
+        self.app.push_screen(CompareScreen())
+
+    def action_policy(self, name: str) -> None:
+        """Rebuild the machine under another NMI policy (on the worker)."""
+        self._submit(Request("policy", name))
 
     def action_force_reset(self) -> None:
         """bhyvectl --force-reset on the host: the way out of a deadlock."""
