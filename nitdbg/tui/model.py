@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..view import VmcbFields
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -33,21 +35,8 @@ class DisLine:
 
 
 @dataclass(frozen=True)
-class VmcbView:
-    intercepts: tuple[str, ...]
-    exitcode: int
-    exitname: str
-    exitinfo1: int
-    exitinfo2: int
-    exitintinfo: str
-    eventinj: str
-    v_irq: int
-    v_intr_vector: int
-    interrupt_shadow: int
-    rflags: int
-    rip: int
-    dr6: int
-    dr7: int
+class VmcbView(VmcbFields):
+    """The machine's VMCB fields, with where the save area comes from."""
     exit: str = ""          # which #VMEXIT the save area is from ("": none yet)
     in_guest: bool = False  # the vCPU is in guest mode: the save area is from the last exit
 

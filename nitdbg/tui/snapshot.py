@@ -8,6 +8,7 @@ snapshot are formatted) and decoded instructions by address and bytes.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import fields as dataclass_fields
 
 from ..ddb.disasm import Disassembler, DisInsn
 from ..svm import exitcodes as ec
@@ -242,10 +243,8 @@ def _pushed_rflags(events, tf_rip: int) -> tuple[int, str] | None:  # noqa: ANN0
 def _vmcb_view(st) -> VmcbView:  # noqa: ANN001 - nitdbg.view.VcpuState
     b = st.vmcb
     ex = st.last_exit
-    return VmcbView(b.intercepts, b.exitcode, b.exitname, b.exitinfo1, b.exitinfo2,
-                    b.exitintinfo, b.eventinj, b.v_irq, b.v_intr_vector, b.interrupt_shadow,
-                    b.rflags, b.rip, b.dr6, b.dr7, ex.where() if ex is not None else "",
-                    st.in_guest)
+    return VmcbView(**{f.name: getattr(b, f.name) for f in dataclass_fields(b)},
+                    exit=ex.where() if ex is not None else "", in_guest=st.in_guest)
 
 
 _TIMELINE_KIND = {"inject": "inject", "nmi": "nmi", "intr": "intr", "iret": "ret"}
