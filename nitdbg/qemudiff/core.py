@@ -7,6 +7,10 @@ loaded ranges>`: every instruction of the kernel is one "Trace" line followed by
 state before it; "v=.. e=.. i=.." lines are the interrupts and exceptions it delivers. The
 BIOS is not traced (the filter), and comparison starts at the kernel's entry.
 
+At the first divergence, rules.py's checkers (each a rule of the SDM/APM with its
+citation) read each side's trace around it and the report says which rule a side breaks,
+or that no rule in the list decides the divergence.
+
 What is compared, per vCPU, in order:
 - the address of each instruction (consecutive repeats of one address are one: QEMU traces
   every iteration of a REP string instruction, nitdbg retires it once);
@@ -30,7 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..guest.elf import LoadError, parse_elf, read_source
@@ -425,11 +429,20 @@ def report(m: Machine, d: Divergence | None, mine: dict[int, Trace],
                  f"{d.what}\n"]
     for side, tr in (("nitdbg", mine), ("qemu", theirs)):
         st = tr.get(d.vcpu, Trace()).steps
-        where = (f" at {m.symbols.format(st[d.index].rip)} ({st[d.index].rip:#x})"
-                 if d.index < len(st) else "")
+        # a register is the state before the instruction; an event comes before the
+        # handler's first instruction; the stream names the instruction itself
+        prep = "before" if d.what.startswith("register") else "at"
+        where = (f" {prep} {m.symbols.format(st[d.index].rip)} ({st[d.index].rip:#x})"
+                 if d.index < len(st) and d.what != "instruction stream" else "")
         val = d.nitdbg if side == "nitdbg" else d.qemu
+        if d.what == "event delivery":
+            evs = [e for e in tr.get(d.vcpu, Trace()).deliveries if e.pos == d.index]
+            val = "; ".join(_describe(e, m.symbols.format) for e in evs) or "no event"
+            where = ""
         out.append(f"  {side + ':':7} {val}{where}\n")
-    if d.what == "event delivery":
+    if d.what == "event delivery" and any(
+            e.pos == d.index and e.kind in ("intr", "nmi")
+            for tr in (mine, theirs) for e in tr.get(d.vcpu, Trace()).deliveries):
         out.append(f"  (if these are timer interrupts: {TIMER_NOTE})\n")
     if d.context:
         out.append("  context (nitdbg):\n")
@@ -437,6 +450,18 @@ def report(m: Machine, d: Divergence | None, mine: dict[int, Trace],
             out.append(f"    {rip:#x} {m.symbols.format(rip)}\n")
     out.extend(verdicts or [])
     return "".join(out)
+
+
+def _describe(e: Delivery, sym: Callable[[int], str]) -> str:
+    what = {"exception": "exception", "nmi": "NMI", "intr": "interrupt",
+            "soft": "software interrupt"}[e.kind]
+    text = f"{what} vector {e.vector:#x}" + (f" error {e.error:#x}" if e.error is not None
+                                             else "")
+    if e.at_rip is not None:
+        text += f" at {sym(e.at_rip)} ({e.at_rip:#x})"
+    elif e.pushed_rip is not None:
+        text += f", pushed RIP {sym(e.pushed_rip)} ({e.pushed_rip:#x})"
+    return text
 
 
 def judge(m: Machine, d: Divergence, mine: dict[int, Trace],
