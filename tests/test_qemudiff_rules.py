@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nitdbg.qemudiff import Delivery, Step, Trace
+from nitdbg.qemudiff import Delivery, Step, Trace, parse_qemu_log, run_nitdbg
+from nitdbg.qemudiff.core import elf_ranges
 from nitdbg.qemudiff.rules import (
     RULES,
     Code,
@@ -251,3 +252,40 @@ def test_diff_names_the_int1_rule_qemu_breaks() -> None:
         assert "qemu breaks: INT1 (ICEBP) raises #DB as a trap" in r.stdout, r.stdout
         assert "nitdbg obeys it at kmain+" in r.stdout, r.stdout
     assert "nitdbg breaks" not in r.stdout, r.stdout
+
+
+def test_qemu_log_gives_an_events_state_dr6_and_the_debug_registers() -> None:
+    log = ["Trace 0: 0x7f00 [0000000000000000/0000000000100000/000000b0/ff000201] \n",
+           "EAX=00000001 EBX=0 ECX=0 EDX=0\n", "ESI=0 EDI=0 EBP=0 ESP=00007000\n",
+           "EIP=00100000 EFL=00000302 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n",
+           "DR0=0000000000100010 DR1=0000000000000000 DR2=0000000000000000 "
+           "DR3=0000000000000000 \n", "DR6=00000000ffff0ff0 DR7=0000000000000401\n",
+           "     0: v=01 e=0000 i=0 cpl=0 IP=0008:0000000000100001 pc=0000000000100001 "
+           "SP=0010:0000000000007000 env->regs[R_EAX]=0000000000000001\n",
+           "EAX=00000001 EBX=0 ECX=0 EDX=0\n",
+           "EIP=00100001 EFL=00000302 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n",
+           "DR6=00000000ffff4ff0 DR7=0000000000000401\n",
+           "Trace 0: 0x7f00 [0000000000000000/0000000000100100/000000b0/ff000201] \n",
+           "EAX=00000001 EBX=0 ECX=0 EDX=0\n"]
+    t = parse_qemu_log(iter(log), 0x100000)[0]
+    s = t.steps[0]
+    assert (s.mode, s.regs["dr0"], s.regs["dr7"], s.regs["rflags"]) == (32, 0x100010, 0x401,
+                                                                        0x302)
+    (d,) = t.deliveries
+    assert (d.vector, d.kind, d.at_rip, d.sp, d.at_rflags, d.dr6, d.handler_at, d.after) == (
+        1, "exception", 0x100001, 0x7000, 0x302, 0xFFFF4FF0, 1, 0)
+
+
+def test_nitdbgs_own_trace_of_the_dbrules_kernels_breaks_none_of_the_rules() -> None:
+    # Every case of dbrules.c is a place where a rule decides: nitdbg obeys each one, and
+    # the INT1 #DB is placed after the F1 instruction, with the next RIP pushed.
+    for kernel in ("dbrules.elf", "dbicebp.elf"):
+        _, ranges = elf_ranges(str(KDIR / kernel))
+        m, tr = run_nitdbg(str(KDIR / kernel), 1, 5000, ranges)
+        c = Code(lambda a, n, m=m: m.read_mem(0, a, n))
+        fs = evaluate("nitdbg", tr[0], c, 0, window=10**6)
+        assert [f.detail for f in fs if f.broken] == []
+        decided = {f.rule.check.__name__ for f in fs}
+        assert decided >= {"fault_pushes_rf", "single_step_trap", "single_step_sets_bs",
+                           "ibp_faults_before", "rf_suppresses_ibp", "movss_shadow",
+                           "gate_clears_tf_rf", "int1_is_db_trap"}, decided
