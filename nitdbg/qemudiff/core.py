@@ -190,14 +190,18 @@ def parse_qemu_log(lines: Iterator[str], entry: int) -> dict[int, Trace]:
             cpu = cur if cur is not None else last_cpu
             t = out.setdefault(cpu, Trace())
             vec, err, soft = int(e.group(1), 16), int(e.group(2), 16), e.group(3) == "1"
-            if not soft and vec in _FAULTS and t.steps:
+            ip = int(e.group(4), 16)
+            # A #DB at the instruction just traced is a fault (general detect: QEMU traces
+            # the MOV DR, then raises); a trap's RIP is the next instruction's.
+            if not soft and t.steps and (vec in _FAULTS or (vec == 1 and
+                                                             t.steps[-1].rip == ip)):
                 t.steps.pop()       # the faulting instruction did not complete
             pos = len(t.steps) - (1 if soft else 0)
             err_v = err if vec in _ERRCODE and not soft else None
             t.events.append((pos, vec, err_v))
             kind = "soft" if soft else "exception" if vec < 32 and vec != 2 else \
                 "nmi" if vec == 2 else "intr"
-            ev = Delivery(pos, vec, err_v, kind, len(t.steps), at_rip=int(e.group(4), 16),
+            ev = Delivery(pos, vec, err_v, kind, len(t.steps), at_rip=ip,
                           sp=int(e.group(5), 16) if e.group(5) else None, error_seen=False)
             t.deliveries.append(ev)
             cur = None

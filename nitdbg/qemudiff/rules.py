@@ -18,7 +18,7 @@ import capstone
 from .core import Delivery, Trace
 
 TF, IF, NT, RF = 1 << 8, 1 << 9, 1 << 14, 1 << 16
-DR6_BS = 1 << 14
+DR6_BS, DR6_BD, DR7_GD = 1 << 14, 1 << 13, 1 << 13
 # Fault-class exceptions (SDM table 6-1); #DB is a fault or a trap by its condition.
 FAULTS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20, 21})
 ERRCODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
@@ -128,9 +128,12 @@ def _rip(v: View, i: int) -> int:
 
 def fault_pushes_rf(v: View):  # noqa: ANN201 - yields (broken, index, rip, detail)
     """SDM 17.3.1.1: 'for any fault-class exception except a debug exception generated in
-    response to an instruction breakpoint, the value pushed for RF is 1'."""
+    response to an instruction breakpoint, the value pushed for RF is 1' (so the
+    general-detect #DB pushes RF=1 too)."""
     for d in v.deliveries():
-        if d.kind != "exception" or d.vector not in FAULTS or d.pushed_rflags is None:
+        if d.kind != "exception" or d.pushed_rflags is None:
+            continue
+        if d.vector not in FAULTS and not _general_detect(v, d):
             continue
         rip = d.at_rip if d.at_rip is not None else d.pushed_rip or 0
         src = ("written on the stack" if d.frame_from == "stack"
@@ -138,6 +141,28 @@ def fault_pushes_rf(v: View):  # noqa: ANN201 - yields (broken, index, rip, deta
         rf = (d.pushed_rflags >> 16) & 1
         yield (not rf, d.after, rip, f"vector {d.vector:#x}: pushed RFLAGS {d.pushed_rflags:#x}"
                f" ({src}) has RF={rf}")
+
+
+def _mov_dr(ins: Ins | None) -> bool:
+    return ins is not None and ins.mnemonic == "mov" and "dr" in ins.op_str
+
+
+def _source(v: View, d: Delivery) -> tuple[int, Ins | None] | None:
+    """The instruction a fault-class exception points at (its RIP at delivery, or the
+    pushed RIP where the log does not give that)."""
+    rip = d.at_rip if d.at_rip is not None else d.pushed_rip
+    if rip is None:
+        return None
+    mode = v.steps[d.after].mode if 0 <= d.after < len(v.steps) else 32
+    return rip, v.ins_at(rip, mode)
+
+
+def _general_detect(v: View, d: Delivery) -> bool:
+    """A #DB with DR6.BD at a MOV DR: the general-detect fault (SDM 17.2.4)."""
+    if d.vector != 1 or d.kind != "exception" or d.dr6 is None or not d.dr6 & DR6_BD:
+        return False
+    src = _source(v, d)
+    return src is not None and _mov_dr(src[1])
 
 
 def single_step_trap(v: View):  # noqa: ANN201
@@ -219,6 +244,46 @@ def rf_suppresses_ibp(v: View):  # noqa: ANN201
                                               for _, a in _exec_breakpoints(regs)):
             yield (True, d.after, d.pushed_rip, f"#DB for the breakpoint although RFLAGS "
                                                 f"{fl:#x} had RF=1")
+
+
+def general_detect(v: View):  # noqa: ANN201
+    """SDM 17.2.4: with DR7.GD=1 a MOV to or from a debug register raises a #DB fault
+    before it executes, with DR6.BD=1 (and GD cleared for the handler)."""
+    for i in v.indices():
+        regs = v.steps[i].regs
+        if regs.get("dr7", 0) & DR7_GD and _mov_dr(v.ins(i)) and v.completed(i):
+            yield (True, i, _rip(v, i), f"{v.ins(i)} completed with DR7.GD=1 "
+                                        f"(DR7 {regs['dr7']:#x})")
+    for d in v.deliveries():
+        if _general_detect(v, d):
+            src = _source(v, d)
+            yield (False, d.after, src[0] if src else 0,
+                   f"#DB before {src[1] if src else 'the MOV DR'}, DR6 {d.dr6:#x}")
+
+
+def _data_breakpoints(regs: dict[str, int]) -> list[int]:
+    dr7 = regs.get("dr7")
+    if dr7 is None:
+        return []
+    return [n for n in range(4) if dr7 >> (2 * n) & 3 and dr7 >> (16 + 4 * n) & 3 in (1, 3)]
+
+
+def data_bp_is_trap(v: View):  # noqa: ANN201
+    """SDM 17.3.1.2: a data breakpoint raises a #DB trap after the accessing instruction:
+    the pushed RIP is the next instruction's, DR6.Bn=1."""
+    for d in v.deliveries():
+        if d.vector != 1 or d.kind != "exception" or d.dr6 is None or d.pushed_rip is None:
+            continue
+        if not 0 <= d.after < len(v.steps) or d.handler_at >= len(v.steps):
+            continue
+        hit = [n for n in _data_breakpoints(v.steps[d.handler_at].regs) if d.dr6 >> n & 1]
+        ins = v.ins(d.after)
+        if not hit or ins is None or ins.mnemonic.startswith(("j", "call", "ret", "loop")):
+            continue
+        nxt = v.steps[d.after].rip + ins.size
+        yield (d.pushed_rip != nxt, d.after, v.steps[d.after].rip,
+               f"DR{hit[0]} data breakpoint after {ins}: pushed RIP {d.pushed_rip:#x}, "
+               f"next instruction {nxt:#x}, DR6 {d.dr6:#x}")
 
 
 def sti_shadow(v: View):  # noqa: ANN201
@@ -348,6 +413,10 @@ RULES: tuple[Rule, ...] = (
          "with DR6.Bn set", "SDM 17.3.1.1", ibp_faults_before),
     Rule("RF=1 suppresses instruction breakpoints for one instruction", "SDM 17.3.1.1",
          rf_suppresses_ibp),
+    Rule("with DR7.GD=1 a MOV DR raises a #DB fault before it, with DR6.BD", "SDM 17.2.4",
+         general_detect),
+    Rule("a data breakpoint raises a #DB trap after the access, with DR6.Bn",
+         "SDM 17.3.1.2", data_bp_is_trap),
     Rule("STI blocks maskable interrupts for one instruction", "SDM 6.8.3", sti_shadow),
     Rule("MOV SS/POP SS block #DB, NMI and interrupts for one instruction", "SDM 6.8.3",
          movss_shadow),

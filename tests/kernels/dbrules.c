@@ -9,9 +9,12 @@
  *           (0), DR6.B0=1; the handler sets RF so the instruction runs (SDM 17.3.1.1)
  *   icebp   INT1: a trap, EIP after the F1 byte, TF and RF cleared in the handler
  *   movss   TF single-step after MOV SS is held for one instruction (SDM 6.8.3)
+ *   wbp     DR1 data write breakpoint: a trap after the write, DR6.B1=1 (SDM 17.3.1.2)
+ *   gd      DR7.GD: MOV DR faults with DR6.BD=1, RF=1 pushed (SDM 17.2.4, 17.3.1.1)
  *
- * Built twice: dbrules.elf runs the cases in this order, dbicebp.elf (-DICEBP_FIRST)
- * runs icebp first, so that `nitdbg diff --qemu` meets each rule QEMU 7.2 breaks first.
+ * Built three times, so that `nitdbg diff --qemu` meets a different rule first:
+ * dbrules.elf runs the cases in this order without gd, dbicebp.elf (-DICEBP_FIRST) runs
+ * icebp first, dbgd.elf (-DGD_FIRST) runs gd first.
  */
 #include "lib.h"
 
@@ -63,7 +66,9 @@ __asm__(
 	"	popl %eax\n"
 	"	iret\n");
 extern char db_entry[], ud_entry[];
-extern char ud_at[], step_after[], bp_at[], icebp_after[], movss_after[];
+extern char ud_at[], step_after[], bp_at[], icebp_after[], movss_after[], gd_at[],
+	wbp_after[];
+volatile u32 wvar;
 
 struct gate { u16 off_lo, sel; u8 zero, type; u16 off_hi; } __attribute__((packed));
 static struct gate idt[32] __attribute__((aligned(8)));
@@ -110,6 +115,29 @@ static void icebp(void)
 	show("icebp", 1, (u32)icebp_after, 0, 0);
 }
 
+#ifdef GD_FIRST
+/* DR7.GD: a MOV DR raises a #DB fault before it executes, DR6.BD=1, GD cleared (SDM
+ * 17.2.4); as a fault other than an instruction breakpoint it pushes RF=1 (17.3.1.1). */
+static void gd(void)
+{
+	__asm__ volatile("movl $0x2000, %%eax; movl %%eax, %%dr7\n"
+			 "gd_at: movl %%dr0, %%eax\n"
+			 "xorl %%eax, %%eax; movl %%eax, %%dr7" ::: "eax", "memory");
+	show("gd", 1, (u32)gd_at, 1, 0x2000);
+}
+#endif
+
+/* A data write breakpoint (DR1, R/W=01, LEN=11): a #DB trap after the write, EIP the next
+ * instruction, DR6.B1=1 (SDM 17.3.1.2). */
+static void wbp(void)
+{
+	__asm__ volatile("movl $wvar, %%eax; movl %%eax, %%dr1\n"
+			 "movl $0x00d00004, %%eax; movl %%eax, %%dr7\n"
+			 "movl $7, wvar\n"
+			 "wbp_after: xorl %%eax, %%eax; movl %%eax, %%dr7" ::: "eax", "memory");
+	show("wbp", 1, (u32)wbp_after, 0, 0x0002);
+}
+
 u32 kmain(void);
 u32 kmain(void)
 {
@@ -122,8 +150,10 @@ u32 kmain(void)
 	__asm__ volatile("xorl %%eax, %%eax; movl %%eax, %%dr6" ::: "eax");
 
 	nhits = 0;
-#ifdef ICEBP_FIRST
+#if defined(ICEBP_FIRST)
 	icebp();
+#elif defined(GD_FIRST)
+	gd();
 #endif
 	__asm__ volatile("ud_at: ud2" ::: "memory");
 	show("ud2", 1, (u32)ud_at, 1, 0);
@@ -149,6 +179,7 @@ u32 kmain(void)
 #ifndef ICEBP_FIRST
 	icebp();
 #endif
+	wbp();
 
 	return bad ? FAIL : PASS;
 }
