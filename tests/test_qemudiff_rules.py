@@ -16,10 +16,12 @@ from nitdbg.qemudiff.core import elf_ranges
 from nitdbg.qemudiff.rules import (
     RULES,
     Code,
+    data_bp_is_trap,
     error_codes,
     evaluate,
     fault_pushes_rf,
     gate_clears_tf_rf,
+    general_detect,
     ibp_faults_before,
     int1_is_db_trap,
     movss_shadow,
@@ -40,6 +42,7 @@ needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not fou
 
 TF, IF, RF = 0x100, 0x200, 0x10000
 NOP, UD2, STI, MOVSS, IRET, INT1 = b"\x90", b"\x0f\x0b", b"\xfb", b"\x8e\xd0", b"\xcf", b"\xf1"
+MOV_EAX_DR0, MOV_MEM_IMM = b"\x0f\x21\xc0", b"\xc7\x05\x00\x20\x00\x00\x07\x00\x00\x00"
 HANDLER = 0x100
 
 
@@ -111,6 +114,36 @@ def test_rule_rf_1_suppresses_an_instruction_breakpoint_for_one_instruction_sdm_
     assert broken(rf_suppresses_ibp, good, {}) == []
     assert broken(rf_suppresses_ibp, bad, {}) == [
         "#DB for the breakpoint although RFLAGS 0x10002 had RF=1"]
+
+
+def test_rule_a_general_detect_db_pushes_rf_1_too_sdm_17_3_1_1() -> None:
+    steps = [step(0x08), step(HANDLER)]
+    bad = Trace(steps, [], [dv(0, 1, pushed_rip=0x10, pushed_rflags=0x46, dr6=0xFFFF2FF0)])
+    good = Trace(steps, [], [dv(0, 1, pushed_rip=0x10, pushed_rflags=0x10046,
+                                dr6=0xFFFF2FF0)])
+    assert broken(fault_pushes_rf, good, {0x10: MOV_EAX_DR0}) == []
+    assert broken(fault_pushes_rf, bad, {0x10: MOV_EAX_DR0}) == [
+        "vector 0x1: pushed RFLAGS 0x46 (written on the stack) has RF=0"]
+
+
+def test_rule_with_dr7_gd_a_mov_dr_faults_with_dr6_bd_sdm_17_2_4() -> None:
+    good = Trace([step(0x08, dr7=0x2400), step(HANDLER, dr7=0x400)], [],
+                 [dv(0, 1, pushed_rip=0x10, dr6=0xFFFF2FF0)])
+    bad = Trace([step(0x08, dr7=0x2400), step(0x10, dr7=0x2400), step(0x13, dr7=0x2400)])
+    assert broken(general_detect, good, {0x10: MOV_EAX_DR0}) == []
+    assert broken(general_detect, bad, {0x10: MOV_EAX_DR0}) == [
+        "mov eax, dr0 completed with DR7.GD=1 (DR7 0x2400)"]
+
+
+def test_rule_a_data_breakpoint_is_a_trap_after_the_access_sdm_17_3_1_2() -> None:
+    bp = {"dr1": 0x2000, "dr7": 0x00D00004}
+    steps = [step(0x10, **bp), step(HANDLER, **bp)]
+    good = Trace(steps, [], [dv(0, 1, pushed_rip=0x1A, dr6=0xFFFF0FF2)])
+    bad = Trace(steps, [], [dv(0, 1, pushed_rip=0x10, dr6=0xFFFF0FF2)])
+    assert broken(data_bp_is_trap, good, {0x10: MOV_MEM_IMM}) == []
+    assert broken(data_bp_is_trap, bad, {0x10: MOV_MEM_IMM}) == [
+        "DR1 data breakpoint after mov dword ptr [0x2000], 7: pushed RIP 0x10, next "
+        "instruction 0x1a, DR6 0xffff0ff2"]
 
 
 def test_rule_sti_blocks_interrupts_for_one_instruction_sdm_6_8_3() -> None:
@@ -230,7 +263,8 @@ def test_the_dbrules_kernel_obeys_the_manual_under_nitdbg() -> None:
     r = subprocess.run([sys.executable, "-m", "nitdbg", "run", "--kernel",
                         str(KDIR / "dbrules.elf")], capture_output=True, text=True, cwd=ROOT,
                        timeout=300)
-    assert r.stdout.count(" ok\n") == 5 and "WRONG" not in r.stdout, r.stdout
+    assert r.stdout.count(" ok\n") == 6 and "WRONG" not in r.stdout, r.stdout
+    assert r.returncode == 1, r.stdout      # isa-debug-exit: PASS
 
 
 @needs_qemu
@@ -242,6 +276,18 @@ def test_diff_names_the_rf_rule_qemu_breaks_on_ud2() -> None:
                "(SDM 17.3.1.1)" in r.stdout, r.stdout
         assert "nitdbg obeys it at ud_at" in r.stdout, r.stdout
     assert "nitdbg breaks" not in r.stdout, r.stdout
+
+
+@needs_qemu
+def test_diff_names_the_general_detect_rule_qemu_breaks_and_judges_nitdbgs_rf() -> None:
+    r = run_diff("dbgd.elf")
+    assert r.returncode == 1, r.stdout + r.stderr
+    if qemu_says("dbgd.elf", "gd") == "WRONG":         # QEMU 7.2 raises no #DB for DR7.GD
+        assert "qemu breaks: with DR7.GD=1 a MOV DR raises a #DB fault before it, with " \
+               "DR6.BD (SDM 17.2.4)\n    at gd_at" in r.stdout, r.stdout
+        assert "nitdbg obeys it at gd_at" in r.stdout, r.stdout
+    nitdbg_rf = "nitdbg breaks: a fault-class exception pushes RF=1" in r.stdout
+    assert nitdbg_rf == (nitdbg_says("dbgd.elf", "gd") == "WRONG"), r.stdout
 
 
 @needs_qemu
@@ -288,4 +334,25 @@ def test_nitdbgs_own_trace_of_the_dbrules_kernels_breaks_none_of_the_rules() -> 
         decided = {f.rule.check.__name__ for f in fs}
         assert decided >= {"fault_pushes_rf", "single_step_trap", "single_step_sets_bs",
                            "ibp_faults_before", "rf_suppresses_ibp", "movss_shadow",
-                           "gate_clears_tf_rf", "int1_is_db_trap"}, decided
+                           "gate_clears_tf_rf", "int1_is_db_trap", "data_bp_is_trap"}, decided
+
+
+def nitdbg_says(kernel: str, case: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "nitdbg", "run", "--kernel", str(KDIR / kernel)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"dbrules: {case}:"))
+    return line.rsplit(" ", 1)[1]
+
+
+def test_the_general_detect_case_is_judged_from_nitdbgs_own_frame() -> None:
+    # dbgd runs the DR7.GD case first. nitdbg raises the #DB before the MOV DR with DR6.BD
+    # (obeying SDM 17.2.4); whether its frame has RF=1 (SDM 17.3.1.1) the kernel itself
+    # reports, and the checker must agree with it.
+    _, ranges = elf_ranges(str(KDIR / "dbgd.elf"))
+    m, tr = run_nitdbg(str(KDIR / "dbgd.elf"), 1, 5000, ranges)
+    fs = evaluate("nitdbg", tr[0], Code(lambda a, n: m.read_mem(0, a, n)), 0, window=10**6)
+    gd = [f for f in fs if f.rule.check is general_detect]
+    assert gd and not any(f.broken for f in gd)
+    rf = [f for f in fs if f.rule.check is fault_pushes_rf and f.detail.startswith("vector 0x1")]
+    assert len(rf) == 1
+    assert rf[0].broken == (nitdbg_says("dbgd.elf", "gd") == "WRONG"), rf[0].detail
