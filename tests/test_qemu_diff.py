@@ -115,3 +115,14 @@ def test_diff_of_a_missing_kernel_is_one_line(tmp_path: Path) -> None:
     r = run_diff(str(tmp_path / "nope.elf"))
     assert r.returncode == 2 and r.stdout.count("\n") == 1 and "nitdbg diff:" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_compare_ignores_a_register_that_returns_to_each_sides_own_entry_value() -> None:
+    # The multiboot EBX differs at entry; a handler that pushes it, agrees on a value and
+    # pops it again brings back each side's own value: not a divergence. A new value is.
+    a = Trace([Step(0x10, {"rbx": 0x9000}), Step(0x12, {"rbx": 12}),
+               Step(0x14, {"rbx": 0x9000}), Step(0x16, {"rbx": 12}), Step(0x18, {"rbx": 5})])
+    b = Trace([Step(0x10, {"rbx": 0x9500}), Step(0x12, {"rbx": 12}),
+               Step(0x14, {"rbx": 0x9500}), Step(0x16, {"rbx": 12}), Step(0x18, {"rbx": 6})])
+    d = compare({0: a}, {0: b})
+    assert d is not None and (d.what, d.index) == ("register rbx", 4)

@@ -337,6 +337,17 @@ def test_nitdbgs_own_trace_of_the_dbrules_kernels_breaks_none_of_the_rules() -> 
                            "gate_clears_tf_rf", "int1_is_db_trap", "data_bp_is_trap"}, decided
 
 
+def test_the_sti_case_is_decided_on_nitdbgs_stepped_trace() -> None:
+    # dbsti: a self-IPI pending under IF=0 is taken after the NOP that follows STI, as the
+    # diff's one-instruction steps run it (SDM 6.8.3).
+    _, ranges = elf_ranges(str(KDIR / "dbsti.elf"))
+    m, tr = run_nitdbg(str(KDIR / "dbsti.elf"), 1, 5000, ranges)
+    fs = evaluate("nitdbg", tr[0], Code(lambda a, n: m.read_mem(0, a, n)), 0, window=10**6)
+    sti = [f for f in fs if f.rule.check is sti_shadow]
+    assert len(sti) == 1 and not sti[0].broken, [f.detail for f in sti]
+    assert [f.detail for f in fs if f.broken] == []
+
+
 def nitdbg_says(kernel: str, case: str) -> str:
     r = subprocess.run([sys.executable, "-m", "nitdbg", "run", "--kernel", str(KDIR / kernel)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)

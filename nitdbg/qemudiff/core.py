@@ -384,6 +384,7 @@ def compare(mine: dict[int, Trace], theirs: dict[int, Trace]) -> Divergence | No
         ea = [e for e in a.events if e[0] <= n]
         eb = [e for e in b.events if e[0] <= n]
         tracked: set[str] = set()
+        first: dict[str, tuple[int, int]] = {}   # each register's first values (mine, qemu)
         for i in range(n):
             x, y = a.steps[i], b.steps[i]
             ctx = [s.rip for s in a.steps[max(0, i - 5):i]]
@@ -402,8 +403,13 @@ def compare(mine: dict[int, Trace], theirs: dict[int, Trace]) -> Divergence | No
                 xv, yv = x.regs[r] & mask, y.regs[r] & mask
                 if r == "rflags":
                     xv, yv = xv & ~0x10000, yv & ~0x10000     # RF: not in QEMU's dump
+                first.setdefault(r, (xv, yv))
                 if xv == yv:
                     tracked.add(r)
+                elif first[r] == (xv, yv):
+                    # each side's own entry value again (the multiboot EBX, saved and
+                    # restored around code that happened to agree): still undefined
+                    tracked.discard(r)
                 elif r in tracked:
                     return Divergence(cpu, i, f"register {r}", f"{xv:#x}", f"{yv:#x}", ctx)
     return None

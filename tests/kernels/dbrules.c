@@ -10,11 +10,13 @@
  *   icebp   INT1: a trap, EIP after the F1 byte, TF and RF cleared in the handler
  *   movss   TF single-step after MOV SS is held for one instruction (SDM 6.8.3)
  *   wbp     DR1 data write breakpoint: a trap after the write, DR6.B1=1 (SDM 17.3.1.2)
+ *   sti     a self-IPI pending under IF=0 waits for the instruction after STI (SDM 6.8.3)
  *   gd      DR7.GD: MOV DR faults with DR6.BD=1, RF=1 pushed (SDM 17.2.4, 17.3.1.1)
  *
- * Built three times, so that `nitdbg diff --qemu` meets a different rule first:
+ * Built four times, so that `nitdbg diff --qemu` meets a different rule first:
  * dbrules.elf runs the cases in this order without gd, dbicebp.elf (-DICEBP_FIRST) runs
- * icebp first, dbgd.elf (-DGD_FIRST) runs gd first.
+ * icebp first, dbgd.elf (-DGD_FIRST) runs gd first, dbsti.elf (-DSTI_FIRST) runs sti
+ * first.
  */
 #include "lib.h"
 
@@ -28,7 +30,7 @@ volatile u32 nhits;
  * The #UD handler records the frame and steps over the two-byte UD2. */
 __asm__(
 	".text\n"
-	".globl db_entry, ud_entry\n"
+	".globl db_entry, ud_entry, int_entry\n"
 	"db_entry:\n"
 	"	pushl %eax\n"
 	"	pushl %ebx\n"
@@ -64,14 +66,29 @@ __asm__(
 	"	addl $2, 8(%esp)\n"
 	"	popl %ebx\n"
 	"	popl %eax\n"
+	"	iret\n"
+	"int_entry:\n"
+	"	pushl %eax\n"
+	"	pushl %ebx\n"
+	"	movl nhits, %ebx\n"
+	"	imull $12, %ebx\n"
+	"	movl 8(%esp), %eax\n"
+	"	movl %eax, hits(%ebx)\n"
+	"	movl 16(%esp), %eax\n"
+	"	movl %eax, hits+4(%ebx)\n"
+	"	movl $0, hits+8(%ebx)\n"
+	"	incl nhits\n"
+	"	movl $0, 0xfee000b0\n"
+	"	popl %ebx\n"
+	"	popl %eax\n"
 	"	iret\n");
-extern char db_entry[], ud_entry[];
+extern char db_entry[], ud_entry[], int_entry[];
 extern char ud_at[], step_after[], bp_at[], icebp_after[], movss_after[], gd_at[],
-	wbp_after[];
+	wbp_after[], sti_after[];
 volatile u32 wvar;
 
 struct gate { u16 off_lo, sel; u8 zero, type; u16 off_hi; } __attribute__((packed));
-static struct gate idt[32] __attribute__((aligned(8)));
+static struct gate idt[0x41] __attribute__((aligned(8)));
 
 static void gate(int v, char *entry)
 {
@@ -138,6 +155,22 @@ static void wbp(void)
 	show("wbp", 1, (u32)wbp_after, 0, 0x0002);
 }
 
+#ifdef STI_FIRST
+/* A self-IPI pending while IF=0 is taken after the instruction that follows STI (SDM
+ * 6.8.3): the handler sees EIP past the NOP. */
+static void sti_shadow(void)
+{
+	pic_mask(0xff, 0xff);		/* no 8259 timer tick (QEMU's BIOS left it running) */
+	lapic_enable();
+	lapic_write(LAPIC_ICR_HI, 0);
+	lapic_write(LAPIC_ICR_LO, (1u << 18) | 0x40);	/* shorthand self, fixed, vector 0x40 */
+	__asm__ volatile("sti\n"
+			 "nop\n"
+			 "sti_after: cli" ::: "memory");
+	show("sti", 1, (u32)sti_after, 0, 0);
+}
+#endif
+
 u32 kmain(void);
 u32 kmain(void)
 {
@@ -146,6 +179,7 @@ u32 kmain(void)
 
 	gate(1, db_entry);
 	gate(6, ud_entry);
+	gate(0x40, int_entry);
 	__asm__ volatile("lidt %0" :: "m"(desc));
 	__asm__ volatile("xorl %%eax, %%eax; movl %%eax, %%dr6" ::: "eax");
 
@@ -154,6 +188,8 @@ u32 kmain(void)
 	icebp();
 #elif defined(GD_FIRST)
 	gd();
+#elif defined(STI_FIRST)
+	sti_shadow();
 #endif
 	__asm__ volatile("ud_at: ud2" ::: "memory");
 	show("ud2", 1, (u32)ud_at, 1, 0);
