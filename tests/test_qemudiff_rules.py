@@ -26,7 +26,7 @@ from nitdbg.qemudiff.rules import (
     int1_is_db_trap,
     movss_shadow,
     nmi_blocked_until_iret,
-    priority_db_before_interrupts,
+    priority_table_6_2,
     resolve_iret_frames,
     rf_suppresses_ibp,
     single_step_sets_bs,
@@ -202,13 +202,18 @@ def test_rule_error_codes_pushed_for_8_10_to_14_17_21_and_df_is_0_sdm_6_13() -> 
     assert [f.detail for f in bad if f.broken] == ["vector 0x6 pushed an error code"]
 
 
-def test_rule_a_trap_db_goes_before_nmi_and_interrupts_sdm_table_6_2() -> None:
+def test_rule_at_one_boundary_db_before_nmi_before_interrupt_sdm_table_6_2() -> None:
     steps = [step(0x10, 0x302), step(HANDLER)]
     good = Trace(steps, [], [dv(0, 1, dr6=0xFFFF4FF0), dv(0, 2, "nmi")])
     bad = Trace(steps, [], [dv(0, 2, "nmi"), dv(0, 1, dr6=0xFFFF4FF0)])
-    assert broken(priority_db_before_interrupts, good, {}) == []
-    assert broken(priority_db_before_interrupts, bad, {}) == [
+    assert broken(priority_table_6_2, good, {}) == []
+    assert broken(priority_table_6_2, bad, {}) == [
         "at one boundary: vector 0x2, vector 0x1 (in delivery order)"]
+    nmi_first = Trace(steps, [], [dv(0, 2, "nmi"), dv(0, 0x30, "intr")])
+    intr_first = Trace(steps, [], [dv(0, 0x30, "intr"), dv(0, 2, "nmi")])
+    assert broken(priority_table_6_2, nmi_first, {}) == []
+    assert broken(priority_table_6_2, intr_first, {}) == [
+        "at one boundary: vector 0x30, vector 0x2 (in delivery order)"]
 
 
 def test_a_frame_qemu_does_not_log_is_read_from_the_handlers_iret() -> None:

@@ -455,9 +455,14 @@ def report(m: Machine, d: Divergence | None, mine: dict[int, Trace],
             for tr in (mine, theirs) for e in tr.get(d.vcpu, Trace()).deliveries):
         out.append(f"  (if these are timer interrupts: {TIMER_NOTE})\n")
     if d.context:
-        out.append("  context (nitdbg):\n")
-        for rip in d.context:
-            out.append(f"    {rip:#x} {m.symbols.format(rip)}\n")
+        from .rules import Code
+        code = Code(lambda addr, n: m.read_mem(d.vcpu, addr, n))
+        for side, tr in (("nitdbg", mine), ("qemu", theirs)):
+            st = tr.get(d.vcpu, Trace()).steps[max(0, d.index - len(d.context)):d.index + 1]
+            out.append(f"  context ({side}):\n")
+            for s in st:
+                ins = code.at(s.rip, s.mode)
+                out.append(f"    {s.rip:#x} {m.symbols.format(s.rip):24} {ins or '?'}\n")
     out.extend(verdicts or [])
     return "".join(out)
 

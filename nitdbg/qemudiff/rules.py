@@ -389,16 +389,19 @@ def error_codes(v: View):  # noqa: ANN201
                                            + " an error code")
 
 
-def priority_db_before_interrupts(v: View):  # noqa: ANN201
-    """SDM table 6-2: a trap-class #DB (priority 4) is delivered before an NMI (5) or a
-    maskable interrupt (6) pending at the same instruction boundary."""
+# SDM table 6-2 priorities of what can be pending at one instruction boundary
+_PRIORITY = {"db": 4, "nmi": 5, "intr": 6}
+
+
+def priority_table_6_2(v: View):  # noqa: ANN201
+    """SDM table 6-2: at one instruction boundary a trap-class #DB (priority 4) goes before
+    an NMI (5), and an NMI before a maskable interrupt (6)."""
     for i in v.indices():
         evs = v.at_boundary(i)
         kinds = [("db" if d.vector == 1 and d.kind == "exception" else d.kind) for d in evs]
-        if "db" in kinds and any(k in ("nmi", "intr") for k in kinds):
-            first = kinds.index("db")
-            other = min(kinds.index(k) for k in kinds if k in ("nmi", "intr"))
-            yield (other < first, i, _rip(v, i),
+        ranks = [_PRIORITY[k] for k in kinds if k in _PRIORITY]
+        if len(set(ranks)) > 1:
+            yield (ranks != sorted(ranks), i, _rip(v, i),
                    "at one boundary: " + ", ".join(
                        f"vector {d.vector:#x}" for d in evs) + " (in delivery order)")
 
@@ -428,8 +431,8 @@ RULES: tuple[Rule, ...] = (
          "SDM vol 3 table 17-2, vol 2 INT1", int1_is_db_trap),
     Rule("an error code is pushed exactly for vectors 8, 10-14, 17, 21; #DF's is 0",
          "SDM 6.13, table 6-1", error_codes),
-    Rule("a trap-class #DB is delivered before an NMI or interrupt at the same boundary",
-         "SDM table 6-2", priority_db_before_interrupts),
+    Rule("at one boundary a trap-class #DB goes before an NMI, an NMI before an interrupt",
+         "SDM table 6-2", priority_table_6_2),
 )
 
 
