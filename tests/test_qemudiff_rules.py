@@ -272,6 +272,17 @@ def test_the_dbrules_kernel_obeys_the_manual_under_nitdbg() -> None:
     assert r.returncode == 1, r.stdout      # isa-debug-exit: PASS
 
 
+def test_a_self_ipi_written_to_the_xapic_page_is_taken_after_the_sti_shadow_free_running() -> None:
+    # SDM 6.8.3: the interrupt pending under IF=0 is taken after the instruction after STI.
+    # Free running (not single-stepped) the xAPIC write must stop the vCPU for injection, as
+    # bhyve's NPF exit for the APIC page does; otherwise the window opens and closes unseen.
+    r = subprocess.run([sys.executable, "-m", "nitdbg", "run", "--kernel",
+                        str(KDIR / "dbsti.elf")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("dbrules: sti:"))
+    assert line.endswith(" ok"), r.stdout
+
+
 @needs_qemu
 def test_diff_names_the_rf_rule_qemu_breaks_on_ud2() -> None:
     r = run_diff("dbrules.elf")
