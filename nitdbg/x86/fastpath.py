@@ -43,6 +43,7 @@ ALIGN16 = ~0xF & M64
 _PACK5 = struct.Struct("<5Q").pack
 _PACK6 = struct.Struct("<6Q").pack
 _UNPACK5 = struct.Struct("<5Q").unpack_from
+_LOAD8 = struct.Struct("<Q").unpack_from
 # Event kinds the fast delivery takes (INT1/ICEBP and anything new stay on the exact path).
 _KINDS = frozenset({"fault", "trap", "nmi", "intr", "soft"})
 _MEMO_MAX = 4096
@@ -65,10 +66,13 @@ def _gate(raw: int) -> tuple[int, ...]:
     lo, hi = raw & M64, raw >> 64
     gtype = (lo >> 40) & 0x1F
     offset = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFF_FFFF) << 32)
+    sel = (lo >> 16) & 0xFFFF
     if gtype not in (0xE, 0xF) or not (lo >> 47) & 1 or not canonical(offset):
         g: tuple[int, ...] = ()
     else:
-        g = (gtype, (lo >> 45) & 3, (lo >> 16) & 0xFFFF, offset, (lo >> 32) & 7)
+        # the RFLAGS bits the handler starts with cleared: an interrupt gate clears IF too
+        clear = ~(TF | NT | RF | VM | (IF if gtype == 0xE else 0))
+        g = (clear, (lo >> 45) & 3, sel, offset, (lo >> 32) & 7)
     _GATES[raw] = g
     return g
 
@@ -85,7 +89,7 @@ def _descriptor(cpu: Cpu, sel: int) -> tuple[int, int, int] | None:
     off = lin & 0xFFF
     if page is None or off > 4088:
         return None
-    raw = int.from_bytes(page[off:off + 8], "little")
+    raw = _LOAD8(page, off)[0]
     d = _DESCS.get(raw)
     if d is None:
         if len(_DESCS) >= _MEMO_MAX:
@@ -115,15 +119,26 @@ def deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> bool:
         g = _gate(raw)
     if not g:
         return False
-    gtype, dpl, sel, offset, ist = g
+    clear, dpl, sel, offset, ist = g
     cpl = cpu.cpl
     if kind == "soft" and dpl < cpl:
         return False
     if not sel & 0xFFFC:
         return False
-    d = _descriptor(cpu, sel)
-    if d is None:
+    # the handler's code segment (as _descriptor, inline: this is the hottest path)
+    table = cpu.ldtr if sel & 4 else cpu.gdtr
+    lin = sel & 0xFFF8
+    if lin + 7 > table.limit:
         return False
+    lin += table.base
+    page = sup_r.get(lin >> 12)
+    off = lin & 0xFFF
+    if page is None or off > 4088:
+        return False
+    raw = _LOAD8(page, off)[0]
+    d = _DESCS.get(raw)
+    if d is None:
+        d = _descriptor(cpu, sel)
     base, limit, attrib = d
     # a present code segment (S=1, type bit 3) with L=1 (load_code_descriptor, SDM 6.14.1)
     if attrib & 0x298 != 0x298:
@@ -138,7 +153,7 @@ def deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> bool:
         off = lin & 0xFFF
         if page is None or off > 4088:
             return False
-        rsp = int.from_bytes(page[off:off + 8], "little") & ALIGN16
+        rsp = _LOAD8(page, off)[0] & ALIGN16
     else:
         rsp = old_rsp & ALIGN16     # 64-bit mode aligns the new stack (SDM 6.14.2)
     if not canonical(rsp - 48):
@@ -152,23 +167,28 @@ def deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> bool:
     # commit, as _deliver64 does
     rflags = interrupts._pushed_rflags(cpu, vector, kind)
     seg = cpu.seg
+    cs = seg[CS]
     rip = cpu.rip
     off = lo & 0xFFF
+    m = M64
     if error_code is None:
-        page[off:off + 40] = _PACK5(rip & M64, seg[CS].sel & M64, rflags & M64,
-                                    old_rsp & M64, seg[SS].sel & M64)
+        page[off:off + 40] = _PACK5(rip & m, cs.sel & m, rflags & m, old_rsp & m,
+                                    seg[SS].sel & m)
     else:
-        page[off:off + 48] = _PACK6(error_code & M64, rip & M64, seg[CS].sel & M64,
-                                    rflags & M64, old_rsp & M64, seg[SS].sel & M64)
+        page[off:off + 48] = _PACK6(error_code & m, rip & m, cs.sel & m, rflags & m,
+                                    old_rsp & m, seg[SS].sel & m)
     if new_cpl != cpl:
         seg[SS].load(Segment(new_cpl, 0, 0xFFFF_FFFF, 0))  # NULL SS with RPL = new CPL
     cpu.regs[RSP] = lo
-    cs = seg[CS]
     cs.sel, cs.base, cs.limit, cs.attrib = (sel & 0xFFFC) | new_cpl, base, limit, attrib
-    cpu.rflags = rflags & ~(TF | NT | RF | VM) & ~(IF if gtype == 0xE else 0) | 0x2
+    cpu.rflags = rflags & clear | 0x2
     cpu.rip = offset
-    cpu.set_cpl(new_cpl)
-    cpu.update_mode()
+    if new_cpl != cpl or cpu.mode != 64:
+        cpu.set_cpl(new_cpl)
+        cpu.update_mode()
+    # else: still 64-bit code at the same CPL, and the caches in use are those of (mode,
+    # CPL) -- every change of CR0, EFER, CS or CPL calls update_mode -- so it would change
+    # nothing (the caller sets `attention`)
     cpu.record_event(interrupts.EV_KIND[kind], vector, error_code, rip, rflags)
     return True
 
@@ -228,8 +248,9 @@ def iretq(c: Cpu) -> bool:
     c.rip = new_rip
     if rpl > cpl:
         _iret.null_outer_data_segments(c, rpl)
-    c.set_cpl(rpl)
-    c.update_mode()
+    if rpl != cpl or not target64:
+        c.set_cpl(rpl)
+        c.update_mode()          # (not needed from 64-bit code to 64-bit code at one CPL)
     c.attention = True
     c.record_event(EV_IRET, 0, None, new_rip, fl)
     return True
