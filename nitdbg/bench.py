@@ -163,6 +163,35 @@ def machine_figures() -> dict[str, float]:
             "guest_insns_to_prompt": float(m.total_retired)}
 
 
+def ddb_step_figures(steps: int = 40, vcpus: int = 2) -> dict[str, float]:
+    """One ddb `s` on the amd64 guest with 2 vCPUs, stopped in ddb by an NMI: wall time of
+    `Machine.debugger("s")` (ddb sets PSL_T in the trapframe and resumes; the guest's IRETQ,
+    one instruction, its #DB, trap handler and kdb hypercall; the step audit; the stop
+    report). Mean, median, min and max over `steps` steps after a few to warm up."""
+    from .machine import Machine
+    m = Machine(vcpus=vcpus)
+    m.boot_to_prompt()
+    m.type_line("sysctl machdep.kdb_on_nmi=1")
+    m.assert_lapic_lvt(0, 1)
+    ev = m.settle()
+    if ev.reason != "kdb":
+        return {"ddb_step_error": f"the guest did not enter ddb ({ev.reason})"}  # type: ignore
+    m.enter_debugger(ev)
+    for _ in range(5):
+        m.debugger("s")
+    times = []
+    n0 = m.total_retired
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        m.debugger("s")
+        times.append(time.perf_counter() - t0)
+    return {"ddb_step_ms": round(statistics.mean(times) * 1000, 3),
+            "ddb_step_ms_median": round(statistics.median(times) * 1000, 3),
+            "ddb_step_ms_min": round(min(times) * 1000, 3),
+            "ddb_step_ms_max": round(max(times) * 1000, 3),
+            "ddb_step_guest_insns": round((m.total_retired - n0) / steps, 1)}
+
+
 def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
         extra: dict[str, Callable[[], dict]] | None = None, vs_unicorn: bool = False) -> int:
     """Every loop is measured `runs` times, the variants interleaved run by run (the machine
@@ -201,6 +230,7 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             figs[f"{loop}_vs_unicorn_bare"] = round(
                 figs[f"{loop}_ips"] / figs[f"unicorn_bare_{loop}_ips"], 4)
     figs.update(machine_figures())
+    figs.update(ddb_step_figures())
     figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
     figs["retire_log_bytes_per_insn"] = 8.0     # one array('Q') slot per retired RIP
     for name, fn in (extra or {}).items():
