@@ -209,9 +209,20 @@ def iretq(c: Cpu) -> bool:
     ss_sel &= 0xFFFF
     if not cs_sel & 0xFFFC:
         return False
-    d = _descriptor(c, cs_sel)
-    if d is None:
+    # the return CS (as _descriptor, inline: this is the hottest path)
+    table = c.ldtr if cs_sel & 4 else c.gdtr
+    lin = cs_sel & 0xFFF8
+    if lin + 7 > table.limit:
         return False
+    lin += table.base
+    sup_r = c._sup_r
+    dpage = sup_r.get(lin >> 12)
+    doff = lin & 0xFFF
+    if dpage is None or doff > 4088:
+        return False
+    d = _DESCS.get(_LOAD8(dpage, doff)[0])
+    if d is None:
+        d = _descriptor(c, cs_sel)
     attrib = d[2]
     rpl = cs_sel & 3
     cpl = c.cpl
