@@ -48,8 +48,9 @@ _LOAD8 = struct.Struct("<Q").unpack_from
 _KINDS = frozenset({"fault", "trap", "nmi", "intr", "soft"})
 _MEMO_MAX = 4096
 
-# 16 gate bytes -> (type, DPL, selector, offset, IST), or () where the exact path faults at any
-# CPL: not a 64-bit interrupt/trap gate, not present, or a non-canonical offset.
+# 16 gate bytes -> (the RFLAGS mask the handler starts with, DPL, selector, offset, IST), or ()
+# where the exact path faults at any CPL: not a 64-bit interrupt/trap gate, not present, or a
+# non-canonical offset. Process-wide: a pure function of the bytes (like mmu._DECODED).
 _GATES: dict[int, tuple[int, ...]] = {}
 # 8 descriptor bytes -> (base, limit, attrib) as segments.decode_descriptor gives them.
 _DESCS: dict[int, tuple[int, int, int]] = {}
