@@ -166,13 +166,14 @@ def machine_figures() -> dict[str, float]:
             "guest_insns_to_prompt": float(m.total_retired)}
 
 
-def ddb_step_figures(steps: int = 40, vcpus: int = 2) -> dict[str, float]:
+def ddb_step_figures(steps: int = 60, vcpus: int = 2, warmup: int = 60) -> dict[str, float]:
     """One ddb `s` on the amd64 guest with 2 vCPUs, stopped in ddb by an NMI: wall time of
     `Machine.debugger("s")` (ddb sets PSL_T in the trapframe and resumes; the guest's IRETQ,
     one instruction, its #DB, trap handler and kdb hypercall; the step audit; the stop
-    report). Mean, median, min and max of the wall time over `steps` steps after some to warm
-    up (the blocks of the trap path get translated), and the mean CPU time of the process
-    (what the step costs when other processes load the machine)."""
+    report). Mean, median, min and max of the wall time over `steps` steps after `warmup`
+    steps (the first steps translate the blocks of the trap and stop-CPUs paths), and the
+    mean CPU time of the process (what the step costs when other processes load the
+    machine)."""
     from .machine import Machine
     m = Machine(vcpus=vcpus)
     m.boot_to_prompt()
@@ -182,7 +183,7 @@ def ddb_step_figures(steps: int = 40, vcpus: int = 2) -> dict[str, float]:
     if ev.reason != "kdb":
         return {"ddb_step_error": f"the guest did not enter ddb ({ev.reason})"}  # type: ignore
     m.enter_debugger(ev)
-    for _ in range(20):
+    for _ in range(warmup):
         m.debugger("s")
     times, cpu = [], []
     n0 = m.total_retired

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import interrupts
 from .insn import iret as _iret
-from .regs import CS, IF, NT, RF, RSP, SS, TF, VM, canonical
+from .regs import CANON_HI, CANON_LO, CS, IF, NT, RF, RSP, SS, TF, VM, canonical
 from .retire import EV_IRET
 from .segments import Segment, decode_descriptor
 
@@ -157,7 +157,7 @@ def deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> bool:
         rsp = _LOAD8(page, off)[0] & ALIGN16
     else:
         rsp = old_rsp & ALIGN16     # 64-bit mode aligns the new stack (SDM 6.14.2)
-    if not canonical(rsp - 48):
+    if CANON_LO < rsp - 48 < CANON_HI:       # (regs.canonical, inline)
         return False
     lo = rsp - (40 if error_code is None else 48)
     if lo < 0 or lo >> 12 != (rsp - 1) >> 12:
@@ -200,7 +200,7 @@ def iretq(c: Cpu) -> bool:
     The caller has made the intercept check and unblocked NMIs (SDM 6.7.1)."""
     rsp = c.regs[RSP]
     off = rsp & 0xFFF
-    if off > 4056 or not canonical(rsp):      # (a page is all canonical or all not)
+    if off > 4056 or CANON_LO < rsp < CANON_HI:    # (a page is all canonical or not)
         return False
     page = c.tlb_r.get(rsp >> 12)
     if page is None:
@@ -233,7 +233,7 @@ def iretq(c: Cpu) -> bool:
         return False
     target64 = bool(attrib & 0x200)
     if target64:
-        if not canonical(new_rip):
+        if CANON_LO < new_rip < CANON_HI:
             return False
     else:
         new_rip &= 0xFFFF_FFFF
