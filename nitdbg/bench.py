@@ -10,7 +10,8 @@ retirement log on, as it always is:
     db: incq -0x10(%rsp) ; iretq          (the #DB handler for case c: b with RFLAGS.TF=1)
 
 Each loop runs with block translation (the default) and on the exact per-instruction path
-(`_per_insn`). The whole machine is the amd64 guest on 2 vCPUs running the shell's busy loop.
+(`_per_insn`); loop c also with the exact event-delivery and IRETQ paths (`_exact_events`,
+x86/fastpath.py off). The whole machine is the amd64 guest on 2 vCPUs running the shell's busy loop.
 With `--vs-unicorn` (`pip install -e '.[bench]'`) loops a and b also run under Unicorn on the
 same bytes, with a Python UC_HOOK_CODE callback and bare, interleaved with nitdbg run by run.
 
@@ -64,9 +65,11 @@ def bare_cpu() -> Cpu:
     return c
 
 
-def _rate(start: int, tf: bool, seconds: float, blocks: bool = True) -> float:
+def _rate(start: int, tf: bool, seconds: float, blocks: bool = True,
+          fast_events: bool = True) -> float:
     c = bare_cpu()
     c.blocks_enabled = blocks
+    c.fast_events = fast_events
     c.rip = BASE + start
     if tf:
         c.rflags |= TF
@@ -163,6 +166,40 @@ def machine_figures() -> dict[str, float]:
             "guest_insns_to_prompt": float(m.total_retired)}
 
 
+def ddb_step_figures(steps: int = 60, vcpus: int = 2, warmup: int = 60) -> dict[str, float]:
+    """One ddb `s` on the amd64 guest with 2 vCPUs, stopped in ddb by an NMI: wall time of
+    `Machine.debugger("s")` (ddb sets PSL_T in the trapframe and resumes; the guest's IRETQ,
+    one instruction, its #DB, trap handler and kdb hypercall; the step audit; the stop
+    report). Mean, median, min and max of the wall time over `steps` steps after `warmup`
+    steps (the first steps translate the blocks of the trap and stop-CPUs paths), and the
+    mean CPU time of the process (what the step costs when other processes load the
+    machine)."""
+    from .machine import Machine
+    m = Machine(vcpus=vcpus)
+    m.boot_to_prompt()
+    m.type_line("sysctl machdep.kdb_on_nmi=1")
+    m.assert_lapic_lvt(0, 1)
+    ev = m.settle()
+    if ev.reason != "kdb":
+        return {"ddb_step_error": f"the guest did not enter ddb ({ev.reason})"}  # type: ignore
+    m.enter_debugger(ev)
+    for _ in range(warmup):
+        m.debugger("s")
+    times, cpu = [], []
+    n0 = m.total_retired
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        m.debugger("s")
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"ddb_step_ms": round(statistics.mean(times) * 1000, 3),
+            "ddb_step_ms_median": round(statistics.median(times) * 1000, 3),
+            "ddb_step_ms_min": round(min(times) * 1000, 3),
+            "ddb_step_ms_max": round(max(times) * 1000, 3),
+            "ddb_step_cpu_ms": round(statistics.mean(cpu) * 1000, 3),
+            "ddb_step_guest_insns": round((m.total_retired - n0) / steps, 1)}
+
+
 def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
         extra: dict[str, Callable[[], dict]] | None = None, vs_unicorn: bool = False) -> int:
     """Every loop is measured `runs` times, the variants interleaved run by run (the machine
@@ -179,6 +216,9 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             add("alu_branch_loop_ips" + sfx, _rate(A_OFF, False, seconds, blocks))
             add("memory_push_pop_loop_ips" + sfx, _rate(B_OFF, False, seconds, blocks))
             add("single_step_db_iretq_ips" + sfx, _rate(B_OFF, True, seconds, blocks))
+            if blocks:
+                add("single_step_db_iretq_ips_exact_events",
+                    _rate(B_OFF, True, seconds, blocks, fast_events=False))
             add("whole_machine_2vcpu_loop_ips" + sfx, wm[blocks].rate(seconds))
         if vs_unicorn:
             add("unicorn_hook_alu_branch_loop_ips", _unicorn("a", True, 150_000))
@@ -201,6 +241,7 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             figs[f"{loop}_vs_unicorn_bare"] = round(
                 figs[f"{loop}_ips"] / figs[f"unicorn_bare_{loop}_ips"], 4)
     figs.update(machine_figures())
+    figs.update(ddb_step_figures())
     figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
     figs["retire_log_bytes_per_insn"] = 8.0     # one array('Q') slot per retired RIP
     for name, fn in (extra or {}).items():

@@ -1,6 +1,11 @@
 """Block translation against the exact per-instruction path: the same guest code gives the same
 retirement log, events, registers, flags and memory with translated blocks and without.
 
+The same for the long-mode event-delivery and IRETQ fast paths (x86/fastpath.py): random
+programs taking every kind of event in ring 0 and ring 3 while the guest and the host rewrite
+the IDT, GDT, IDTR and GDTR, and the firmware and the scenarios with both kinds of fast path
+off in the exact run.
+
 Three sources of guest code: random instruction sequences (a fixed seed, thousands of them,
 with and without TF and DR0-3 breakpoints, with faults, self-modifying stores and flag-reading
 instructions the translator leaves to the slow path), the amd64 firmware's boot to the shell
@@ -368,10 +373,13 @@ def _machine_digest(m) -> list:
 
 
 def test_firmware_boot_is_the_same_with_and_without_blocks(monkeypatch):
+    """(and with and without the event-delivery and IRETQ fast paths: the exact run has both
+    off)"""
     from nitdbg.machine import Machine
     digests = []
     for on in ("1", "0"):
         monkeypatch.setenv("NITDBG_BLOCKS", on)
+        monkeypatch.setenv("NITDBG_FAST_EVENTS", on)
         m = Machine()
         m.boot_to_prompt()
         m.type_line("while [ 1 ]; do : done", wait_prompt=False)
@@ -388,6 +396,7 @@ def test_scenario_is_the_same_with_and_without_blocks(monkeypatch, scenario):
     runs = []
     for on in ("1", "0"):
         monkeypatch.setenv("NITDBG_BLOCKS", on)
+        monkeypatch.setenv("NITDBG_FAST_EVENTS", on)   # the exact run has both off
         seen: list = []
         orig = base.Ctx.finish
 
@@ -400,3 +409,224 @@ def test_scenario_is_the_same_with_and_without_blocks(monkeypatch, scenario):
         runs.append((lines, [(c.text, c.passed) for c in res.checks], res.error, seen))
         monkeypatch.setattr(base.Ctx, "finish", orig)
     assert runs[0] == runs[1]
+
+
+# ------------------------------------------------------------------ event delivery and IRETQ
+# The long-mode delivery and IRETQ fast paths (x86/fastpath.py) against the exact paths, on
+# guests that take every kind of event from ring 0 and ring 3 and rewrite their IDT, GDT, IDTR
+# and GDTR between deliveries (from their own handlers, from the program and from the host).
+EV_SEQUENCES = 1200
+IDT2, TSS, DESC, CNT, HND = 0xA000, 0xB000, 0xC000, 0xC100, 0xE000
+KSTACK, ISTACK, USTACK = 0x70000, 0x78000, 0x60000
+GDTD, IDTD = DESC, DESC + 0x10          # lgdt / lidt operands (limit16, base64)
+GDT_LIMIT_FULL, GDT_LIMIT_SHORT = 0x47, 0x37  # the short one excludes 0x38 and 0x40
+ALT_CS = 0x38                          # a second 64-bit ring-0 code segment
+
+
+def _abs32(op: bytes, addr: int, imm: bytes = b"") -> bytes:
+    """op [disp32] (ModRM with SIB base none) followed by an immediate."""
+    return op + b"\x25" + addr.to_bytes(4, "little") + imm
+
+
+def _handlers() -> dict[str, bytes]:
+    """Handler bodies; each returns with IRETQ unless it stops the run (HLT)."""
+    iretq = b"\x48\xcf"
+    pop_err = b"\x48\x83\xc4\x08"
+    set_rf = b"\x81\x4c\x24\x10\x00\x00\x01\x00"             # or dword [rsp+16], RF
+    return {
+        # #DB: RF in the frame (an instruction breakpoint would fire again), count, return
+        "db": set_rf + _abs32(b"\x48\xff\x04", CNT) + iretq,
+        "db2": set_rf + _abs32(b"\x48\xff\x04", CNT + 8) + iretq,     # #DB of the 2nd IDT
+        "bp": _abs32(b"\x48\xff\x04", CNT + 16) + iretq,
+        "nmi": _abs32(b"\x48\xff\x04", CNT + 24) + iretq,
+        "intr": _abs32(b"\x48\xff\x04", CNT + 32) + iretq,
+        # int 0x80: gate 0x81 interrupt <-> trap gate, segment 0x38 present <-> not
+        "h80": _abs32(b"\x81\x34", IDT + 0x81 * 16 + 4, (0x100).to_bytes(4, "little"))
+        + _abs32(b"\x81\x34", GDT + ALT_CS + 4, (0x8000).to_bytes(4, "little")) + iretq,
+        # int 0x81: LIDT switches between the two IDTs
+        "h81": _abs32(b"\x81\x34", IDTD + 2, (IDT ^ IDT2).to_bytes(4, "little"))
+        + _abs32(b"\x0f\x01\x1c", IDTD) + iretq,
+        # int 0x82 (through segment 0x38): LGDT with the short and the full limit in turn
+        "h82": _abs32(b"\x81\x34", GDTD, (GDT_LIMIT_FULL ^ GDT_LIMIT_SHORT).to_bytes(4, "little"))
+        + _abs32(b"\x0f\x01\x14", GDTD) + iretq,
+        # #NP (segment 0x38 not present): make it present, return to retry the INT
+        "np": _abs32(b"\x81\x0c", GDT + ALT_CS + 4, (0x8000).to_bytes(4, "little"))
+        + pop_err + iretq,
+        # #GP (0x38 beyond the GDT limit): the full limit again, return to retry
+        "gp": _abs32(b"\x66\xc7\x04", GDTD, GDT_LIMIT_FULL.to_bytes(2, "little"))
+        + _abs32(b"\x0f\x01\x14", GDTD) + pop_err + iretq,
+        "stop": b"\xf4",
+    }
+
+
+def _gate(handler: int, sel: int = 0x08, gtype: int = 0xE, dpl: int = 0, ist: int = 0
+          ) -> tuple[int, int]:
+    lo = ((handler & 0xFFFF) | (sel << 16) | (ist << 32) | ((0x80 | dpl << 5 | gtype) << 40)
+          | (((handler >> 16) & 0xFFFF) << 48))
+    return lo, handler >> 32
+
+
+def _ev_cpu(code: bytes, r: random.Random, user: bool, fast: bool, blocks_on: bool) -> Cpu:
+    mem = PhysMem(4 << 20)
+    mem.write(PML4, 8, (PML4 + 0x1000) | 7)
+    mem.write(PML4 + 0x1000, 8, (PML4 + 0x2000) | 7)
+    mem.write(PML4 + 0x2000, 8, 0x87)             # 0-2 MiB present, user; 2-4 MiB not
+    gdt = {0x08: 0x00AF9B000000FFFF, 0x10: 0x00CF93000000FFFF, 0x18: 0x00AFFB000000FFFF,
+           0x20: 0x00CFF3000000FFFF, ALT_CS: 0x00AF9B000000FFFF, 0x40: 0x00CF93000000FFFF}
+    for sel, d in gdt.items():
+        mem.write(GDT + sel, 8, d)
+    mem.write(GDT + 0x28, 8, 0x0000_8900_0000_0067 | ((TSS & 0xFFFFFF) << 16))   # 64-bit TSS
+    # RSP0 and IST1, sometimes where the 40- or 48-byte frame crosses a page end
+    mem.write(TSS + 4, 8, KSTACK + r.choice((0, 0, 0, 0x10)))
+    mem.write(TSS + 0x24, 8, ISTACK + r.choice((0, 0, 0, 0x20)))
+    addr = HND
+    where = {}
+    for name, body in _handlers().items():
+        where[name] = addr
+        mem.write_bytes(addr, body)
+        addr += 0x40
+    for base, db in ((IDT, "db"), (IDT2, "db2")):
+        gates = {vec: _gate(where["stop"]) for vec in range(32)}
+        gates[1] = _gate(where[db], ist=r.choice((0, 0, 1)), gtype=r.choice((0xE, 0xF)))
+        gates[2] = _gate(where["nmi"], ist=1)
+        gates[3] = _gate(where["bp"], dpl=3, gtype=r.choice((0xE, 0xF)))
+        gates[11] = _gate(where["np"])
+        gates[13] = _gate(where["gp"])
+        gates[0x40] = _gate(where["intr"])
+        gates[0x80] = _gate(where["h80"], dpl=3)
+        gates[0x81] = _gate(where["h81"], dpl=3, ist=r.choice((0, 1)))
+        gates[0x82] = _gate(where["h82"], sel=ALT_CS, dpl=3)
+        for vec, (lo, hi) in gates.items():
+            mem.write(base + vec * 16, 8, lo)
+            mem.write(base + vec * 16 + 8, 8, hi)
+    mem.write(GDTD, 2, GDT_LIMIT_FULL)
+    mem.write(GDTD + 2, 8, GDT)
+    mem.write(IDTD, 2, 256 * 16 - 1)
+    mem.write(IDTD + 2, 8, IDT)
+    mem.write_bytes(CODE, code)
+    mem.write_bytes(DATA, bytes(range(256)) * 8)
+    c = Cpu(mem)
+    c.blocks_enabled = blocks_on
+    c.fast_events = fast
+    c.cr0, c.cr4, c.efer, c.cr3 = 0x80050033, 0x20, 0xD01, PML4
+    c.gdtr.base, c.gdtr.limit = GDT, GDT_LIMIT_FULL
+    c.idtr.base, c.idtr.limit = IDT, 256 * 16 - 1
+    c.tr.sel, c.tr.base, c.tr.limit, c.tr.attrib = 0x28, TSS, 0x67, 0x8B
+    cs, ss, cpl = (0x1B, 0x23, 3) if user else (0x08, 0x10, 0)
+    c.seg[1].load(Segment(cs, 0, 0xFFFFFFFF, 0xAFB if user else 0xA9B))
+    c.seg[2].load(Segment(ss, 0, 0xFFFFFFFF, 0xCF3 if user else 0xC93))
+    for i in (0, 3, 4, 5):      # ring 3 starts with ring-0 data segments: IRETQ nulls them
+        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
+    c.cpl = cpl
+    c.update_mode()
+    c.regs[4] = USTACK + r.choice((0, 0, 0x18)) if user else KSTACK - 0x800
+    c.regs[3] = DATA
+    c.regs[5] = DATA + 0x800
+    c.regs[12] = HOLE + 0x100
+    c.rflags = 0x202
+    c.rip = CODE
+    return c
+
+
+def _ev_one(r: random.Random) -> bytes:
+    k = r.random()
+    if k < 0.10:
+        return bytes([0xCD, r.choice((0x80, 0x80, 0x81, 0x82))])        # int n
+    if k < 0.14:
+        return b"\xcc"                                                  # int3
+    if k < 0.16:                                    # the program rewrites a gate or a segment
+        which = r.choice(((IDT + 3 * 16 + 4, 0x100), (IDT + 1 * 16 + 4, 1),
+                          (GDT + ALT_CS + 4, 0x8000), (IDT + 0x80 * 16, 0x10)))
+        return _abs32(b"\x81\x34", which[0], which[1].to_bytes(4, "little"))
+    return _one(r)
+
+
+def _ev_sequence(r: random.Random) -> bytes:
+    body = b"".join(_ev_one(r) for _ in range(r.randrange(8, 40)))
+    n = r.randrange(2, 12)
+    back = -(len(body) + 4)
+    if back < -128:
+        return b"\xb9" + n.to_bytes(4, "little") + body + b"\xff\xc9\x90\x90" + b"\xf4"
+    return b"\xb9" + n.to_bytes(4, "little") + body + b"\xff\xc9" + bytes([0x75, back & 0xFF]) \
+        + b"\xf4"
+
+
+def _ev_state(c: Cpu) -> tuple:
+    segs = [(s.sel, s.base, s.limit, s.attrib) for s in c.seg]
+    return (_state(c), segs, c.cpl, c.mode, bool(c.nmi_blocked), c.nmi_pending,
+            (c.gdtr.base, c.gdtr.limit), (c.idtr.base, c.idtr.limit),
+            c.mem.read_bytes(GDT, 0x100), c.mem.read_bytes(IDT, 0x1000),
+            c.mem.read_bytes(IDT2, 0x1000), c.mem.read_bytes(DESC, 0x200),
+            c.mem.read_bytes(KSTACK - 0x1000, 0x1100), c.mem.read_bytes(ISTACK - 0x1000, 0x1100),
+            c.mem.read_bytes(USTACK - 0x1000, 0x1100))
+
+
+def _ev_run(code: bytes, seed: int, fast: bool, blocks_on: bool) -> tuple:
+    r = random.Random(seed)
+    user = r.random() < 0.5
+    c = _ev_cpu(code, r, user, fast, blocks_on)
+    if r.random() < 0.4:
+        c.rflags |= 0x100
+    if r.random() < 0.3:
+        addr = CODE + r.randrange(len(code))
+        c.dr[0], c.dr[1] = addr, (USTACK if user else KSTACK) - 0x28
+        c.dr[7] = 0x400 | 1 | (1 << 2) | (3 << 20) | (3 << 22)   # DR0 exec, DR1 write 8 bytes
+        c.update_debug()
+
+    def ack() -> int:
+        c.set_intr_line(False)
+        return 0x40
+    c.attention = True
+    for _ in range(12):
+        c.run(r.choice((1, 2, 3, 7, 20, 64, 150)))
+        roll = r.random()
+        if roll < 0.15:
+            c.raise_nmi()
+        elif roll < 0.25:
+            c.set_intr_line(True, ack)
+        elif roll < 0.35:                       # the host rewrites the IDT or the GDT
+            lo = c.mem.read(IDT + 16, 8)
+            c.mem.write(IDT + 16, 8, lo ^ (1 << 32))                 # #DB gate: IST 0 <-> 1
+        elif roll < 0.40:
+            c.mem.write(GDT + ALT_CS + 4, 4, c.mem.read(GDT + ALT_CS + 4, 4) ^ 0x8000)
+        if c.shutdown or (c.halted and not c.nmi_pending and not c.intr_pending):
+            break
+    return _ev_state(c) + (c.icount,)
+
+
+def test_random_event_sequences_are_the_same_with_and_without_the_fast_paths(monkeypatch):
+    """Random programs in ring 0 and ring 3 taking #DB (TF, DR0-3), #BP, INT n, #NP, #GP with
+    an error code, #PF, NMI (IST) and INTR, with guest and host rewriting IDT, GDT, IDTR and
+    GDTR between deliveries, frames across page ends: the delivery and IRETQ fast paths give
+    the same retirement log, events, registers, segments and memory as the exact paths (with
+    blocks on and off)."""
+    from nitdbg.x86 import fastpath
+    monkeypatch.setattr(blocks, "HOT", 1)
+    _memo_decoder(monkeypatch)
+    fast_taken = [0, 0]
+    d64, iq = fastpath.deliver64, fastpath.iretq
+
+    def deliver64(*a):
+        ok = d64(*a)
+        fast_taken[0] += ok
+        return ok
+
+    def iretq(c):
+        ok = iq(c)
+        fast_taken[1] += ok
+        return ok
+    monkeypatch.setattr(fastpath, "deliver64", deliver64)
+    monkeypatch.setattr(fastpath, "iretq", iretq)
+    r = random.Random(1117)
+    events = 0
+    for n in range(EV_SEQUENCES):
+        code = _ev_sequence(r)
+        seed = r.getrandbits(32)
+        blocks_on = n % 2 == 0
+        exact = _ev_run(code, seed, False, blocks_on)
+        fast = _ev_run(code, seed, True, blocks_on)
+        assert fast == exact, f"sequence {n} ({code.hex()}) seed={seed} blocks={blocks_on}"
+        events += len(fast[0][5])
+    # the comparison means something only if both kinds of path ran often
+    assert events > 20 * EV_SEQUENCES
+    assert fast_taken[0] > 5 * EV_SEQUENCES and fast_taken[1] > 5 * EV_SEQUENCES

@@ -180,23 +180,31 @@ class StepAudit:
         depth = 1
         ei = 0
         mask = log.mask
+        rips = log.rips
+        decoded = self._icache      # (_decode's cache, read inline: this loop runs per insn)
+        nev = len(events)
+        next_ev = events[0].seq if nev else -1
         executed = chk.executed
         for seq in range(start, end + 1):
             soft = 0
             # the events at this boundary, in the order they happened
-            while ei < len(events) and events[ei].seq == seq:
-                e = events[ei]
-                if e.kind in DELIVERY_KINDS:
-                    depth += 1
-                elif e.kind == EV_SOFTINT:
-                    soft += 1           # INT n/INT3 retire after their delivery
-                elif ei in emulated and depth == 0:
-                    executed.append(self._record(chk.vcpu, seq, e.rip, True))
-                ei += 1
+            if seq == next_ev:
+                while ei < nev and events[ei].seq == seq:
+                    e = events[ei]
+                    if e.kind in DELIVERY_KINDS:
+                        depth += 1
+                    elif e.kind == EV_SOFTINT:
+                        soft += 1           # INT n/INT3 retire after their delivery
+                    elif ei in emulated and depth == 0:
+                        executed.append(self._record(chk.vcpu, seq, e.rip, True))
+                    ei += 1
+                next_ev = events[ei].seq if ei < nev else -1
             if seq == end:
                 break
-            rip = log.rips[seq & mask]
-            d = self._decode(chk.vcpu, rip)
+            rip = rips[seq & mask]
+            d = decoded.get(rip)
+            if d is None:
+                d = self._decode(chk.vcpu, rip)
             if depth == 0:
                 executed.append(self._record(chk.vcpu, seq, rip))
             elif d.is_iret:

@@ -500,6 +500,11 @@ def build(cpu: Cpu, rip: int) -> Block | None:
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
         _COMPILED[key] = fn
+    if fn is not None and fn.length == 1 and not fn.loops:
+        # One instruction that does not branch back to itself: the block's entry and exit
+        # cost more than the per-instruction path (e.g. a #DB handler's first instruction
+        # before its IRETQ).
+        return None
     return fn
 
 
@@ -676,4 +681,5 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
     exec(code, ns)  # noqa: S102 - our own generated source
     fn = ns["block"]
     fn.source = src
+    fn.length, fn.loops = n, loops
     return fn

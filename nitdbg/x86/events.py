@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from . import interrupts
 from .faults import Fault, Intercepted, InternalError, Unsupported
+from .retire import Event
 from .state import CpuState
 
 
@@ -127,7 +128,6 @@ class Events(CpuState):
 
     def record_event(self, kind: int, vector: int, error_code: int | None, rip: int,
                      rflags: int, info: int = 0) -> None:
-        from .retire import Event
         self._events_total += 1
-        self.retire.add_event(Event(self.icount, kind, vector, error_code, rip, rflags,
-                                    self.dr[6], info))
+        self.retire.events.append(Event(self.icount, kind, vector, error_code, rip, rflags,
+                                        self.dr[6], info))      # (RetireLog.add_event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import fastpath
 from .faults import Fault
 from .regs import CS, EFER_LMA, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
 from .retire import EV_EXCEPTION, EV_INTR, EV_NMI, EV_SOFTINT
@@ -75,6 +76,8 @@ def _pushed_rflags(cpu: Cpu, vector: int, kind: str) -> int:
 
 
 def _deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:
+    if cpu.fast_events and fastpath.deliver64(cpu, vector, kind, error_code):
+        return
     gate_err = vector * 8 + 2 + _ext(kind)
     if vector * 16 + 15 > cpu.idtr.limit:
         raise Fault(13, gate_err)

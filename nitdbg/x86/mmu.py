@@ -141,8 +141,14 @@ class Mmu(CpuState):
 
     def invalidate_code_page(self, hppn: int) -> None:
         """Self-modifying code: drop decoded instructions of a physical page being written."""
-        self.code_pages.pop(hppn, None)
-        for cache, rip in self._code_rips.pop(hppn, ()):
+        mask = self.code_pages.pop(hppn, None)
+        rips = self._code_rips.pop(hppn, ())
+        if mask is None and not rips:
+            # No instruction was decoded from this page (every cached instruction, and so
+            # every block, registered its pages here): nothing to drop. A host-side write
+            # (ddb's trapframe) then keeps the translated blocks of the whole guest.
+            return
+        for cache, rip in rips:
             cache.pop(rip, None)
         # A translated block may hold any of them: drop all blocks, and make a block that is
         # running stop at the next instruction boundary (self-modifying code).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import blocks
+from . import blocks, fastpath
 from . import insn as _insn  # noqa: F401  (registers the translators)
 from .decode import Decoder, Insn
 from .faults import InternalError
@@ -86,6 +86,8 @@ class CpuState:
         self._bcaches: dict[tuple[int, int], dict[int, blocks.Block | None]] = {}
         self.bcache: dict[int, blocks.Block | None] = {}
         self.bhot: dict[int, int] = {}
+        # long-mode event delivery and IRETQ through their fast paths (fastpath.py)
+        self.fast_events = fastpath.enabled_by_default()
         self.mode = 16
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
         self.exec_bps: list[tuple[int, int]] = []             # (addr, index)

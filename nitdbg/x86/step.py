@@ -139,7 +139,13 @@ class StepLoop(Events, Mmu):
             self.stop_reason = "intercept"
             return -1
         if r:
-            return r if r < 0 else 0
+            if r < 0:
+                return r
+            # Delivered. The handler's first instruction takes the exact path only if
+            # something still needs it (delivery cleared TF and RF): so a single-stepped
+            # guest's #DB handler runs on the fast path and in blocks.
+            self._recompute_attention()
+            return 0
         if hs is not None and hs.before_fetch(self):
             self.stop_reason = "host"
             return -1

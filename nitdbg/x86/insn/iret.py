@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import capstone.x86_const as X
 
+from .. import fastpath
 from ..decode import F_LOADS_RF, Decoded, translates
 from ..faults import Fault
 from ..regs import (
@@ -95,6 +96,8 @@ def iret_exec(c, size: int, next_rip: int) -> None:
         return
     # An IRET unblocks NMIs even if it then faults (SDM vol 3 6.7.1).
     c.nmi_blocked = False
+    if size == 8 and c.mode == 64 and c.fast_events and fastpath.iretq(c):
+        return
     new_rip = peek(c, size, 0)
     cs_sel = peek(c, size, size) & 0xFFFF
     popped = peek(c, size, 2 * size)
@@ -150,16 +153,20 @@ def iret_exec(c, size: int, next_rip: int) -> None:
     c.rflags = fl
     c.rip = new_rip
     if rpl > c.cpl:
-        # Returning outward: data segments the new CPL may not use become null
-        # (SDM vol 2 IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL").
-        for i in (ES, DS, FS, GS):
-            s = c.seg[i]
-            if s.sel & 0xFFFC and s.dpl < rpl and s.type & 0xC != 0xC:
-                c.seg[i].load(Segment(0, 0, 0, 0))
+        null_outer_data_segments(c, rpl)
     c.set_cpl(rpl)
     c.update_mode()
     c.attention = True
     c.record_event(EV_IRET, 0, None, new_rip, fl)
+
+
+def null_outer_data_segments(c, rpl: int) -> None:
+    """Returning outward: data segments the new CPL may not use become null (SDM vol 2 IRET
+    "RETURN-TO-OUTER-PRIVILEGE-LEVEL")."""
+    for i in (ES, DS, FS, GS):
+        s = c.seg[i]
+        if s.sel & 0xFFFC and s.dpl < rpl and s.type & 0xC != 0xC:
+            c.seg[i].load(Segment(0, 0, 0, 0))
 
 
 @translates(X.X86_INS_IRET, X.X86_INS_IRETD, X.X86_INS_IRETQ)
