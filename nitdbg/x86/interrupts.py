@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .faults import Fault
-from .regs import CS, EFER_LMA, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
+from .regs import CS, DR7_GD, EFER_LMA, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
 from .retire import EV_EXCEPTION, EV_INTR, EV_NMI, EV_SOFTINT
 from .segments import ATTR_L, Segment, decode_descriptor
 
@@ -62,6 +62,10 @@ def deliver(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:
             _deliver_real(cpu, vector, kind)
     finally:
         cpu.delivering = None
+    if vector == 1 and kind != "soft":
+        # Entering the #DB handler clears DR7.GD so it can use the debug registers
+        # (SDM vol 3 17.2.4; Bochs clears it on every #DB delivery). INT 01 is no #DB.
+        cpu.dr[7] &= ~DR7_GD
     cpu.attention = True
 
 
