@@ -106,7 +106,8 @@ class Rtc:
         self.updates_seen = 0          # seconds whose update cycle is accounted for in UF
         self.next_uf: int | None = None
         self.irq8 = False
-        self.counters = {"periodic": 0, "irq8": 0, "reg_c_reads": 0, "update": 0}
+        # ("update" joins the counters at the first update cycle a guest observes)
+        self.counters = {"periodic": 0, "irq8": 0, "reg_c_reads": 0}
 
     # -- the periodic interrupt ------------------------------------------------
     def _period_ns(self) -> int:
@@ -150,7 +151,7 @@ class Rtc:
             return
         n, self.updates_seen = k - self.updates_seen, k
         if self._updating():
-            self.counters["update"] += n
+            self.counters["update"] = self.counters.get("update", 0) + n
             self._set_reg_c(self.reg_c | C_UF)
 
     def _schedule_update(self) -> None:
@@ -263,12 +264,16 @@ class Rtc:
             self.nvram[reg] = value        # time registers: the clock is not settable here
 
     def state(self) -> dict[str, Any]:
-        return {"index": self.index, "nmi_disable": self.nmi_disable,
-                "nvram": list(self.nvram), "reg_a": self.reg_a, "reg_b": self.reg_b,
-                "reg_c": self.reg_c, "periodic_start": self.periodic_start,
-                "periodic_seen": self.periodic_seen, "next_pf": self.next_pf,
-                "updates_seen": self.updates_seen, "next_uf": self.next_uf,
-                "irq8": self.irq8, "counters": dict(self.counters)}
+        st = {"index": self.index, "nmi_disable": self.nmi_disable,
+              "nvram": list(self.nvram), "reg_a": self.reg_a, "reg_b": self.reg_b,
+              "reg_c": self.reg_c, "periodic_start": self.periodic_start,
+              "periodic_seen": self.periodic_seen, "next_pf": self.next_pf,
+              "irq8": self.irq8, "counters": dict(self.counters)}
+        # The update cycle's fields only once a guest has looked at the RTC: a machine
+        # whose guest never did has the state (and the session digests) it always had.
+        if self.updates_seen or self.next_uf is not None:
+            st["updates_seen"], st["next_uf"] = self.updates_seen, self.next_uf
+        return st
 
     def load_state(self, state: dict[str, Any]) -> None:
         st = checked_state(state, {"index": int, "nmi_disable": bool, "nvram": list,
@@ -280,7 +285,7 @@ class Rtc:
         for k in ("index", "nmi_disable", "reg_a", "reg_b", "reg_c", "periodic_start",
                   "periodic_seen", "next_pf", "irq8"):
             setattr(self, k, st[k])
-        # a state saved before the update cycle was modelled has neither field
+        # a state without them: no update cycle observed yet (or saved before they existed)
         updates_seen, next_uf = state.get("updates_seen", 0), state.get("next_uf")
         if type(updates_seen) is not int or not (next_uf is None or type(next_uf) is int):
             raise ValueError("rtc: updates_seen and next_uf must be integers")
@@ -290,6 +295,6 @@ class Rtc:
 
     def describe(self) -> str:
         return (f"rtc: A {self.reg_a:#04x} ({periodic_hz(self.reg_a)} Hz periodic) "
-                f"B {self.reg_b:#04x} C {self.reg_c:#04x}, {self.counters['update']} update"
+                f"B {self.reg_b:#04x} C {self.reg_c:#04x}, {self.counters.get('update', 0)} update"
                 f" cycles, IRQ 8 "
                 f"{'high' if self.irq8 else 'low'}, NMI-disable {int(self.nmi_disable)}")
