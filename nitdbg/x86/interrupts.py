@@ -70,10 +70,11 @@ def deliver(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:
 
 
 def _pushed_rflags(cpu: Cpu, vector: int, kind: str) -> int:
-    # Faults other than the instruction-breakpoint #DB push RF=1 so that the handler's IRET
-    # does not re-trigger an instruction breakpoint (SDM 17.3.1.1, APM 13.1.3.1).
+    # Fault-class exceptions push RF=1 so that the handler's IRET does not re-trigger an
+    # instruction breakpoint (SDM 17.3.1.1, APM 13.1.3.1); the general-detect #DB too. The
+    # instruction-breakpoint #DB, which pushes RF as it is, is delivered as a "trap".
     fl = cpu.rflags
-    if kind == "fault" and vector != 1:
+    if kind == "fault":
         fl |= RF
     return fl
 

@@ -159,12 +159,11 @@ class StepLoop(Events, Mmu):
         rflags = self.rflags
         pending = self.pending_db
         try:
-            insn = self.icache.get(rip)
-            if insn is None:
-                insn = self.fetch_insn(rip)
-            # 7. Instruction breakpoints are faults checked before execution, ignored when
-            # RF=1 (SDM 17.3.1.1, APM 13.1.3.1), and on the instruction after MOV SS /
-            # POP SS "as if EFLAGS.RF were 1" (SDM vol 3 6.15, interrupt 1).
+            # 7. Instruction breakpoints are faults checked before execution, before the
+            # fetch's own faults (8), ignored when RF=1 (SDM 17.3.1.1, APM 13.1.3.1), and on
+            # the instruction after MOV SS / POP SS "as if EFLAGS.RF were 1" (SDM vol 3
+            # 6.15, interrupt 1). Delivered with RF as it is (0): the one fault-class
+            # exception that does not push RF=1, hence not kind "fault" (SDM 17.3.1.1).
             if self.exec_bps and not rflags & RF and shadow != SHADOW_MOVSS:
                 lin = rip if self.mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
                 hit = 0
@@ -173,8 +172,11 @@ class StepLoop(Events, Mmu):
                         hit |= 1 << i
                 if hit:
                     self.dr[6] |= hit
-                    self.deliver_exception(1, None, fault=True)
+                    self.deliver_exception(1, None)
                     return 0
+            insn = self.icache.get(rip)
+            if insn is None:
+                insn = self.fetch_insn(rip)
             self.rip = insn.next
             insn.fn(self)
         except Fault as f:
