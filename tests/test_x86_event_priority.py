@@ -139,3 +139,38 @@ done: jmp done
     m.run_until("done")
     e = next(e for e in m.cpu.retire.events if e.kind == EV_EXCEPTION and e.vector == 1)
     assert e.rip == m.syms["g"] and e.rflags & RF
+
+
+def test_a_task_switch_clears_dr7_l0_l3_and_le_and_keeps_g0_g3_and_ge():
+    # SDM 17.2.4 (APM 13.1.1.5): the local enables L0-L3 and LE are cleared on a hardware
+    # task switch, so a task's local breakpoints do not follow into another task.
+    from x86util import TSS2, ProtectedModeMachine
+
+    from nitdbg.x86 import tasks
+    m = ProtectedModeMachine("loop: jmp loop\ntsh: jmp tsh\nunexpected: hlt\n")
+    m.set_task(TSS2, eip=m.syms["tsh"], esp=0x60000)
+    c = m.cpu
+    c.dr[7] = 0x400 | 0x3FF                  # L0-L3, G0-G3, LE, GE
+    c.update_debug()
+    tasks.far_transfer(c, 0x30, "jmp", c.rip)
+    assert c.dr[7] == 0x400 | 0x2AA          # G0-G3 and GE remain
+
+
+def test_data_breakpoint_covers_its_aligned_range_for_any_overlapping_access():
+    # SDM 17.2.5 table 17-1 / APM 13.1.1.4: DRn's low bits are ignored for LEN > 1 (the
+    # range is aligned); any access overlapping it triggers, one beside it does not.
+    m = machine("""
+    leaq var+2(%rip), %rax       # unaligned: the 4-byte range is var..var+3
+    movq %rax, %dr0
+    movq $0x000D0001, %rax       # L0, R/W0 = 01 (write), LEN0 = 11 (4 bytes)
+    movq %rax, %dr7
+    movb $1, var+4(%rip)         # beside it: nothing
+a:  movw $1, var-1(%rip)         # overlaps byte var: a trap after the write
+b:  nop
+done: jmp done
+    .balign 8
+    .quad 0
+var: .quad 0
+""")
+    m.run_until("done")
+    assert [(v, rip) for _, v, rip in events(m)] == [(1, m.syms["b"])]
