@@ -5,6 +5,7 @@ APs started by INIT-SIPI-SIPI) replays as multiboot, not as nitdbg's direct boot
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from nitdbg.session import replay, start_recording
 from nitdbg.session.format import read_session
@@ -38,11 +39,8 @@ def test_a_session_with_an_unknown_boot_path_is_refused_with_one_line(tmp_path):
     import pytest
 
     from nitdbg.session.format import SessionError
-    path = tmp_path / "auto.nitrec"
-    rec = start_recording(path, vcpus=1, sync=False)
-    rec.boot_to_prompt()
-    rec.close()
-    lines = path.read_text().splitlines()
+    sample = Path(__file__).resolve().parent.parent / "sessions" / "guest-breakpoint.nitrec"
+    lines = sample.read_text().splitlines()
     header = json.loads(lines[0])
     header["config"]["boot"] = "uefi"
     bad = tmp_path / "bad.nitrec"
