@@ -57,6 +57,21 @@ class CounterGetter:
         return self.dev.counters[self.key]
 
 
+class _IoApicPage:
+    """The I/O APIC page as the guest reaches it: each write may stop the vCPU for the
+    injection bhyve would do after emulating the access (Vm.stop_if_kicked)."""
+
+    def __init__(self, ioapic: IoApic, vm: Vm):
+        self.ioapic, self.vm = ioapic, vm
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        return self.ioapic.mmio_read(offset, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        self.ioapic.mmio_write(offset, size, value)
+        self.vm.stop_if_kicked()
+
+
 class PcPlatform:
     def __init__(self, vm: Vm):
         self.vm = vm
@@ -71,7 +86,7 @@ class PcPlatform:
         bus.register(self.pic, ELCR_PORT, 2)
         bus.register(self.pit, PIT_PORT, 4)
         bus.register(self.rtc, RTC_PORT, 2)
-        vm.mem.map_mmio(IOAPIC_BASE, IOAPIC_SIZE, self.ioapic)
+        vm.mem.map_mmio(IOAPIC_BASE, IOAPIC_SIZE, _IoApicPage(self.ioapic, vm))
         vm.npt.map(IOAPIC_BASE, IOAPIC_BASE, IOAPIC_SIZE)
         for vl in vm.vlapics:
             vl.on_eoi = self.ioapic.eoi

@@ -43,6 +43,7 @@ class ApicMmio:
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
         self.vm.vlapics[self.vm.current_vcpu].mmio_write(offset, size, value)
+        self.vm.stop_if_kicked()
 
 
 class HostView(Hooks):
@@ -194,6 +195,16 @@ class Vm:
         if d > v.now():
             v.cpu.advance_time(d - v.now())
         return True
+
+    def stop_if_kicked(self) -> None:
+        """In bhyve a guest's access to the xAPIC or I/O APIC page is an NPF exit (the page is
+        not mapped; vmm emulates the access), so an interrupt the write made pending is
+        injected, or its window opened, before the guest's next instruction. The model does
+        the access inline: a write that kicked the vCPU making it stops that vCPU at the next
+        instruction boundary, where the kick's exit and the injection run."""
+        v = self.vcpus[self.current_vcpu]
+        if v.kicked and v.svm.in_guest:
+            v.cpu.request_stop()
 
     # ------------------------------------------------------------------ events
     def _ipi(self, src: int, dests: list[int], mode: str, vector: int) -> None:
