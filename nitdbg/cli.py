@@ -45,6 +45,10 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vm", default="vm2", help="VM name (default vm2, as the seed)")
     p.add_argument("--tunable", action="append", default=[], metavar="NAME=VALUE",
                    help="boot-time tunable, e.g. hw.vmm.trace_guest_exceptions=1")
+    p.add_argument("--boot", choices=("auto", "amd64", "multiboot"), default="auto",
+                   help="boot path: auto (ELF64 -> nitdbg's long-mode boot, else multiboot),"
+                   " or force one (multiboot runs a kernel's own QEMU entry, e.g. the amd64"
+                   " firmware's INIT-SIPI-SIPI start of its APs); a recorded session keeps it")
 
 
 def _machine_kwargs(a: argparse.Namespace) -> dict:
@@ -101,10 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the history for `back` / `back-stop` at host$ (on with --gdb)")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
-    r.add_argument("--boot", choices=("auto", "amd64", "multiboot"), default="auto",
-                   help="boot path: auto (ELF64 -> nitdbg's long-mode boot, else multiboot),"
-                   " or force one (multiboot runs a kernel's own QEMU entry, e.g. the amd64"
-                   " firmware's INIT-SIPI-SIPI start of its APs)")
     r.add_argument("--max-instructions", type=int, default=100_000_000)
     r.add_argument("--max-seconds", type=float, default=10.0,
                    help="stop after this much virtual time (default 10 s)")

@@ -235,6 +235,10 @@ class Machine:
         self.vm.inject_nmi(vcpu)
 
     # ------------------------------------------------------------------ boot
+    def boot_path(self) -> str:
+        """The boot path this machine was built with: auto, amd64 or multiboot."""
+        return self._config["boot"]
+
     def _load(self, image: BootImage) -> None:
         for gpa, data in image.memory:
             self.vm.mem.write_bytes(gpa, data)
