@@ -53,8 +53,12 @@ class Segment:
         return len(self.data)
 
     def image(self) -> bytes:
-        """The segment as it must appear in memory, bss zero-filled."""
-        return self.data + bytes(self.memsz - len(self.data))
+        """The segment as it must appear in memory, bss zero-filled (built once: the parsed
+        image is shared, so every machine booted from it shares these bytes too)."""
+        img = self.__dict__.get("_image")
+        if img is None:
+            img = self.__dict__["_image"] = self.data + bytes(self.memsz - len(self.data))
+        return img
 
 
 @dataclass(frozen=True)
