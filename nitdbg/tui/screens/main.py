@@ -197,11 +197,11 @@ class MainScreen(Screen):
         self.query_one(VerdictBar).update(" " + BOOTING)
 
     def _probe(self, *what: object) -> None:
-        """For nitdbg.tui.bench: report (after the screen has been painted) what was
-        painted. `app.paint_probe` is None except under the benchmark."""
+        """For nitdbg.tui.bench: what the screen has just applied (the bench waits for it
+        to be on the terminal). `app.paint_probe` is None except under the benchmark."""
         probe = getattr(self.app, "paint_probe", None)
         if probe is not None:
-            self.call_after_refresh(probe, self.app, *what)
+            probe(self.app, *what)
 
     def panes(self) -> list[Pane]:
         if self._panes is None:
