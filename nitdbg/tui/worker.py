@@ -13,6 +13,7 @@ count, and a replay stops at the same one whatever the host's speed.
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
@@ -135,6 +136,8 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                     self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
             with self._lock:
                 self.state.completed += 1
+            if self.m is not self._frozen_for:
+                self._freeze_heap()
             if not self.state.running:
                 self._snap(True)
             else:
@@ -152,6 +155,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             if self.kdb_on_nmi:
                 self.m.type_line("sysctl machdep.kdb_on_nmi=1")
         self._mark_stop()
+        self._freeze_heap()
         self.state.booted = True
         m = self.m
         ms = m.summary()
@@ -160,6 +164,19 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                   "try: F3 then 'sysctl machdep.kdb_on_nmi=1', then n (NMI), then s (step); "
                   "? for help\n", "info")
         self._snap(True)
+
+    _frozen_for: Machine | None = None
+
+    def _freeze_heap(self) -> None:
+        """Move what exists now (the app, the booted machine) out of the collector's sight:
+        a full collection of it takes tens of milliseconds, on whichever thread happens to
+        trigger it, in the middle of a step's repaint. A machine that replaced another gets
+        the old one collected first (frozen, it would never be freed)."""
+        if self._frozen_for is not None:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+        self._frozen_for = self.m
 
     def _out(self, text: str, source: str) -> None:
         if text:
