@@ -176,42 +176,40 @@ def _tui(a: argparse.Namespace) -> int:
     import os
 
     from .hostcmds import DiskFiles
+    on_machine = None
     if a.gdb or a.timeline:
         try:
-            _tui_gdb_hook(a)
+            on_machine = _tui_gdb_hook(a)
         except ValueError as e:
             print(f"nitdbg: {e}", file=sys.stderr)
             return 2
     kw = _machine_kwargs(a)
     kw["host_files"] = DiskFiles(os.getcwd())     # host$ files are real files, as in console
-    return run_app(kw, record=_record_target(a)) or 0
+    return run_app(kw, record=_record_target(a), on_machine=on_machine) or 0
 
 
-def _tui_gdb_hook(a: argparse.Namespace) -> None:
-    """--gdb / --timeline for the TUI without touching it: once its worker has built and
-    booted the machine, serve gdb beside it (or keep the history). The worker's inputs go
-    through the machine's @_input methods, which take the stub's lock."""
+def _tui_gdb_hook(a: argparse.Namespace):  # noqa: ANN202 - the worker's on_machine hook
+    """--gdb / --timeline for the TUI: the hook its machine worker calls (on the worker
+    thread, once the machine is built and booted) to serve gdb beside it, or to keep the
+    history. The worker's inputs go through the machine's @_input methods, which take the
+    stub's lock. A bad endpoint raises ValueError here, before the app starts."""
     from .gdb.server import parse_endpoint
-    from .tui import worker
     if a.gdb:
-        parse_endpoint(a.gdb)          # a bad endpoint fails here, before the app starts
-    start = worker.MachineWorker._start
+        parse_endpoint(a.gdb)
 
-    def _start(self) -> None:  # noqa: ANN001
-        start(self)
-        m = getattr(self.m, "machine", self.m)      # under a session recorder
+    def on_machine(m, say) -> None:  # noqa: ANN001 - a Machine, say(text, source)
         if a.gdb:
             from .gdb import serve_in_thread
             try:
-                srv = serve_in_thread(m, a.gdb, log=lambda s: self._out(s + "\n", "info"))
+                srv = serve_in_thread(m, a.gdb, log=lambda s: say(s + "\n", "info"))
             except OSError as e:
-                self._out(f"gdb: {a.gdb}: {e.strerror or e}\n", "error")
+                say(f"gdb: {a.gdb}: {e.strerror or e}\n", "error")
                 return
-            self._out(f"gdb: serving on {srv.address[0]}:{srv.address[1]}\n", "info")
+            say(f"gdb: serving on {srv.address[0]}:{srv.address[1]}\n", "info")
         else:
             from .timeline import Timeline
             Timeline(m)
-    worker.MachineWorker._start = _start
+    return on_machine
 
 
 def _console(a: argparse.Namespace) -> int:

@@ -48,16 +48,23 @@ class LineScrollBar(ScrollBar):
         return self._rows
 
     def render_lines(self, crop):  # noqa: ANN001, ANN201 - Region -> list[Strip]
-        self._frame_rows = self._strips()       # the styles once a frame, not once a row
+        # the rows once a frame, and only if a row is drawn at all (a bar whose rows are
+        # all cached is asked for none of them)
+        self._in_frame, self._frame_rows = True, None
         try:
             return super().render_lines(crop)
         finally:
-            self._frame_rows = None
+            self._in_frame, self._frame_rows = False, None
 
+    _in_frame = False
     _frame_rows: list[Strip] | None = None
 
     def render_line(self, y: int) -> Strip:
-        rows = self._frame_rows if self._frame_rows is not None else self._strips()
+        rows = self._frame_rows
+        if rows is None:
+            rows = self._strips()
+            if self._in_frame:
+                self._frame_rows = rows
         if 0 <= y < len(rows):
             return rows[y]
         return Strip.blank(self.size.width)
