@@ -59,8 +59,11 @@ class WorkerState:
 class MachineWorker(RecordingMixin, ReplayMixin):
     def __init__(self, machine_kwargs: dict | None, post: Callable[[Message], object],
                  boot: bool = True, kdb_on_nmi: bool = False, record: str | None = None,
-                 on_machine: OnMachine | None = None):
+                 on_machine: OnMachine | None = None, host_dir: str | None = None):
         self.kwargs = dict(machine_kwargs or {})
+        # the host shell's files are the real files in this directory (DiskFiles), made on
+        # the worker thread with the machine (nitdbg.hostcmds is not needed to paint)
+        self.host_dir = host_dir
         # called once the first machine is built and booted (the recorder's machine when
         # recording), with a function that says a line in the transcript: `nitdbg --gdb`
         # serves gdb beside the TUI through it
@@ -150,6 +153,9 @@ class MachineWorker(RecordingMixin, ReplayMixin):
 
     def _start(self) -> None:
         from ..machine import Machine
+        if self.host_dir is not None:
+            from ..hostcmds import DiskFiles
+            self.kwargs["host_files"] = DiskFiles(self.host_dir)
         if self.record_at_start is not None:
             self._begin_recording(self.record_at_start)
         else:

@@ -13,7 +13,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 
 from ..messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
@@ -22,7 +22,9 @@ from ..widgets.cmdline import CommandLine
 from ..widgets.console import ConsolePane
 from ..widgets.disasm import DisasmPane
 from ..widgets.explain import ExplainPane
+from ..widgets.keys import KeysBar
 from ..widgets.ktr import KtrPane
+from ..widgets.lineview import LineView, plain
 from ..widgets.nmi import NmiPane
 from ..widgets.registers import RegistersPane
 from ..widgets.rflags import RflagsPane
@@ -113,6 +115,8 @@ class MainScreen(Screen):
             # laid out for the terminal from the start: no second compose on the first resize
             self.set_reactive(MainScreen.layout_mode, layout_for(*self.app.size))
         self._panes = None
+        # the layout's class before the children mount: set after, it would restyle them all
+        self._set_layout_class(self.layout_mode)
         if self.layout_mode == "wide":
             yield from self._wide()
         elif self.layout_mode == "small":
@@ -121,7 +125,7 @@ class MainScreen(Screen):
             yield from self._compact()
         yield VerdictBar(id="verdict")
         yield CommandLine(id="cmdline")
-        yield Footer(compact=self.layout_mode == "small")
+        yield KeysBar(compact=self.layout_mode == "small", id="keys")
 
     def _side(self) -> ComposeResult:
         yield RegistersPane(id="registers", classes="pane")
@@ -192,8 +196,9 @@ class MainScreen(Screen):
 
     def _show_booting(self) -> None:
         for pane in self.panes():
-            if isinstance(pane, Static):
-                pane.update(BOOTING)
+            # every pane a snapshot redraws says so; the transcript keeps what it is told
+            if isinstance(pane, LineView) and not isinstance(pane, Transcript):
+                pane.set_lines([plain(BOOTING, "#697098")])
         self.query_one(VerdictBar).update(" " + BOOTING)
 
     def _probe(self, *what: object) -> None:
