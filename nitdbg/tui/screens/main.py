@@ -226,9 +226,7 @@ class MainScreen(Screen):
         self._reshow()
 
     def _reshow(self) -> None:
-        tr = self.query_one(Transcript)
-        for text, source in self.transcript[-400:]:
-            tr.add(text, source)
+        self.query_one(Transcript).add_many(self.transcript[-400:])
         cl = self.query_one(CommandLine)
         cl.words = self.words or cl.words
         cl.set_surface(self._surface_user)
@@ -248,8 +246,7 @@ class MainScreen(Screen):
         snap = msg.snapshot.select(self.selected % len(msg.snapshot.vcpus))
         self.snap = snap
         with self.app.batch_update():
-            for text, source in msg.outputs:
-                self._output(text, source)
+            self._output_many(msg.outputs)
             self._show(snap)
         if snap.is_stop:
             self.base = snap
@@ -281,14 +278,20 @@ class MainScreen(Screen):
         self._output(msg.text, msg.source)
 
     def _output(self, text: str, source: str) -> None:
-        self.transcript.append((text, source))
+        self._output_many(((text, source),))
+
+    def _output_many(self, outputs: tuple[tuple[str, str], ...]) -> None:
+        if not outputs:
+            return
+        self.transcript.extend(outputs)
         del self.transcript[:-2000]
-        self.query_one(Transcript).add(text, source)
-        if source == "audit":
-            from .evidence import EvidenceScreen
-            self.app.push_screen(EvidenceScreen(text))
-        elif source == "error" and self.layout_mode != "wide":
-            self.query_one(TabbedContent).active = "tab-transcript"
+        self.query_one(Transcript).add_many(list(outputs))
+        for text, source in outputs:
+            if source == "audit":
+                from .evidence import EvidenceScreen
+                self.app.push_screen(EvidenceScreen(text))
+            elif source == "error" and self.layout_mode != "wide":
+                self.query_one(TabbedContent).active = "tab-transcript"
 
     def on_machine_words(self, msg: MachineWords) -> None:
         self.words = msg.words

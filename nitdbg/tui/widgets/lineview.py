@@ -48,7 +48,13 @@ def line_text(line: Line) -> str:
     return "".join(t for t, _ in line)
 
 
-def wrap_line(line: Line, width: int) -> list[Line]:
+@lru_cache(maxsize=4096)
+def wrap_line(line: Line, width: int) -> tuple[Line, ...]:
+    """`line` cut into rows (cached: a pane re-wraps the same lines on every snapshot)."""
+    return tuple(_wrap_line(line, width))
+
+
+def _wrap_line(line: Line, width: int) -> list[Line]:
     """`line` cut into rows of at most `width` characters, after a space where one is near
     the end of the row (else mid-word); the runs keep their styles."""
     text = line_text(line)

@@ -37,24 +37,31 @@ class TimelinePane(LinePane, Pane):
 
     def show(self, snap: Snapshot, base: Snapshot | None) -> None:
         width = max(20, (self.size.width or 80) - 8)
-        evs = [e for v in snap.vcpus for e in v.timeline]
-        if not evs:
+        ends = [(v.timeline[0].time, v.timeline[-1].time) for v in snap.vcpus if v.timeline]
+        if not ends:
             self.set_lines([plain("no events yet")])
             return
-        lines = []
-        hi = max(e.time for e in evs)
-        lo = min(e.time for e in evs)
+        # each vCPU's events are in time order: the span is from the ends
+        lo = min(a for a, _ in ends)
+        hi = max(b for _, b in ends)
         span = max(hi - lo, 1)
         self.set_title(f"timeline {lo / 1e6:.3f}–{hi / 1e6:.3f} ms (virtual)")
+        lines = []
+        last = width - 1
         for v in snap.vcpus:
-            cells: list[tuple[str, str, int]] = [(" ", "", 0)] * width
+            best = [0] * width
+            cells: list[tuple[str, str, int] | None] = [None] * width
             for e in v.timeline:
-                i = min(width - 1, (e.time - lo) * width // span)
                 g = GLYPHS.get(e.kind)
-                if g and g[2] > cells[i][2]:
+                if g is None:
+                    continue
+                i = (e.time - lo) * width // span
+                i = last if i > last else 0 if i < 0 else i
+                if g[2] > best[i]:
+                    best[i] = g[2]
                     cells[i] = g
             runs = [(f"vCPU{v.id} ", "bold" if v.id == snap.selected else "")]
-            runs.extend((ch if ch != " " else "·", st or "#3a3f4b") for ch, st, _ in cells)
+            runs.extend((c[0], c[1]) if c is not None else ("·", "#3a3f4b") for c in cells)
             lines.append(tuple(runs))
         lines.extend(plain(r, "#697098") for r in legend_rows(width + 6))
         self.set_lines(lines)
