@@ -339,4 +339,6 @@ def _child(fd: int, argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         sys.exit(_child(int(sys.argv[2]), sys.argv[3:]))
-    print(bench_figures())
+    # python3 -m nitdbg.tui.bench [COLSxROWS]: the TUI figures alone, at that size
+    cols, _, rows = (sys.argv[1] if len(sys.argv) > 1 else "160x45").partition("x")
+    print(bench_figures(size=(int(cols), int(rows))))

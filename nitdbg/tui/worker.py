@@ -280,10 +280,12 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             if k == "audit":
                 self._out(m.ddb.audit.report(), "audit")
             elif k == "exits":
-                exits = m.exit_history(self.selected)
+                at = int(r.arg) if r.arg else None          # picked on the timeline
+                vcpu = r.num % m.summary().vcpus if at is not None else self.selected
+                exits = m.exit_history(vcpu)
                 names = {a: m.symbols.format(a) for x in exits
                          for a in (x.exit.rip, x.regs["rip"])}
-                self.post(ExitHistory(self.selected, exits, names))
+                self.post(ExitHistory(vcpu, exits, names, at))
             return
         self.deadlock = {}              # an input: the watchdog says again if it still holds
         if k == "ddb":

@@ -87,11 +87,13 @@ class MainScreen(Screen):
         Binding("slash", "ktr_filter", "filter KTR", show=False),
         Binding("R", "force_reset", "force-reset", show=False),
         Binding("X", "exit_history", "exits", show=False),
+        Binding("t", "timeline", "timeline", show=False),
         Binding("C", "compare", "compare", show=False),
     ]
     # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
-    # takes the focus by itself, so a machine key never lands in an input
-    AUTO_FOCUS = None
+    # takes the focus by itself, so a machine key never lands in an input ("": none; None
+    # would inherit the app's "*", the first focusable pane)
+    AUTO_FOCUS = ""
 
     layout_mode: reactive[str] = reactive("compact", init=False)
 
@@ -400,7 +402,18 @@ class MainScreen(Screen):
     def on_exit_history(self, msg: ExitHistory) -> None:
         from .exits import ExitHistoryScreen
         self.app.push_screen(ExitHistoryScreen(msg.vcpu, msg.exits,
-                                               lambda a: msg.names.get(a, f"{a:#x}")))
+                                               lambda a: msg.names.get(a, f"{a:#x}"), msg.at))
+
+    def on_timeline_pane_picked(self, msg: TimelinePane.Picked) -> None:
+        """A moment picked on the timeline: the exit history of that vCPU, opened on the
+        exit nearest it."""
+        self._submit(Request("exits", str(msg.time), num=msg.vcpu))
+
+    def action_timeline(self) -> None:
+        """Keys to the timeline (arrows pick a moment, Enter its exit, Esc back)."""
+        if self.layout_mode != "wide":
+            self.query_one(TabbedContent).active = "tab-timeline"
+        self.query_one(TimelinePane).focus()
 
     def action_compare(self) -> None:
         """Every scenario under every policy against the hardware reference."""
