@@ -58,7 +58,8 @@ class VcpuView:
     halted: bool
     icount: int
     rip: int
-    regs: dict[str, int]            # of the trapframe while in ddb, else the live vCPU
+    regs: dict[str, int]            # of the trapframe while in ddb, else the live vCPU:
+                                    # the 16 GPRs in nitdbg.x86.regs.GPR_NAMES order, rip
     regs_source: str                # "trapframe" or "vCPU"
     rflags: int
     rflags_source: str
