@@ -106,6 +106,9 @@ class Snapshot:
     ktr_total: int = 0
     ktr_epoch: int = 0
     extra: dict = field(default_factory=dict)
+    # False: the same stop shown again after a read (v, audit, exits): not a new baseline
+    # for the "changed since the last stop" marks
+    new_stop: bool = True
 
     @property
     def vcpu(self) -> VcpuView:

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from textual.message import Message
@@ -36,6 +36,8 @@ if TYPE_CHECKING:          # the machine is imported on the worker thread, after
 # on_machine(machine, say): say(text, source) adds a line to the transcript
 OnMachine = Callable[["Machine", Callable[[str, str], None]], object]
 
+# requests that only look at the machine: no new stop for the panes' marks
+READS = ("select", "refresh", "audit", "exits")
 CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
@@ -147,7 +149,9 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             if self.m is not self._frozen_for:
                 self._freeze_heap()
             if not self.state.running:
-                self._snap(True)
+                # a read (v, the audit, the exit list) shows the same stop again: the
+                # "retired since" and "changed since" marks stay those of the last stop
+                self._snap(True, new_stop=req.kind not in READS)
             else:
                 self._flush()
 
@@ -219,18 +223,20 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self.builder = SnapshotBuilder(Disassembler(self.m.symbols))
             self._built_for = self.m
 
-    def _snap(self, is_stop: bool, status: str = "") -> None:
+    def _snap(self, is_stop: bool, status: str = "", new_stop: bool = True) -> None:
         m = self.m
         assert m is not None
         if getattr(m, "boots", 1) != self._boots:
             self._machine_reset()        # reset from the host shell (F2) as well as by R
         assert self.builder is not None
-        if is_stop:
+        if is_stop and new_stop:
             # "retired since the last stop": from the previous stop up to this one
             self.since = dict(self._since_next)
             self._since_next = dict(enumerate(m.summary().icounts))
         snap = self.builder.build(m, self.selected, self.since, self.state.completed,
                                   is_stop, self.state.running, status or self._status())
+        if not new_stop:
+            snap = replace(snap, new_stop=False)
         said, self._said = tuple(self._said), []
         self.post(MachineUpdate(snap, said))
 
@@ -276,7 +282,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if k == "select":
             self.selected = r.num % m.summary().vcpus
             return
-        if k in ("refresh", "audit", "exits"):      # reads: not inputs to the machine
+        if k in READS:      # reads: not inputs to the machine
             if k == "audit":
                 self._out(m.ddb.audit.report(), "audit")
             elif k == "exits":

@@ -100,7 +100,9 @@ class MainScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.snap: Snapshot | None = None
-        self.base: Snapshot | None = None      # the snapshot of the previous stop
+        self.base: Snapshot | None = None      # the snapshot of the last stop
+        self.prev_base: Snapshot | None = None  # the stop before it: what a stop is marked
+                                                # against ("changed since the last stop")
         self.transcript: list[tuple[str, str]] = []
         self.forced_layout = False
         self.updates = 0
@@ -247,17 +249,19 @@ class MainScreen(Screen):
         self._ddb_followed = ddb
         snap = msg.snapshot.select(self.selected % len(msg.snapshot.vcpus))
         self.snap = snap
+        if snap.is_stop and snap.new_stop:
+            self.prev_base, self.base = self.base, snap
         with self.app.batch_update():
             self._output_many(msg.outputs)
             self._show(snap)
-        if snap.is_stop:
-            self.base = snap
         self.updates += 1
         self._probe("update", snap.seq)
 
     def _show(self, snap: Snapshot) -> None:
         """Repaint the panes whose data changed, in one batch (one frame)."""
-        base = self.base if self.base is not snap else None
+        # a stop (shown again after a read or a vCPU switch too) is marked against the stop
+        # before it; an update while the guest runs against the last stop
+        base = self.prev_base if snap.is_stop else self.base
         with self.app.batch_update():
             for pane in self.panes():
                 pane.refresh_from(snap, base)
