@@ -264,6 +264,7 @@ class Machine:
     @_input
     def console_input(self, data: bytes) -> None:
         self._check_on()
+        self._catch_up(0)       # the UART's interrupt reaches the BSP at the host's present
         self.vm.com1.feed(data)
 
     # ------------------------------------------------------------------ running
