@@ -55,14 +55,17 @@ void clock_calibrate(void)
 	}
 }
 
-/* hardclock(cnt): account every tick boundary the TSC has passed (BSP). */
+/*
+ * hardclock(cnt): account every tick boundary the TSC has passed (BSP).
+ * nexthard is never more than a period after the last time accounted, so
+ * now + tsc_tick - nexthard cannot underflow; no branch depends on the time
+ * read, so time alone (exit costs, delays) never changes the instructions the
+ * guest executes here, only the count.
+ */
 static void hardclock_sync(uint64_t now)
 {
-	uint64_t n;
+	uint64_t n = (now + tsc_tick - nexthard) / tsc_tick;
 
-	if (now < nexthard)
-		return;
-	n = (now - nexthard) / tsc_tick + 1;
 	nexthard += n * tsc_tick;
 	ticks += (int)n;
 }
@@ -104,13 +107,10 @@ void clock_intr(void)
 			nexthard = now + tsc_tick / 2;
 			calib_state = 3;
 		}
-		tty_poll();
 		return;
 	}
-	if (cpu == 0) {
+	if (cpu == 0)
 		hardclock_sync(now);
-		tty_poll();
-	}
 	if (pcpu_clock[cpu].mode == CLK_IDLE)
 		pcpu_clock[cpu].mode = CLK_EXPIRED;
 	else if (pcpu_clock[cpu].mode == CLK_REALIGN) {

@@ -1,8 +1,8 @@
 /*
  * COM1 console (16550) and a canonical-mode tty: the receiver interrupt
- * (ISA IRQ 4 through the I/O APIC) and the BSP's clock tick drain the
- * receiver, echo, edit the line and queue complete lines for read(2).
- * Ctrl-C flushes the line and posts SIGINT.
+ * (ISA IRQ 4 through the I/O APIC) drains the receiver, echoes, edits the
+ * line and queues complete lines for read(2).  Ctrl-C flushes the line and
+ * posts SIGINT.
  */
 #include "kern.h"
 
@@ -160,26 +160,17 @@ static void tty_input(int c)
 	cons_putc(c);
 }
 
-/* From the BSP's clock interrupt: drain the receiver. */
-void tty_poll(void)
-{
-	int n;
-
-	for (n = 0; n < 16 && (inb(COM1 + COM_LSR) & LSR_RXRDY) != 0; n++)
-		tty_input(inb(COM1));
-}
-
-/* The receiver interrupt: drain everything queued, so the line drops and the
- * next byte makes a new edge. */
+/*
+ * The receiver interrupt: drain everything received, so the interrupt line
+ * drops and the next byte raises a new edge (the pin is edge triggered).
+ */
 void tty_intr(void)
 {
-	int n;
-
-	for (n = 0; n < TTY_CANQ && (inb(COM1 + COM_LSR) & LSR_RXRDY) != 0; n++)
+	while ((inb(COM1 + COM_LSR) & LSR_RXRDY) != 0)
 		tty_input(inb(COM1));
 }
 
-/* Receive interrupts on: an idle CPU wakes for input, not only at its tick. */
+/* Receive interrupts on: an idle CPU wakes for input, not at a clock tick. */
 void uart_intr_init(void)
 {
 	ioapic_route_isa(COM1_IRQ, IDT_COM1);

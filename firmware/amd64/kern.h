@@ -118,7 +118,6 @@ extern volatile uint32_t started_cpus_mask;
 void cons_putc(int c);
 void cons_write(const char *s, size_t len);
 void printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void tty_poll(void);
 void tty_intr(void);
 void uart_intr_init(void);
 int tty_read(char *buf, size_t len);

@@ -30,7 +30,7 @@ NS_PER_SEC = 1_000_000_000
 # Seconds of virtual time one `sleep` may ask for. An idle guest still takes its 100 Hz tick
 # (about 120 instructions and 3 exits each), ~2.7 ms of host time per virtual second, so the
 # bound keeps one command under about 15 s of host time; ^C stops it sooner.
-MAX_SLEEP = 300
+MAX_SLEEP = 86400
 # FreeBSD sleep(1): a non-negative decimal number of seconds
 _SLEEP_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
 # guest sysctls of the i386 firmware (the amd64 ones are in guest/abi.py)
