@@ -27,10 +27,11 @@ if TYPE_CHECKING:
     from ..machine import Machine
 
 NS_PER_SEC = 1_000_000_000
-# Seconds of virtual time one `sleep` may ask for. An idle guest still takes its 100 Hz tick
-# (about 120 instructions and 3 exits each), ~2.7 ms of host time per virtual second, so the
-# bound keeps one command under about 15 s of host time; ^C stops it sooner.
-MAX_SLEEP = 86400
+# Seconds of virtual time one `sleep` may ask for. An idle guest does not tick: each idle
+# vCPU wakes twice a second (FreeBSD's tickless idle, firmware/amd64/clock.c), about 200
+# instructions and 3 exits each, so an hour costs a few seconds of host time per vCPU;
+# ^C stops it sooner.
+MAX_SLEEP = 3600
 # FreeBSD sleep(1): a non-negative decimal number of seconds
 _SLEEP_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
 # guest sysctls of the i386 firmware (the amd64 ones are in guest/abi.py)
