@@ -85,3 +85,13 @@ def test_typed_input_wakes_the_idle_guest_by_its_interrupt_not_at_a_tick(m2):
     out = m2.type_line("sysctl hw.ncpu")
     assert "hw.ncpu: 2" in out
     assert m2.now() - t < TICK_NS                        # well before the next wake-up
+
+
+def test_the_i386_guest_is_tickless_in_idle_too():
+    from nitdbg.machine import I386_KERNEL
+    m = Machine(kernel=I386_KERNEL, vcpus=1)
+    m.boot_to_prompt()
+    f0 = _fired(m)[0]
+    m.host("sleep 10")
+    assert 19 <= _fired(m)[0] - f0 <= 21
+    assert abs(_ticks(m) - m.now() // TICK_NS) <= 1
