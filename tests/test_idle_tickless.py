@@ -95,3 +95,17 @@ def test_the_i386_guest_is_tickless_in_idle_too():
     m.host("sleep 10")
     assert 19 <= _fired(m)[0] - f0 <= 21
     assert abs(_ticks(m) - m.now() // TICK_NS) <= 1
+
+
+@pytest.mark.parametrize("scenario", ["pending-interrupt", "tsnmi-task-gate"])
+def test_the_idle_clock_branches_on_no_time_so_the_run_is_the_same_as_hardware(capsys,
+                                                                             scenario):
+    # The hardware reference keeps its own clock (no exit costs, no delay_usecs), so guest
+    # code that branched on the TSC would differ from it; the clock code must not.
+    import json
+
+    from nitdbg.cli import main
+    assert main(["compare", "--scenario", scenario, "--policy", "iret-tracing", "--json",
+                 "--jobs", "1"]) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["same_as_hardware"], row["differences"]

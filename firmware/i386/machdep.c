@@ -165,10 +165,11 @@ static uint32_t next_tick_intr(uint32_t now, uint32_t skip)
 
 static void timer_oneshot_until(uint32_t now, uint32_t when)
 {
-	uint32_t per_count = tsc_tick / LAPIC_TIMER_COUNT;
+	/* TSC counts per timer count, rounded up: never 0, and no branch on the time read */
+	uint32_t per_count = (tsc_tick + LAPIC_TIMER_COUNT - 1) / LAPIC_TIMER_COUNT;
 
 	lapic_write(LAPIC_LVT_TIMER, IDT_TIMER);
-	lapic_write(LAPIC_ICR_TIMER, (when - now) / (per_count ? per_count : 1) + 1);
+	lapic_write(LAPIC_ICR_TIMER, (when - now) / per_count + 1);
 }
 
 static void timer_periodic(void)
