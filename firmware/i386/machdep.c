@@ -109,6 +109,13 @@ static void idt_init(void)
 
 static void lapic_init(void)
 {
+	/*
+	 * Mask both 8259s, as FreeBSD does when it runs on the APICs: a PIC input the BIOS
+	 * left asserted must not keep the CPU's INTR request up (QEMU TCG would then take
+	 * a vector -1 at the first sti once LINT0 is masked).
+	 */
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
 	lapic_write(LAPIC_SVR, APIC_SVR_ENABLE | IDT_SPURIOUS);
 	lapic_write(LAPIC_TPR, 0);
 	/* No PIC here: mask ExtINT. LINT1 is the NMI pin bhyve's --assert-lapic-lvt=1 raises. */
