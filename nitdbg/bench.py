@@ -224,6 +224,23 @@ def _max_rss_mb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def idle_figures() -> dict[str, float]:
+    """An hour of virtual time on the idle amd64 guest (`sleep 3600` at host$), 1 and 2 vCPUs:
+    host seconds, and the idle wake-ups (tickless idle: twice a second per vCPU)."""
+    from .machine import Machine
+    out: dict[str, float] = {}
+    for n in (1, 2):
+        m = Machine(vcpus=n)
+        m.boot_to_prompt()
+        fired = sum(vl.counters["timer_fired"] for vl in m.vm.vlapics)
+        t0 = time.perf_counter()
+        m.host("sleep 3600")
+        out[f"idle_hour_{n}vcpu_host_s"] = round(time.perf_counter() - t0, 2)
+        out[f"idle_hour_{n}vcpu_timer_interrupts"] = float(
+            sum(vl.counters["timer_fired"] for vl in m.vm.vlapics) - fired)
+    return out
+
+
 def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
         extra: dict[str, Callable[[], dict]] | None = None, vs_unicorn: bool = False) -> int:
     """Every loop is measured `runs` times, the variants interleaved run by run (the machine
@@ -266,6 +283,7 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
     figs["max_rss_mb_after_loops"] = _max_rss_mb()
     figs.update(machine_figures())
     figs.update(ddb_step_figures())
+    figs.update(idle_figures())
     figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
     figs["retire_log_bytes_per_insn"] = 8.0     # one array('Q') slot per retired RIP
     for name, fn in (extra or {}).items():
