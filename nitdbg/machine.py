@@ -252,8 +252,10 @@ class Machine:
         return max(v.now() for v in self.vm.vcpus)
 
     def _catch_up(self, vcpu: int) -> None:
-        """A host event reaches a sleeping vCPU at the host's present time."""
-        v = self.vm.vcpus[vcpu]
+        """A host event reaches a sleeping vCPU at the host's present time. A vCPU the VM
+        does not have is refused here, before anything changes (a negative number would
+        otherwise index from the end: the fuzzer found inject_nmi(-1) and (9) raising)."""
+        v = self._vcpu(vcpu)
         t = self.now()
         if v.halted and v.now() < t:
             v.cpu.advance_time(t - v.now())
