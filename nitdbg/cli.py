@@ -186,6 +186,9 @@ def _check_run(a: argparse.Namespace) -> bool:
         return _refuse(f"--max-instructions must be at least 1, not {a.max_instructions}")
     if not (math.isfinite(a.max_seconds) and 0 < a.max_seconds <= 1e6):
         return _refuse(f"--max-seconds must be in (0, 1000000], not {a.max_seconds}")
+    for s in a.sysctl:
+        if "=" not in s:
+            return _refuse(f"--sysctl needs NAME=VALUE, not '{s}'")
     for opt, path in (("--serial-out", a.serial_out), ("--events-out", a.events_out)):
         if path is None:
             continue

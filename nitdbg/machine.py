@@ -567,13 +567,16 @@ class Machine:
 
     def read_mem(self, vcpu: int, addr: int, n: int) -> bytes:
         """Guest-virtual memory as the vCPU sees it (its page tables, guest RAM)."""
-        v = self._vcpu(vcpu)
-        if not v.svm.in_guest and v.exit_count == 0 and v.cpu.icount == 0:
-            # before its first VMRUN the guest's paging state is only in the VMCB; loading
-            # it now is what that VMRUN will do anyway
+        v, vm = self._vcpu(vcpu), self.vm
+        if _before_first_vmrun(v):
+            # before its first VMRUN the guest's paging state is only in the VMCB: read
+            # through a copy that has done that VMRUN's load, so a read changes nothing (the
+            # fuzzer found a refused gdb `m` changing the registers)
+            vm = self.clone().vm
+            v = vm.vcpus[vcpu]
             v.svm.load_guest()
         try:
-            return self.vm.read_guest(v, addr, n)
+            return vm.read_guest(v, addr, n)
         except Exception as e:  # noqa: BLE001 - #PF or outside RAM: one line for the user
             raise MachineError(f"cannot access memory at {addr:#x}") from e
 
@@ -581,6 +584,8 @@ class Machine:
     def write_mem(self, vcpu: int, addr: int, data: bytes) -> None:
         v = self._vcpu(vcpu)
         self.read_mem(vcpu, addr, len(data))    # every page reachable before any write
+        if _before_first_vmrun(v):
+            v.svm.load_guest()      # what that VMRUN does: the bytes go where the guest looks
         self.vm.write_guest(v, addr, data)
 
     def _vcpu(self, vcpu: int) -> Vcpu:
@@ -651,6 +656,11 @@ class Machine:
         if self.timeline is None:
             raise MachineError("going back needs the history: start with --timeline or --gdb")
         return self.timeline.back_to_stop(bps, watches)
+
+def _before_first_vmrun(v: Vcpu) -> bool:
+    """The guest's paging state is still only in the VMCB (nothing has run yet)."""
+    return not v.svm.in_guest and v.exit_count == 0 and v.cpu.icount == 0
+
 
 def describe_stop(m: Machine, ev: StopEvent) -> str:
     """One line for a stop that is not a debugger entry (empty when there is nothing to say)."""

@@ -9,7 +9,8 @@ import pytest
 from nitdbg.fuzz.campaign import Counts, run_round
 from nitdbg.fuzz.targets import all_targets
 
-EXAMPLES = {"host": 40, "ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10}
+EXAMPLES = {"host": 40, "ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10,
+            "gdb": 30, "argv": 30, "multiboot": 40, "pcdev": 15, "timeline": 12}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -1,0 +1,120 @@
+"""The bugs the fuzzers found (python3 -m nitdbg.fuzz, nitdbg/fuzz/), each reproduced."""
+
+from __future__ import annotations
+
+import pytest
+
+from nitdbg.fuzz import digest
+from nitdbg.fuzz.bootfuzz import aout_kernel, pcdev_target, run_cli
+from nitdbg.fuzz.targets import internal_errors
+from nitdbg.gdb.stub import Stub
+from nitdbg.machine import I386_KERNEL, Machine, MachineError
+from nitdbg.timeline import Timeline
+
+
+@pytest.fixture(scope="module")
+def booted2() -> Machine:
+    m = Machine(vcpus=2)
+    m.boot_to_prompt()
+    return m
+
+
+# ---------------------------------------------------------------------- timeline
+def test_a_step_back_keeps_the_console_input_typed_between_two_steps(booted2):
+    """The position before vCPU 1's last instruction is reached twice in the history: at the
+    end of the first step and at the start of the second, with a console input between.
+    Going back lands after that input (the instruction ran after it), not before it."""
+    m = booted2.clone()
+    Timeline(m)
+    m.hold("gdb")
+    m.run_stops((1,), {1: {"step": True}}, 100_000)
+    m.console_input(b"\x03")
+    before = digest.parts(m)
+    m.run_stops((1,), {1: {"step": True}}, 100_000)
+    assert m.step_back(1).reason == "gdb"
+    assert digest.changed(before, digest.parts(m)) == []
+    assert [op.name for op in m.timeline.ops][-2:] == ["console_input", "run_stops"]
+
+
+# ---------------------------------------------------------------------- gdb stub
+def test_a_refused_gdb_read_before_the_first_instruction_changes_nothing():
+    """Before its first VMRUN the guest's paging state is only in the VMCB; a read used to
+    load it into the vCPU, so `m` past the end of RAM answered E14 and changed registers."""
+    m = Machine(kernel=I386_KERNEL, vcpus=1)
+    Timeline(m)
+    m.hold("gdb")
+    stub = Stub(m)
+    before = digest.parts(m)
+    assert stub.handle(b"m6cc0996,3a") == b"E14"
+    assert stub.handle(b"m100000,4") != b"E14"
+    assert digest.changed(before, digest.parts(m)) == []
+
+
+def test_a_gdb_write_before_the_first_instruction_lands_where_the_guest_reads():
+    m = Machine(vcpus=1)
+    m.hold("gdb")
+    stub = Stub(m)
+    rip = m.live_regs(0)["rip"]
+    assert stub.handle(f"M{rip:x},1:f4".encode()) == b"OK"
+    assert stub.handle(f"m{rip:x},1".encode()) == b"f4"
+    m.hold(None)
+    m.run(max_insns=10)
+    assert m.vcpus[0].halted or m.vcpus[0].cpu.rip == rip + 1
+
+
+# ---------------------------------------------------------------------- devices
+@pytest.mark.parametrize("code", [
+    b"\x81\x0d\xfd\x0f\xe0\xfe\x53\x01\x00\x00",     # or dword [0xfee00ffd], 0x153
+    b"\x87\x05\xfd\x0f\xe0\xfe",                     # xchg [0xfee00ffd], eax
+    b"\x8b\x05\xfe\x0f\xc0\xfe",                     # mov eax, [0xfec00ffe]
+])
+def test_an_access_over_the_end_of_a_device_page_is_split_into_bytes(code, tmp_path):
+    """The part of a split access on the device page is 3 (or 2) bytes long: the bus gives
+    the device bytes (as for a straddling access) instead of an internal error."""
+    out = pcdev_target(tmp_path).run((False, code))
+    assert out.kind == "ok", out.detail
+
+
+def test_a_dword_read_over_the_xapic_page_end_exits_for_the_next_page(tmp_path):
+    """mov eax, [0xfee00ffd]: three bytes from the APIC page, then the nested page fault of
+    0xfee01000 (mapped to nothing) goes to the host, as bhyve's unhandled NPF."""
+    k = tmp_path / "k"
+    k.write_bytes(aout_kernel(b"\x8b\x05\xfd\x0f\xe0\xfe\xf4"))
+    m = Machine(kernel=k, vcpus=1)
+    ev = m.run(max_insns=100)
+    assert internal_errors(m) == []
+    assert ev.reason == "unhandled" and ev.info["gpa"] == 0xFEE01000
+
+
+# ---------------------------------------------------------------------- Machine API
+@pytest.mark.parametrize("vcpu", [-1, 1, 9])
+def test_an_nmi_to_a_vcpu_the_vm_does_not_have_is_refused(vcpu, tmp_path):
+    m = Machine(vcpus=1)
+    before = digest.parts(m)
+    for call in (m.inject_nmi, m.assert_lapic_lvt):
+        with pytest.raises(MachineError, match="no vCPU"):
+            call(vcpu)
+    assert digest.changed(before, digest.parts(m)) == []
+
+
+# ---------------------------------------------------------------------- command lines
+@pytest.mark.parametrize("argv", [
+    ["run", "--max-seconds", "nan"], ["run", "--max-seconds", "inf"],
+    ["run", "--max-seconds", "-1"], ["run", "--max-instructions", "0"],
+    ["run", "--max-instructions", "-5"], ["run", "--sysctl", "debug.nit"],
+    ["run", "--serial-out", "{tmp}"], ["run", "--events-out", "{tmp}"],
+    ["run", "--serial-out", "{tmp}/missing/x"],
+    ["diff", "--qemu", str(I386_KERNEL), "--timeout", "nan"],
+    ["diff", "--qemu", str(I386_KERNEL), "--timeout", "-1"],
+    ["diff", "--qemu", str(I386_KERNEL), "--max-instructions", "-1"],
+    ["diff", "--qemu", str(I386_KERNEL), "--vcpus", "0"],
+    ["replay", "sessions/broadcast-nmi-deadlock.nitrec", "--files-dir", "{file}"],
+])
+def test_a_bad_bound_or_output_path_is_refused_in_one_line_before_running(argv, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    argv = [a.format(tmp=tmp_path, file=f) for a in argv]
+    code, said, escaped = run_cli(argv)
+    assert escaped is None and "Traceback" not in said
+    assert code not in (0, None)
+    assert said.strip().count("\n") == 0 and said.startswith("nitdbg"), said
