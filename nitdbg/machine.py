@@ -322,7 +322,8 @@ class Machine:
                     if w.halted and w.now() < until_ns and w.id not in self.in_kdb:
                         w.cpu.advance_time(until_ns - w.now())
                 return StopEvent("time")
-            if v.halted and not v.wake_pending():
+            slept = v.halted and not v.wake_pending()
+            if slept:
                 self.vm.sleep_until_event(v)
             q = self.quantum if self._runnable() > 1 else SOLO_QUANTUM
             if max_insns is not None:
@@ -330,8 +331,12 @@ class Machine:
             before, restarts = v.cpu.icount, v.restarts
             ux = v.run(q)
             # the budget counts instructions, and restarts of an emulated REP INS/OUTS as
-            # the work they are (they retire nothing until its last iteration)
+            # the work they are (they retire nothing until its last iteration), and a timer
+            # deadline that leaves a halted vCPU halted (IF=0: only an NMI or INIT wakes
+            # it), so run(max_insns) ends (the fuzzer found `cli; hlt` running forever)
             retired += v.cpu.icount - before + v.restarts - restarts
+            if slept and v.halted and v.cpu.icount == before:
+                retired += 1
             self.total_retired += v.cpu.icount - before
             ev = self._userspace(ux)
             if ev is None:

@@ -118,3 +118,21 @@ def test_a_bad_bound_or_output_path_is_refused_in_one_line_before_running(argv, 
     assert escaped is None and "Traceback" not in said
     assert code not in (0, None)
     assert said.strip().count("\n") == 0 and said.startswith("nitdbg"), said
+
+
+# ---------------------------------------------------------------------- unbounded runs
+def test_a_run_with_every_vcpu_halted_with_interrupts_off_ends_at_its_budget():
+    """IF=0 and hlt: the 100 Hz timer fires but cannot wake the vCPU (only an NMI or INIT
+    could). Each such deadline counts toward run(max_insns), so the run ends instead of
+    sleeping through virtual time for ever (it hung gdb's `s` and the timeline)."""
+    m = Machine(vcpus=1)
+    m.boot_to_prompt()
+    m.write_reg(0, "rflags", 0x2)
+    t0 = m.now()
+    ev = m.run(max_insns=2_000)
+    assert ev.reason == "budget" and m.vcpus[0].halted
+    assert m.now() - t0 <= 2_000 * 10_000_000 + 10_000_000      # ~one tick per unit
+    m.inject_nmi(0)                                              # an NMI still wakes it
+    icount = m.vcpus[0].cpu.icount
+    m.run(max_insns=100)
+    assert m.vcpus[0].cpu.icount > icount

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 TARGETS = ("host", "ddb", "console", "session", "elf", "guest", "gdb", "argv", "multiboot",
-           "pcdev", "timeline")
+           "pcdev", "timeline", "tui")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -398,8 +398,9 @@ def all_targets(tmpdir: Path | None = None) -> dict[str, Callable[[], Target]]:
     from .bootfuzz import multiboot_target, pcdev_target
     from .gdbfuzz import gdb_target
     from .timelinefuzz import timeline_target
+    from .tuifuzz import tui_target
     return {"host": host_target, "ddb": ddb_target, "console": console_target,
             "session": lambda: session_target(d), "elf": lambda: elf_target(d),
             "guest": guestcode_target, "gdb": gdb_target, "argv": lambda: argv_target(d),
             "multiboot": lambda: multiboot_target(d), "pcdev": lambda: pcdev_target(d),
-            "timeline": timeline_target}
+            "timeline": timeline_target, "tui": lambda: tui_target(d / "tui")}

@@ -465,9 +465,12 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self._out("scenarios are not available (nitdbg.scenarios)\n", "error")
             return
         list_scenarios, run_scenario = api
+        names = [getattr(s, "name", str(s)) for s in list_scenarios()]
         if not name:
-            names = [getattr(s, "name", str(s)) for s in list_scenarios()]
             self._out("scenarios: " + ", ".join(names) + "\n", "info")
+            return
+        if name not in names:       # one line, not the loop's "internal error" (the fuzzer)
+            self._out(f"no scenario named '{name}' (one of: {', '.join(names)})\n", "error")
             return
         policy = self.m.summary().policy if self.m else "iret-tracing"
         # a scenario builds its own machines; the one on screen is left as it is
