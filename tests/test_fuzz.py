@@ -10,7 +10,8 @@ from nitdbg.fuzz.campaign import Counts, run_round
 from nitdbg.fuzz.targets import all_targets
 
 EXAMPLES = {"host": 40, "ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10,
-            "gdb": 30, "argv": 30, "multiboot": 40, "pcdev": 15, "timeline": 12}
+            "gdb": 30, "argv": 30, "multiboot": 40, "pcdev": 15, "timeline": 12, "tui": 15,
+            "gdbsock": 10}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -136,3 +136,47 @@ def test_a_run_with_every_vcpu_halted_with_interrupts_off_ends_at_its_budget():
     icount = m.vcpus[0].cpu.icount
     m.run(max_insns=100)
     assert m.vcpus[0].cpu.icount > icount
+
+
+# ---------------------------------------------------------------------- gdb over TCP
+def test_a_ctrl_c_read_together_with_the_resume_packet_stops_that_run():
+    """`vCont;c` and ^C in one read: the ^C came after the packet, so it stops the run it
+    started (it used to be cleared when the resume began, and the guest ran on)."""
+    import socket
+    import threading
+
+    from nitdbg.gdb.protocol import frame
+    from nitdbg.gdb.server import GdbServer
+    m = Machine(vcpus=1)
+    m.boot_to_prompt()
+    Timeline(m)
+    srv = GdbServer(m, "127.0.0.1", 0, log=lambda s: None)
+    threading.Thread(target=srv.serve, daemon=True).start()
+    c = socket.create_connection(srv.address, timeout=20)
+    try:
+        c.sendall(frame(b"QStartNoAckMode"))
+        buf = b""
+        while b"$OK#" not in buf:
+            buf += c.recv(4096)
+        c.sendall(frame(b"vCont;c") + b"\x03")
+        buf = b""
+        while b"$T05" not in buf:
+            data = c.recv(4096)
+            assert data, "the stub closed the connection"
+            buf += data
+        c.sendall(frame(b"D"))
+    finally:
+        c.close()
+
+
+def test_an_unknown_scenario_name_in_the_tui_is_one_error_line_not_an_internal_error():
+    pytest.importorskip("textual")
+    from nitdbg.tui.messages import Request
+    from nitdbg.tui.worker import MachineWorker
+    w = MachineWorker({}, lambda msg: None, boot=False)
+    w.m = Machine(vcpus=1)
+    w._new_builder()
+    w._handle(Request("scenario", "nosuch"))
+    (text, source), = w._said
+    assert source == "error" and text.startswith("no scenario named 'nosuch'")
+    assert text.count("\n") == 1

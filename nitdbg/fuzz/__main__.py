@@ -10,8 +10,8 @@ import sys
 import tempfile
 import time
 
-TARGETS = ("host", "ddb", "console", "session", "elf", "guest", "gdb", "argv", "multiboot",
-           "pcdev", "timeline", "tui")
+TARGETS = ("host", "ddb", "console", "session", "elf", "guest", "gdb", "gdbsock", "argv",
+           "multiboot", "pcdev", "timeline", "tui")
 
 
 def main(argv: list[str] | None = None) -> int:

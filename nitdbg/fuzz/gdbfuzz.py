@@ -175,3 +175,96 @@ def _packet(stub: Stub, pkt: bytes) -> Outcome | None:
         if changed:
             return Outcome("changed", f"{pkt[:60]!r} -> {reply!r} changed {changed}")
     return None
+
+
+# ---------------------------------------------------------------------- over a real socket
+SOCKET_WAIT = 30.0          # seconds for the stub to answer the closing qC
+
+
+def gdbsock_target() -> Target:
+    """The same streams over TCP to a real GdbServer (acks, ^C, packets while running, the
+    reads cut where they fall): afterwards the stub still answers (^C, then qC), unless
+    the stream itself detached or killed; its thread raises nothing."""
+    import socket
+    import threading
+
+    from ..gdb.server import GdbServer
+    base = _booted()
+
+    def run(case: tuple[str, list[bytes]]) -> Outcome:
+        _, reads = case
+        m = base.clone()
+        Timeline(m)
+        err = io.StringIO()
+        died: list[BaseException] = []
+        srv = GdbServer(m, "127.0.0.1", 0, log=lambda s: None)
+
+        def serve() -> None:
+            try:
+                srv.serve()
+            except BaseException as e:  # noqa: BLE001 - reported as an escape
+                died.append(e)
+
+        with contextlib.redirect_stderr(err):
+            th = threading.Thread(target=serve, daemon=True)
+            th.start()
+            c = socket.create_connection(srv.address, timeout=SOCKET_WAIT)
+            try:
+                for chunk in reads:
+                    c.sendall(chunk)
+                got = _still_answers(c)
+            except OSError:
+                got = "eof"                 # the stream ended the session (D, k, vKill)
+            finally:
+                c.close()
+            th.join(SOCKET_WAIT)
+        if died:
+            return _escape(died[0])
+        if "internal error" in err.getvalue():
+            return Outcome("escape", err.getvalue().strip().splitlines()[0][:300])
+        if got == "timeout" or th.is_alive():
+            return Outcome("hang", f"no answer to qC within {SOCKET_WAIT:.0f} s")
+        return Outcome()
+
+    return Target("gdbsock", st.tuples(st.just("booted"), stream()), run)
+
+
+def _still_answers(c) -> str:  # noqa: ANN001 - a socket
+    """^C, then qC, as gdb would: wait for the stop reply to the ^C before asking (a packet
+    while the target runs is answered E16, so ask again then). "ok" when QC comes back,
+    "eof" when the session has ended, "timeout" when the stub stops answering."""
+    buf = bytearray()
+    c.sendall(b"#00")       # ends a packet the stream left open (noise between packets)
+    for _ in range(3):
+        c.sendall(b"\x03")
+        got = _next_packet(c, buf, (b"T", b"S", b"W", b"X"))
+        if got != "ok":
+            return got
+        c.sendall(frame(b"qC"))
+        got = _next_packet(c, buf, (b"QC", b"E16"))
+        if got != "ok" or bytes(buf[:1]) != b"E":
+            return got
+        del buf[:]
+    return "ok"
+
+
+def _next_packet(c, buf: bytearray, starts: tuple[bytes, ...]) -> str:  # noqa: ANN001
+    """Read until a packet whose data starts with one of `starts`; it is left in `buf`."""
+    while True:
+        while b"$" in buf:
+            start = buf.index(b"$")
+            end = buf.find(b"#", start)
+            if end < 0 or len(buf) < end + 3:
+                break
+            data = bytes(buf[start + 1:end])
+            del buf[:end + 3]
+            if data.startswith(starts):
+                buf[:0] = data
+                return "ok"
+        try:
+            more = c.recv(65536)
+        except TimeoutError:
+            return "timeout"
+        if not more:
+            return "eof"
+        buf += more

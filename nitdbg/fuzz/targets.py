@@ -396,11 +396,12 @@ def all_targets(tmpdir: Path | None = None) -> dict[str, Callable[[], Target]]:
     d = Path(tmpdir) if tmpdir is not None else Path(tempfile.mkdtemp(prefix="nitdbg-fuzz-"))
     from .argvfuzz import argv_target
     from .bootfuzz import multiboot_target, pcdev_target
-    from .gdbfuzz import gdb_target
+    from .gdbfuzz import gdb_target, gdbsock_target
     from .timelinefuzz import timeline_target
     from .tuifuzz import tui_target
     return {"host": host_target, "ddb": ddb_target, "console": console_target,
             "session": lambda: session_target(d), "elf": lambda: elf_target(d),
-            "guest": guestcode_target, "gdb": gdb_target, "argv": lambda: argv_target(d),
+            "guest": guestcode_target, "gdb": gdb_target, "gdbsock": gdbsock_target,
+            "argv": lambda: argv_target(d),
             "multiboot": lambda: multiboot_target(d), "pcdev": lambda: pcdev_target(d),
             "timeline": timeline_target, "tui": lambda: tui_target(d / "tui")}
