@@ -200,7 +200,7 @@ def _u32(draw: Callable) -> int:
 
 @st.composite
 def device_insn(draw: Callable) -> bytes:  # noqa: C901 - one branch per instruction form
-    k = draw(st.integers(0, 15))
+    k = draw(st.integers(0, 16))
     port = draw(st.sampled_from(PORTS) | st.integers(0, 0xFFFF))
     val = draw(st.sampled_from(VALUES) | st.integers(0, 255))
     addr = draw(st.sampled_from(MMIO) | st.integers(IOAPIC, IOAPIC + 0xFFF)
@@ -274,7 +274,50 @@ def device_insn(draw: Callable) -> bytes:  # noqa: C901 - one branch per instruc
                                      b"\xb9\x00\x04\x00\x00\xe2\xfe", b"\xcc"]))
     if k == 14:                                   # a 16-bit access with a 16-bit address
         return b"\x67\x66\x8b\x06" + struct.pack("<H", addr & 0xFFFF)
+    if k == 15:                                   # a whole device set up, odd parameters
+        return _setup_sequence(draw)
     return draw(st.binary(min_size=1, max_size=6))
+
+
+def _out(port: int, value: int) -> bytes:
+    return b"\xb0" + bytes((value & 0xFF,)) + b"\xe6" + bytes((port,))
+
+
+def _setup_sequence(draw: Callable) -> bytes:
+    """The programming sequences a kernel uses, with random modes, vectors and rates, so
+    interrupts from the PIT, the RTC and the I/O APIC actually happen."""
+    which = draw(st.sampled_from(["pic", "pit", "rtc", "ioapic", "lapic"]))
+    v = draw(st.sampled_from([0x20, 0x30, 0x40, 0xF8, 0x00, 0x02, 0x08]))
+    if which == "pic":            # ICW1..ICW4 to both 8259s, then a mask
+        icw1 = draw(st.sampled_from([0x11, 0x19, 0x13, 0x10]))
+        seq = [(0x20, icw1), (0x21, v), (0x21, 0x04), (0x21, draw(st.sampled_from([1, 3, 0]))),
+               (0xA0, icw1), (0xA1, v + 8), (0xA1, 0x02), (0xA1, 0x01),
+               (0x21, draw(st.sampled_from([0x00, 0xFE, 0xFA, 0xFF]))), (0xA1, 0x00)]
+        return b"".join(_out(p, x) for p, x in seq)
+    if which == "pit":            # a control word, then the count low/high
+        cw = draw(st.sampled_from([0x34, 0x36, 0x30, 0x32, 0x38, 0x3A, 0x3E, 0xB6, 0xC2, 0xF0]))
+        count = draw(st.sampled_from([0, 1, 2, 3, 100, 1193, 0xFFFF]))
+        return _out(0x43, cw) + _out(0x40, count & 0xFF) + _out(0x40, count >> 8)
+    if which == "rtc":            # periodic rate in A, PIE/AIE/UIE in B, read C
+        a = draw(st.sampled_from([0x26, 0x20, 0x21, 0x23, 0x2F, 0x06, 0x70]))
+        b = draw(st.sampled_from([0x42, 0x22, 0x12, 0x72, 0x02, 0x86]))
+        nmi = draw(st.sampled_from([0, 0x80]))
+        return (_out(0x70, 0x0A | nmi) + _out(0x71, a) + _out(0x70, 0x0B | nmi) + _out(0x71, b)
+                + _out(0x70, 0x0C) + b"\xe4\x71")
+    if which == "ioapic":         # a redirection entry: vector, delivery mode, mask, dest
+        pin = draw(st.integers(0, 25))
+        lo = v | draw(st.sampled_from([0, 0x100, 0x200, 0x400, 0x500, 0x700, 0x8000,
+                                       0x10000, 0x800]))
+        hi = draw(st.sampled_from([0, 0x01000000, 0xFF000000]))
+        w = b"\xc7\x05" + struct.pack("<I", IOAPIC)
+        d = b"\xc7\x05" + struct.pack("<I", IOAPIC + 0x10)
+        return (w + struct.pack("<I", 0x10 + 2 * pin) + d + struct.pack("<I", lo)
+                + w + struct.pack("<I", 0x11 + 2 * pin) + d + struct.pack("<I", hi))
+    # the local APIC: software enable (SVR), LINT0 ExtINT / NMI, a timer, TPR
+    reg = draw(st.sampled_from([(0xF0, 0x1FF), (0x350, 0x700), (0x350, 0x400), (0x360, 0x400),
+                                (0x3E0, 0xB), (0x380, 1000), (0x320, 0x20030), (0x320, 0x30),
+                                (0x80, 0xF0), (0x300, 0x000C4500), (0x300, 0x4030)]))
+    return b"\xc7\x05" + struct.pack("<I", LAPIC + reg[0]) + struct.pack("<I", reg[1])
 
 
 # an IDT of trap gates at 0x5000 -> a handler at 0x6000 that returns (iret), so a fault or
