@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: " + ", ".join(TARGETS))
     p.add_argument("--round", type=int, default=50, help="cases per target per round")
     p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds one case may take before it counts as a hang")
+                   help="CPU seconds one case may take before it counts as a hang")
     p.add_argument("--progress", action="store_true", help="print the counts after each round")
     a = p.parse_args(argv)
     try:
