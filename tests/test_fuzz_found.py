@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from nitdbg.fuzz import digest
-from nitdbg.fuzz.bootfuzz import aout_kernel, pcdev_target, run_cli
+from nitdbg.fuzz.bootfuzz import aout_kernel
+from nitdbg.fuzz.clirun import run_cli
+from nitdbg.fuzz.devfuzz import pcdev_target
 from nitdbg.fuzz.targets import internal_errors
 from nitdbg.gdb.stub import Stub
 from nitdbg.machine import I386_KERNEL, Machine, MachineError

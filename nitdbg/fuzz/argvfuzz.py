@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 from ..machine import I386_KERNEL
-from .bootfuzz import judge_cli, run_cli
+from .clirun import judge_cli, run_cli
 from .targets import SESSIONS, Outcome, Target
 
 

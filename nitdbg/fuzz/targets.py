@@ -395,7 +395,8 @@ def guestcode_target() -> Target:
 def all_targets(tmpdir: Path | None = None) -> dict[str, Callable[[], Target]]:
     d = Path(tmpdir) if tmpdir is not None else Path(tempfile.mkdtemp(prefix="nitdbg-fuzz-"))
     from .argvfuzz import argv_target
-    from .bootfuzz import multiboot_target, pcdev_target
+    from .bootfuzz import multiboot_target
+    from .devfuzz import pcdev_target
     from .gdbfuzz import gdb_target, gdbsock_target
     from .timelinefuzz import timeline_target
     from .tuifuzz import tui_target
