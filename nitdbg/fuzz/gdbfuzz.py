@@ -174,7 +174,16 @@ def _packet(stub: Stub, pkt: bytes) -> Outcome | None:
             changed.append("stub")
         if changed:
             return Outcome("changed", f"{pkt[:60]!r} -> {reply!r} changed {changed}")
+    elif pkt.startswith(READS) and not pkt.startswith(b"qRcmd"):
+        changed = digest.changed(before, digest.parts(m))
+        if changed:     # a read, answered or not, leaves the machine as it was
+            return Outcome("changed", f"read {pkt[:60]!r} -> {reply[:20]!r} changed {changed}")
     return None
+
+
+# packets that only read the machine (the stub's own state may change: qfThreadInfo)
+READS = (b"m", b"g", b"p", b"?", b"T", b"qXfer", b"qC", b"qf", b"qs", b"qThreadExtraInfo",
+         b"qAttached", b"qOffsets", b"qSupported", b"vCont?")
 
 
 # ---------------------------------------------------------------------- over a real socket
