@@ -110,12 +110,14 @@ def test_an_nmi_to_a_vcpu_the_vm_does_not_have_is_refused(vcpu, tmp_path):
     ["diff", "--qemu", str(I386_KERNEL), "--timeout", "-1"],
     ["diff", "--qemu", str(I386_KERNEL), "--max-instructions", "-1"],
     ["diff", "--qemu", str(I386_KERNEL), "--vcpus", "0"],
-    ["replay", "sessions/broadcast-nmi-deadlock.nitrec", "--files-dir", "{file}"],
+    ["replay", "{session}", "--files-dir", "{file}"],
 ])
 def test_a_bad_bound_or_output_path_is_refused_in_one_line_before_running(argv, tmp_path):
     f = tmp_path / "f"
     f.write_text("x")
-    argv = [a.format(tmp=tmp_path, file=f) for a in argv]
+    from nitdbg.fuzz.targets import SESSIONS
+    session = SESSIONS / "broadcast-nmi-deadlock.nitrec"
+    argv = [a.format(tmp=tmp_path, file=f, session=session) for a in argv]
     code, said, escaped = run_cli(argv)
     assert escaped is None and "Traceback" not in said
     assert code not in (0, None)
@@ -182,3 +184,25 @@ def test_an_unknown_scenario_name_in_the_tui_is_one_error_line_not_an_internal_e
     (text, source), = w._said
     assert source == "error" and text.startswith("no scenario named 'nosuch'")
     assert text.count("\n") == 1
+
+
+# ---------------------------------------------------------------------- NUL in a file name
+def test_a_nul_in_a_file_name_is_a_one_line_refusal_everywhere(tmp_path):
+    """The TUI's open-for-replay took "\\0" and raised ValueError out of pathlib; a kernel
+    path and a session header's kernel name did the same."""
+    import json
+
+    from nitdbg.session.format import SessionError, read_session
+    from nitdbg.session.replay import replay
+    with pytest.raises(SessionError, match="not a valid file name"):
+        read_session("a\0b.nitrec")
+    with pytest.raises(MachineError, match="not a valid file name"):
+        Machine(kernel="a\0b")
+    from nitdbg.fuzz.targets import SESSIONS
+    lines = (SESSIONS / "broadcast-nmi-deadlock.nitrec").read_text().splitlines()
+    header = json.loads(lines[0])
+    header["config"]["kernel"] = "a\0b"
+    bad = tmp_path / "nul.nitrec"
+    bad.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with pytest.raises(SessionError, match="not a valid file name"):
+        replay(bad)

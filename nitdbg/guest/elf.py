@@ -86,6 +86,8 @@ def read_source(src: Source, name: str | None = None) -> tuple[bytes, str]:
             raw = f.read(KERNEL_MAX + 1)      # bounded even if the file grows meanwhile
     except OSError as e:
         raise BadImage(f"{label}: cannot read: {e.strerror or e}") from None
+    except ValueError:          # a NUL in the name (a session's config; the fuzzer)
+        raise BadImage(f"{str(label)!r}: not a valid file name") from None
     if len(raw) > KERNEL_MAX:
         raise BadImage(f"{label}: larger than a kernel may be ({_mib(KERNEL_MAX)})")
     return raw, name or path.name
