@@ -206,3 +206,11 @@ def test_a_nul_in_a_file_name_is_a_one_line_refusal_everywhere(tmp_path):
     bad.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     with pytest.raises(SessionError, match="not a valid file name"):
         replay(bad)
+
+
+@pytest.mark.parametrize("line", ["cat /tmp/a\0b", "ktrdump -cto /tmp/a\0b"])
+def test_a_nul_in_a_host_file_name_on_disk_is_one_line(line, tmp_path):
+    """The console's and the TUI's host$ files are real files (DiskFiles): a NUL in the
+    name raised ValueError out of the host shell."""
+    from nitdbg.fuzz.targets import host_target
+    assert host_target(tmp_path).run((True, line)).kind == "rejected"
