@@ -214,3 +214,17 @@ def test_a_nul_in_a_host_file_name_on_disk_is_one_line(line, tmp_path):
     name raised ValueError out of the host shell."""
     from nitdbg.fuzz.targets import host_target
     assert host_target(tmp_path).run((True, line)).kind == "rejected"
+
+
+def test_recording_to_a_name_with_a_nul_is_one_line_in_the_tui(tmp_path):
+    """r, r with the path "\\0": the recorder raised ValueError (the worker's loop would show
+    "internal error")."""
+    pytest.importorskip("textual")
+    from nitdbg.fuzz.tuifuzz import tui_target
+    from nitdbg.session.format import SessionError
+    from nitdbg.session.record import SessionWriter
+    from nitdbg.tui.messages import Request
+    with pytest.raises(SessionError, match="not a valid file name"):
+        SessionWriter("a\0b.nitrec")
+    out = tui_target(tmp_path).run((True, [Request("record", "\0"), Request("record", "\0")]))
+    assert out.kind == "ok", out.detail
