@@ -74,6 +74,8 @@ def read_source(src: Source, name: str | None = None) -> tuple[bytes, str]:
         return bytes(src), name or "<image>"
     path = Path(src)
     label = name or path
+    if "\0" in str(path):      # the OS refuses it with ValueError (a session's config)
+        raise BadImage(f"{str(label)!r}: not a valid file name")
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -86,8 +88,6 @@ def read_source(src: Source, name: str | None = None) -> tuple[bytes, str]:
             raw = f.read(KERNEL_MAX + 1)      # bounded even if the file grows meanwhile
     except OSError as e:
         raise BadImage(f"{label}: cannot read: {e.strerror or e}") from None
-    except ValueError:          # a NUL in the name (a session's config; the fuzzer)
-        raise BadImage(f"{str(label)!r}: not a valid file name") from None
     if len(raw) > KERNEL_MAX:
         raise BadImage(f"{label}: larger than a kernel may be ({_mib(KERNEL_MAX)})")
     return raw, name or path.name
