@@ -57,16 +57,19 @@ MBH_SUPPORTED_REQUIRED = MBH_PAGE_ALIGN | MBH_MEMORY_INFO | MBH_VIDEO_MODE  # vi
 MBI_MEMORY, MBI_BOOT_DEVICE, MBI_CMDLINE, MBI_MODS = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 MBI_MEM_MAP, MBI_LOADER_NAME = 1 << 6, 1 << 9
 
-# Where the loader puts its data: one page at 0x9000, as QEMU does for the info struct.
-MBI_ADDR = 0x9000
+# Where the loader puts its data: one page at 0x9000, laid out as QEMU's multiboot option
+# ROM does: the memory map at 0x9000 and the info struct (EBX) at 0x9500, so a kernel that
+# keeps or prints EBX sees what it sees under `qemu -kernel` (and `diff --qemu` agrees).
+INFO_PAGE = 0x9000
+MMAP_ADDR = 0x9000
+MBI_ADDR = 0x9500
 MBI_SIZE = 88  # through vbe_interface_len
-LOADER_NAME_ADDR = 0x9060
-GDT32_ADDR = 0x9080  # null, 0x08 flat code32, 0x10 flat data
-MMAP_ADDR = 0x90A0
-CMDLINE_ADDR = 0x9100
+LOADER_NAME_ADDR = 0x9560
+GDT32_ADDR = 0x9580  # null, 0x08 flat code32, 0x10 flat data
+CMDLINE_ADDR = 0x9600
 INFO_PAGE_END = 0xA000
 MAX_CMDLINE = INFO_PAGE_END - CMDLINE_ADDR - 1
-BOOT_ESP = MBI_ADDR
+BOOT_ESP = INFO_PAGE
 LOADER_NAME = b"nitdbg\0"
 
 SEL_CODE32 = SEL_CODE64  # 0x08 in the loader GDT, a 32-bit code segment here
@@ -127,15 +130,16 @@ def build_mmap(ram_size: int) -> bytes:
 
 
 def build_info(ram_size: int, cmdline: str) -> tuple[bytes, int]:
-    """The info page (struct, loader name, GDT, memory map, command line) at MBI_ADDR."""
-    page = bytearray(INFO_PAGE_END - MBI_ADDR)
+    """The info page (memory map, struct, loader name, GDT, command line) at INFO_PAGE."""
+    page = bytearray(INFO_PAGE_END - INFO_PAGE)
     mmap = build_mmap(ram_size)
     cmd = cmdline.encode("ascii") + b"\0"
     flags = MBI_MEMORY | MBI_BOOT_DEVICE | MBI_CMDLINE | MBI_MODS | MBI_MEM_MAP | MBI_LOADER_NAME
+    mbi = MBI_ADDR - INFO_PAGE
     struct.pack_into(
         "<IIIIIII",
         page,
-        0,
+        mbi,
         flags,
         640,  # mem_lower, KiB
         (ram_size >> 10) - 1024,  # mem_upper: KiB above 1 MiB, as QEMU computes it
@@ -144,8 +148,8 @@ def build_info(ram_size: int, cmdline: str) -> tuple[bytes, int]:
         0,  # mods_count
         0,  # mods_addr
     )
-    struct.pack_into("<II", page, 44, len(mmap), MMAP_ADDR)
-    struct.pack_into("<I", page, 64, LOADER_NAME_ADDR)
+    struct.pack_into("<II", page, mbi + 44, len(mmap), MMAP_ADDR)
+    struct.pack_into("<I", page, mbi + 64, LOADER_NAME_ADDR)
     gdt = struct.pack(
         "<3Q", 0, gdt_entry(0, 0xFFFF_FFFF, ATTR_CODE32), gdt_entry(0, 0xFFFF_FFFF, ATTR_DATA)
     )
@@ -155,7 +159,7 @@ def build_info(ram_size: int, cmdline: str) -> tuple[bytes, int]:
         (MMAP_ADDR, mmap),
         (CMDLINE_ADDR, cmd),
     ):
-        page[addr - MBI_ADDR : addr - MBI_ADDR + len(blob)] = blob
+        page[addr - INFO_PAGE : addr - INFO_PAGE + len(blob)] = blob
     return bytes(page), flags
 
 
@@ -241,13 +245,14 @@ def load_multiboot(
 
     page, _ = build_info(ram_size, cmdline)
     for addr, blob in memory:
-        if addr < INFO_PAGE_END and addr + len(blob) > MBI_ADDR:
+        if addr < INFO_PAGE_END and addr + len(blob) > INFO_PAGE:
             raise BadImage(
-                f"{name}: segment at {addr:#x} overlaps the multiboot information at {MBI_ADDR:#x}"
+                f"{name}: segment at {addr:#x} overlaps the multiboot information at "
+                f"{INFO_PAGE:#x}"
             )
     if not any(addr <= entry < addr + len(blob) for addr, blob in memory):
         raise BadImage(f"{name}: entry {entry:#x} is not inside the loaded image")
-    memory = [(MBI_ADDR, page), *memory]
+    memory = [(INFO_PAGE, page), *memory]
 
     data = flat(SEL_DATA, ATTR_DATA)
     segs = {"cs": flat(SEL_CODE32, ATTR_CODE32)}
