@@ -243,9 +243,19 @@ def iretq(c: Cpu) -> bool:
             return False
         ss: tuple[int, int, int] | None = (0, 0xFFFF_FFFF, 0)
     else:
-        ss = _descriptor(c, ss_sel)
-        if ss is None:
+        # the SS descriptor (as _descriptor, inline)
+        table = c.ldtr if ss_sel & 4 else c.gdtr
+        lin = ss_sel & 0xFFF8
+        if lin + 7 > table.limit:
             return False
+        lin += table.base
+        dpage = sup_r.get(lin >> 12)
+        doff = lin & 0xFFF
+        if dpage is None or doff > 4088:
+            return False
+        ss = _DESCS.get(_LOAD8(dpage, doff)[0])
+        if ss is None:
+            ss = _descriptor(c, ss_sel)
         sa = ss[2]
         # a present writable data segment with DPL == RPL == the selector's RPL
         if ss_sel & 3 != rpl or sa & 0x9A != 0x92 or (sa >> 5) & 3 != rpl:
