@@ -595,6 +595,29 @@ def test_firmware_boot_is_the_same_with_and_without_blocks(monkeypatch):
     assert digests[0] == digests[1]
 
 
+def test_i386_firmware_is_the_same_with_and_without_blocks(monkeypatch):
+    """The i386 guest (32-bit protected mode): boot to the prompt, load tsnmi and take NMIs
+    through its task gate, with 32-bit blocks and without; the blocks must really run."""
+    from nitdbg.machine import I386_KERNEL, Machine
+    digests, used = [], []
+    for on in ("1", "0"):
+        monkeypatch.setenv("NITDBG_BLOCKS", on)
+        m = Machine(kernel=I386_KERNEL, vcpus=1)
+        m.boot_to_prompt()
+        m.type_line("kldload tsnmi")
+        for _ in range(2):
+            m.host("bhyvectl --vm=vm2 --cpu=0 --assert-lapic-lvt=1")
+            m.settle()
+        m.type_line("sysctl debug.tsnmi")
+        digests.append(_machine_digest(m))
+        c = m.vcpus[0].cpu
+        used.append(sum(1 for (mode, _u), bc in c._bcaches.items() if mode == 32
+                        for b in bc.values() if b is not None))
+    assert b"debug.tsnmi: 2" in digests[0][-1][1]
+    assert digests[0] == digests[1]
+    assert used[0] > 10 and used[1] == 0
+
+
 @pytest.mark.parametrize("scenario", [s.name for s in __import__(
     "nitdbg.scenarios.runner", fromlist=["ALL"]).ALL])
 def test_scenario_is_the_same_with_and_without_blocks(monkeypatch, scenario):
