@@ -175,6 +175,21 @@ def _unicorn(loop: str, hook: bool, iterations: int) -> float:
     return n / dt
 
 
+def release_freed_memory() -> None:
+    """Between parts: collect the previous part's machines and hand the heap they freed
+    back to the system (glibc keeps freed chunks in its arenas, one per thread that
+    allocated, and reuses them poorly for the next part's differently sized blocks). Peak
+    RSS then counts each part's own live memory on top of what stays alive, not the previous
+    part's leftovers; nothing alive is released."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim
+        pass
+
+
 def _stats(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
@@ -230,6 +245,32 @@ def ddb_step_figures(steps: int = 60, vcpus: int = 2, warmup: int = 60) -> dict[
             "ddb_step_guest_insns": round((m.total_retired - n0) / steps, 1)}
 
 
+def _max_rss_mb() -> float | None:
+    """The process's peak resident set so far (MiB), or None where getrusage is missing."""
+    try:
+        import resource
+    except ImportError:   # pragma: no cover - not on this platform
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def idle_figures() -> dict[str, float]:
+    """An hour of virtual time on the idle amd64 guest (`sleep 3600` at host$), 1 and 2 vCPUs:
+    host seconds, and the idle wake-ups (tickless idle: twice a second per vCPU)."""
+    from .machine import Machine
+    out: dict[str, float] = {}
+    for n in (1, 2):
+        m = Machine(vcpus=n)
+        m.boot_to_prompt()
+        fired = sum(vl.counters["timer_fired"] for vl in m.vm.vlapics)
+        t0 = time.perf_counter()
+        m.host("sleep 3600")
+        out[f"idle_hour_{n}vcpu_host_s"] = round(time.perf_counter() - t0, 2)
+        out[f"idle_hour_{n}vcpu_timer_interrupts"] = float(
+            sum(vl.counters["timer_fired"] for vl in m.vm.vlapics) - fired)
+    return out
+
+
 def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
         extra: dict[str, Callable[[], dict]] | None = None, vs_unicorn: bool = False) -> int:
     """Every loop is measured `runs` times, the variants interleaved run by run (the machine
@@ -262,8 +303,7 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             add("unicorn_bare_alu_branch_loop_ips", _unicorn("a", False, 20_000_000))
             add("unicorn_bare_memory_push_pop_loop_ips", _unicorn("b", False, 10_000_000))
     del wm
-    import gc
-    gc.collect()                     # the machines' pages before the extras measure
+    release_freed_memory()           # the machines' pages before the extras measure
     figs: dict[str, float] = {}
     spread: dict[str, dict[str, float]] = {}
     for name, xs in samples.items():
@@ -276,8 +316,10 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
                 figs[f"{loop}_ips"] / figs[f"unicorn_hook_{loop}_ips"], 3)
             figs[f"{loop}_vs_unicorn_bare"] = round(
                 figs[f"{loop}_ips"] / figs[f"unicorn_bare_{loop}_ips"], 4)
+    figs["max_rss_mb_after_loops"] = _max_rss_mb()
     figs.update(machine_figures())
     figs.update(ddb_step_figures())
+    figs.update(idle_figures())
     figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
     figs["retire_log_bytes_per_insn"] = 8.0     # one array('Q') slot per retired RIP
     for name, fn in (extra or {}).items():
@@ -285,11 +327,11 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             figs.update(fn())
         except Exception as e:  # noqa: BLE001 - a missing optional part is reported, not fatal
             figs[name + "_error"] = str(e)  # type: ignore[assignment]
-    try:
-        import resource
-        figs["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except ImportError:   # pragma: no cover - not on this platform
-        pass
+        figs[f"max_rss_mb_after_{name}"] = _max_rss_mb()
+        release_freed_memory()
+    rss = _max_rss_mb()
+    if rss is not None:
+        figs["max_rss_mb"] = rss
     if argv_json:
         out = dict(figs)
         for name, st in spread.items():

@@ -7,9 +7,28 @@ import argparse
 import sys
 
 from . import __version__
-from .vmm.nmi_policy import POLICIES as _NMI_POLICIES
 
-POLICIES = tuple(_NMI_POLICIES)       # every registered NMI policy, the default first
+
+class _Policies:
+    """Every registered NMI policy (the default first), as --policy's choices: read from
+    nitdbg.vmm.nmi_policy only when argparse asks (a --policy given, --help), so the TUI's
+    first paint does not wait for every policy module and what they import."""
+
+    def _names(self) -> tuple[str, ...]:
+        from .vmm.nmi_policy import POLICIES as registered
+        return tuple(registered)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+POLICIES = _Policies()
 
 
 def _record_args(p: argparse.ArgumentParser) -> None:
@@ -39,12 +58,17 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, default=None,
                    help="number of vCPUs (default: 2 for amd64, 1 for i386 and any multiboot"
                    " kernel, as QEMU's -smp: its APs wait for INIT-SIPI-SIPI)")
-    p.add_argument("--policy", choices=POLICIES, default="iret-tracing",
-                   help="how the hypervisor ends NMI blocking")
+    # a metavar: argparse would list the choices (import every policy) to build one
+    p.add_argument("--policy", choices=POLICIES, default="iret-tracing", metavar="POLICY",
+                   help="how the hypervisor ends NMI blocking: %(choices)s")
     p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
     p.add_argument("--vm", default="vm2", help="VM name (default vm2, as the seed)")
     p.add_argument("--tunable", action="append", default=[], metavar="NAME=VALUE",
                    help="boot-time tunable, e.g. hw.vmm.trace_guest_exceptions=1")
+    p.add_argument("--boot", choices=("auto", "amd64", "multiboot"), default="auto",
+                   help="boot path: auto (ELF64 -> nitdbg's long-mode boot, else multiboot),"
+                   " or force one (multiboot runs a kernel's own QEMU entry, e.g. the amd64"
+                   " firmware's INIT-SIPI-SIPI start of its APs); a recorded session keeps it")
 
 
 def _machine_kwargs(a: argparse.Namespace) -> dict:
@@ -101,10 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the history for `back` / `back-stop` at host$ (on with --gdb)")
     r = sub.add_parser("run", help="run a guest ELF headless")
     _machine_args(r)
-    r.add_argument("--boot", choices=("auto", "amd64", "multiboot"), default="auto",
-                   help="boot path: auto (ELF64 -> nitdbg's long-mode boot, else multiboot),"
-                   " or force one (multiboot runs a kernel's own QEMU entry, e.g. the amd64"
-                   " firmware's INIT-SIPI-SIPI start of its APs)")
     r.add_argument("--max-instructions", type=int, default=100_000_000)
     r.add_argument("--max-seconds", type=float, default=10.0,
                    help="stop after this much virtual time (default 10 s)")
@@ -175,43 +195,41 @@ def _tui(a: argparse.Namespace) -> int:
         return 1
     import os
 
-    from .hostcmds import DiskFiles
+    on_machine = None
     if a.gdb or a.timeline:
         try:
-            _tui_gdb_hook(a)
+            on_machine = _tui_gdb_hook(a)
         except ValueError as e:
             print(f"nitdbg: {e}", file=sys.stderr)
             return 2
-    kw = _machine_kwargs(a)
-    kw["host_files"] = DiskFiles(os.getcwd())     # host$ files are real files, as in console
-    return run_app(kw, record=_record_target(a)) or 0
+    # host$ files are real files in the current directory, as in console (the worker makes
+    # them: nitdbg.hostcmds is imported after the first paint)
+    return run_app(_machine_kwargs(a), record=_record_target(a), on_machine=on_machine,
+                   host_dir=os.getcwd()) or 0
 
 
-def _tui_gdb_hook(a: argparse.Namespace) -> None:
-    """--gdb / --timeline for the TUI without touching it: once its worker has built and
-    booted the machine, serve gdb beside it (or keep the history). The worker's inputs go
-    through the machine's @_input methods, which take the stub's lock."""
+def _tui_gdb_hook(a: argparse.Namespace):  # noqa: ANN202 - the worker's on_machine hook
+    """--gdb / --timeline for the TUI: the hook its machine worker calls (on the worker
+    thread, once the machine is built and booted) to serve gdb beside it, or to keep the
+    history. The worker's inputs go through the machine's @_input methods, which take the
+    stub's lock. A bad endpoint raises ValueError here, before the app starts."""
     from .gdb.server import parse_endpoint
-    from .tui import worker
     if a.gdb:
-        parse_endpoint(a.gdb)          # a bad endpoint fails here, before the app starts
-    start = worker.MachineWorker._start
+        parse_endpoint(a.gdb)
 
-    def _start(self) -> None:  # noqa: ANN001
-        start(self)
-        m = getattr(self.m, "machine", self.m)      # under a session recorder
+    def on_machine(m, say) -> None:  # noqa: ANN001 - a Machine, say(text, source)
         if a.gdb:
             from .gdb import serve_in_thread
             try:
-                srv = serve_in_thread(m, a.gdb, log=lambda s: self._out(s + "\n", "info"))
+                srv = serve_in_thread(m, a.gdb, log=lambda s: say(s + "\n", "info"))
             except OSError as e:
-                self._out(f"gdb: {a.gdb}: {e.strerror or e}\n", "error")
+                say(f"gdb: {a.gdb}: {e.strerror or e}\n", "error")
                 return
-            self._out(f"gdb: serving on {srv.address[0]}:{srv.address[1]}\n", "info")
+            say(f"gdb: serving on {srv.address[0]}:{srv.address[1]}\n", "info")
         else:
             from .timeline import Timeline
             Timeline(m)
-    worker.MachineWorker._start = _start
+    return on_machine
 
 
 def _console(a: argparse.Namespace) -> int:

@@ -38,6 +38,10 @@ SPIN_NS = 500_000   # ... and all of them have spun together for 0.5 ms of virtu
 SETTLE_NS = 100_000_000          # settle(): at most 100 ms of virtual time ...
 SETTLE_INSNS = 3_000_000         # ... or this many instructions
 RESUME_INSNS = 2_000_000         # a multi-step debugger command gives the prompt back after this
+# A debugger command that resumes the guest waits this long in virtual time for the next stop:
+# a step over an idle HLT stops when the CPU next wakes, and a tickless idle CPU wakes at
+# least twice a second (firmware/amd64/clock.c), so half a second and a margin.
+RESUME_NS = 1_000_000_000
 
 
 class MachineError(Exception):
@@ -235,6 +239,10 @@ class Machine:
         self.vm.inject_nmi(vcpu)
 
     # ------------------------------------------------------------------ boot
+    def boot_path(self) -> str:
+        """The boot path this machine was built with: auto, amd64 or multiboot."""
+        return self._config["boot"]
+
     def _load(self, image: BootImage) -> None:
         for gpa, data in image.memory:
             self.vm.mem.write_bytes(gpa, data)
@@ -264,6 +272,7 @@ class Machine:
     @_input
     def console_input(self, data: bytes) -> None:
         self._check_on()
+        self._catch_up(0)       # the UART's interrupt reaches the BSP at the host's present
         self.vm.com1.feed(data)
 
     # ------------------------------------------------------------------ running
@@ -427,7 +436,7 @@ class Machine:
         start = self.total_retired
         while True:
             self.leave_kdb(vcpu)
-            ev = self.run(max_insns=max_insns, until_ns=self.now() + SETTLE_NS)
+            ev = self.run(max_insns=max_insns, until_ns=self.now() + RESUME_NS)
             if ev.reason != "kdb":
                 return out + describe_stop(self, ev)
             spent = self.total_retired - start

@@ -19,7 +19,9 @@ After going back, the recorded future is dropped: running forward executes live 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+import zlib
+from array import array
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .machine import MachineError, StopEvent
@@ -52,7 +54,27 @@ class Mark:
     n_ops: int                  # inputs applied before this state
     total: int                  # machine.total_retired
     icounts: tuple[int, ...]
-    machine: Machine
+    machine: Machine            # its retirement rings are empty: they are in `rings`
+    # each vCPU's retirement ring, zlib-compressed: 2 MiB a vCPU of RIPs, mostly the same few
+    # loops, shrink ~100x, and a mark is read back only when the history is repeated
+    rings: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+def _pack_rings(m: Machine) -> tuple[bytes, ...]:
+    """Take the retirement rings out of `m` (a fresh clone), compressed."""
+    out = []
+    for v in m.vm.vcpus:
+        log = v.cpu.retire
+        out.append(zlib.compress(log.rips, 1))
+        log.rips = array(log.rips.typecode)
+    return tuple(out)
+
+
+def _unpack_rings(m: Machine, rings: tuple[bytes, ...]) -> None:
+    for v, packed in zip(m.vm.vcpus, rings, strict=True):
+        a = array(v.cpu.retire.rips.typecode)
+        a.frombytes(zlib.decompress(packed))
+        v.cpu.retire.rips = a
 
 
 class Timeline:
@@ -88,8 +110,9 @@ class Timeline:
         return tuple(v.cpu.icount for v in self.m.vm.vcpus)
 
     def _mark(self) -> None:
-        self.marks.append(Mark(len(self.ops), self.m.total_retired, self._icounts(),
-                               self.m.clone()))
+        clone = self.m.clone()
+        self.marks.append(Mark(len(self.ops), self.m.total_retired, self._icounts(), clone,
+                               _pack_rings(clone)))
         self._thin()
 
     def _thin(self) -> None:
@@ -109,13 +132,15 @@ class Timeline:
         self.marks = [self.marks[0], *reversed(kept), *self.marks[-RECENT:]]
 
     def memory_bytes(self) -> int:
-        """Guest memory and retirement logs held by the marks (the bulk of a clone)."""
+        """Guest memory and retirement logs (as stored, compressed) held by the marks (the
+        bulk of a clone)."""
         total = 0
         for mk in self.marks:
             vm = mk.machine.vm
             total += len(vm.mem.pages) * 4096
             for v in vm.vcpus:
                 total += v.cpu.retire.rips.itemsize * len(v.cpu.retire.rips)
+            total += sum(len(r) for r in mk.rings)
         return total
 
     # ------------------------------------------------------------------ re-execution
@@ -126,6 +151,7 @@ class Timeline:
         state = copy.deepcopy(mk.machine.__dict__, {id(mk.machine): m})
         m.__dict__.clear()
         m.__dict__.update(state)
+        _unpack_rings(m, mk.rings)
         m.listeners = listeners
         m.timeline = self
 

@@ -52,9 +52,20 @@ def test_the_tui_gets_the_guest_and_real_host_files(monkeypatch, tmp_path):
     import nitdbg.tui.app as app
     from nitdbg.cli import main
     from nitdbg.hostcmds import DiskFiles
+    from nitdbg.tui.worker import MachineWorker
     seen = {}
-    monkeypatch.setattr(app, "run_app", lambda kw, record: seen.update(kw) or 0)
+
+    def run_app(kw, record, on_machine, host_dir):  # noqa: ANN001, ANN202
+        seen.update(kw, host_dir=host_dir)
+        return 0
+    monkeypatch.setattr(app, "run_app", run_app)
     monkeypatch.chdir(tmp_path)
     assert main(["--guest", "i386", "--no-record"]) == 0
     assert seen["kernel"].endswith("firmware/i386/kernel.elf") and seen["vcpus"] == 1
-    assert isinstance(seen["host_files"], DiskFiles) and seen["host_files"].cwd == str(tmp_path)
+    assert seen["host_dir"] == str(tmp_path)
+    # the worker makes the host shell's files the real files there (after the first paint)
+    kw = {k: v for k, v in seen.items() if k != "host_dir"}
+    w = MachineWorker(kw, lambda msg: None, boot=False, host_dir=seen["host_dir"])
+    w._start()
+    files = w.m.shell.fs
+    assert isinstance(files, DiskFiles) and files.cwd == str(tmp_path)

@@ -230,7 +230,7 @@ def test_stepping_over_an_emulated_hlt_stops_right_after_it(s):
     # the guest comes after wake-up with the pushed RIP after the HLT (REFERENCE.md, SDM
     # 17.3.1.4), so the ret after it is the next stop, not skipped.
     s.nmi()
-    s.cmd("s,0t20")                      # 20 steps (numbers are hex): at cpu_idle_acpi+0x1
+    s.cmd("s,0t76")                      # 76 steps (0t: decimal): back at cpu_idle_acpi+0x1
     assert s.cmd("x/i $rip") == "cpu_idle_acpi+0x1:\thlt\n"
     assert s.ddb.audit.ok
     out = s.cmd("s")

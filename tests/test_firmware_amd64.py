@@ -146,7 +146,8 @@ def test_param_h_agrees_with_the_abi_module() -> None:
     assert defs["TF_SIZE"] == abi.AMD64_TRAPFRAME_SIZE
     for t in abi.TrapType:
         assert defs[t.name] == t.value, t.name
-    for name in ("NIT_HC_PORT", "NIT_HC_KDB_ENTER", "NIT_HC_PANIC", "IDT_SYSCALL", "IDT_TIMER",
+    for name in ("NIT_HC_PORT", "NIT_HC_KDB_ENTER", "NIT_HC_PANIC", "IDT_COM1", "IDT_SYSCALL",
+                 "IDT_TIMER",
                  "IDT_ERROR", "IDT_SPURIOUS", "GCODE_SEL", "GDATA_SEL", "GUDATA_SEL",
                  "GUCODE_SEL", "GUCODE32_SEL", "GPROC0_SEL", "USER_BASE", "USER_STACK_TOP",
                  "KERNBASE"):  # fmt: skip

@@ -117,23 +117,21 @@ def test_run_gdb_with_a_bad_endpoint_says_so_in_one_line():
     assert p.stderr.strip().splitlines() == ["nitdbg: --gdb needs [HOST:]PORT, not 'nohost:port'"]
 
 
-def test_the_tui_serves_gdb_with_its_machine(monkeypatch):
+def test_the_tui_serves_gdb_with_its_machine():
     pytest.importorskip("textual")
     import argparse
     import asyncio
 
     from nitdbg import cli
-    from nitdbg.tui import worker
-    monkeypatch.setattr(worker.MachineWorker, "_start", worker.MachineWorker._start)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cli._tui_gdb_hook(argparse.Namespace(gdb=f"127.0.0.1:{port}", timeline=False))
+    hook = cli._tui_gdb_hook(argparse.Namespace(gdb=f"127.0.0.1:{port}", timeline=False))
     from nitdbg.tui.app import NitdbgApp
     replies: list[bytes] = []
 
     async def drive() -> None:
-        app = NitdbgApp({}, record=None)
+        app = NitdbgApp({}, record=None, on_machine=hook)
         async with app.run_test() as pilot:
             for _ in range(300):
                 await pilot.pause(0.1)

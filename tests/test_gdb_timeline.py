@@ -106,3 +106,21 @@ def test_marks_thin_out_as_they_age(booted):
     _step(m, 0)
     m.step_back(0)
     assert take(m) == before
+
+
+def test_a_mark_keeps_the_retirement_rings_compressed_and_restores_them_byte_for_byte(booted):
+    m = _fresh(booted)
+    m.console_input(b"while [ 1 ]; do : done\r")
+    m.run(max_insns=20_000)
+    tl = m.timeline
+    tl._mark()
+    mk = tl.marks[-1]
+    rings = [v.cpu.retire.rips.tobytes() for v in m.vm.vcpus]
+    assert all(len(v.cpu.retire.rips) == 0 for v in mk.machine.vm.vcpus)
+    assert 0 < sum(len(r) for r in mk.rings) < sum(len(r) for r in rings) // 10
+    m.run(max_insns=50_000)
+    assert [v.cpu.retire.rips.tobytes() for v in m.vm.vcpus] != rings
+    tl._restore(mk)
+    assert [v.cpu.retire.rips.tobytes() for v in m.vm.vcpus] == rings
+    assert all(len(v.cpu.retire.rips) == 0 for v in mk.machine.vm.vcpus)   # the mark stays
+    m.run(max_insns=1_000)      # and the restored machine runs on with its full ring

@@ -47,10 +47,10 @@ def m(booted) -> Machine:
     ("sysctl debug.nit.recursive_nmi=1 | grep -E '('", "grep: Unmatched ( or \\(\n"),
     ("sudo bhyvectl --vm=vm2 --inject-nmi | cat", "sh: only grep, head, tail, wc may follow a "
                                                   "pipe here, not 'cat'\n"),
-    ("sleep nan", "sleep: invalid time interval: nan (seconds of virtual time, 0 to 300)\n"),
-    ("sleep inf", "sleep: invalid time interval: inf (seconds of virtual time, 0 to 300)\n"),
-    ("sleep -1", "sleep: invalid time interval: -1 (seconds of virtual time, 0 to 300)\n"),
-    ("sleep 1e3", "sleep: invalid time interval: 1e3 (seconds of virtual time, 0 to 300)\n"),
+    ("sleep nan", "sleep: invalid time interval: nan (seconds of virtual time, 0 to 3600)\n"),
+    ("sleep inf", "sleep: invalid time interval: inf (seconds of virtual time, 0 to 3600)\n"),
+    ("sleep -1", "sleep: invalid time interval: -1 (seconds of virtual time, 0 to 3600)\n"),
+    ("sleep 1e3", "sleep: invalid time interval: 1e3 (seconds of virtual time, 0 to 3600)\n"),
     ("ktrdump -x -o /tmp/x", None),
     ("sysctl debug.nit.recursive_nmi=1 debug.nit.nope=1", "sysctl: unknown oid 'debug.nit.nope'\n"),
 ])

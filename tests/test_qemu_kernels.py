@@ -35,6 +35,12 @@ CASES = {
                    "0x000000c0\n"
                    "rtc_ioapic: level: 4 interrupts, remote IRR in the handler 1, after EOI 0\n"
                    "rtc_ioapic: masked: 0 interrupts\n", PASS),
+    "rtc_uf": ("rtc_uf", None,
+               "rtc_uf: UIE: 4 update-ended interrupts on vector 0x48, register C IRQF|PF|UF "
+               "0x00000090\n"
+               "rtc_uf: seconds advanced by 1 between them: yes, UIP set in the handler: 0\n"
+               "rtc_uf: without UIE: UF flagged with register C IRQF|PF|UF 0x000000d0\n",
+               PASS),
     "rtc_nmi": ("rtc_nmi", None, "rtc_nmi: halting with IF=0\n"
                                  "rtc_nmi: 3 of 3 HLTs with IF=0 ended by an NMI\n", PASS),
     "pit_pic": ("pit_pic", None,

@@ -197,3 +197,41 @@ def test_digest_changes_when_tables_change():
     d = npt.digest()
     npt.unmap_all()
     assert npt.digest() != d
+
+
+def _page_by_page(ranges):
+    """The reference: every leaf installed one page at a time, in map order."""
+    npt = NestedPageTable()
+    for gpa, hpa, size, w, x in ranges:
+        npt.map(gpa, hpa, size, writable=w, executable=x, populate=False)
+        for off in range(0, size, 0x1000):
+            npt.fault_in(gpa + off)
+    return npt
+
+
+@pytest.mark.parametrize("ranges", [
+    [(0, 0, 64 << 20, True, True), (0xFEE0_0000, 0xFEE0_0000, 0x1000, True, True)],
+    [(0x1F_F000, RAM_HPA, 0x40_3000, False, True), (0x4000_0000 - 0x2000, 0x5000, 0x5000, True,
+                                                    False)],
+])
+def test_bulk_population_writes_the_same_tables_as_installing_page_by_page(ranges):
+    bulk = NestedPageTable()
+    for gpa, hpa, size, w, x in ranges:
+        bulk.map(gpa, hpa, size, writable=w, executable=x)
+    ref = _page_by_page(ranges)
+    assert bulk.hostmem.digest() == ref.hostmem.digest()
+    assert sorted(bulk.hostmem.pages) == sorted(ref.hostmem.pages)
+    pages = sum(r[2] for r in ranges) >> 12
+    assert bulk.leaf_count() == ref.leaf_count() == pages
+    assert bulk.unmap_all() == ref.unmap_all() == pages
+    assert bulk.hostmem.digest() == ref.hostmem.digest()
+    assert bulk.leaf_count() == 0
+
+
+def test_unmap_all_keeps_the_other_bits_of_non_present_entries():
+    npt = npt_with_ram(0x3000)
+    pt = npt.walk_steps(0)[-1].entry_hpa & ~0xFFF
+    npt.hostmem.write_u64(pt + 8 * 100, 0xABC0)          # not present: not a leaf
+    assert npt.unmap_all() == 3
+    assert npt.hostmem.read_u64(pt + 8 * 100) == 0xABC0
+    assert npt.hostmem.read_u64(pt) == 0

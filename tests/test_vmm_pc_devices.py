@@ -433,3 +433,90 @@ def test_device_counters_are_read_only_sysctls_of_the_vm() -> None:
     w = copy.deepcopy(v)
     w.pc.ioapic.pulse_irq(8)
     assert (v.sysctl.value("hw.vmm.vioapic.sent"), w.sysctl.value("hw.vmm.vioapic.sent")) == (1, 2)
+
+
+# -- RTC update cycle (MC146818A datasheet: UIP, UF, UIE) ------------------------------------
+
+def test_rtc_update_ended_flag_is_set_once_a_second_without_uie_and_raises_no_irq8() -> None:
+    # Datasheet register C: UF is set at the end of every update cycle; IRQF only with UIE.
+    now = [0]
+    r, lines = rtc(now)
+    assert r.next_deadline() is None              # UIE off: nothing to schedule
+    now[0] = 999_999_999
+    assert rtc_get(r, 0x0C) == 0                  # the first cycle ends at 1 s
+    now[0] = 1_000_000_000
+    assert rtc_get(r, 0x0C) == 0x10 and lines == []
+    assert rtc_get(r, 0x0C) == 0                  # read-to-clear
+    now[0] = 3_500_000_000                        # two more cycles: one UF (a flag)
+    assert rtc_get(r, 0x0C) == 0x10 and r.counters["update"] == 3
+
+
+def test_rtc_uie_raises_irq8_at_the_end_of_each_update_cycle() -> None:
+    # Datasheet register B UIE: IRQF = UF & UIE; IRQ 8 goes low when C is read.
+    now = [200_000_000]
+    r, lines = rtc(now)
+    rtc_set(r, 0x0B, 0x12)                        # UIE, 24h
+    assert r.next_deadline() == 1_000_000_000
+    for k in (1, 2, 3):
+        now[0] = r.next_deadline()
+        assert now[0] == k * 1_000_000_000
+        assert r.fire(now[0])
+        assert rtc_get(r, 0x0C) == 0x90           # IRQF | UF
+        assert rtc_get(r, 0x00) == k              # the time registers show the new second
+    assert lines == [True, False] * 3
+
+
+def test_rtc_enabling_uie_with_uf_already_set_raises_irq8_at_once() -> None:
+    now = [1_500_000_000]
+    r, lines = rtc(now)
+    rtc_set(r, 0x0B, 0x12)
+    assert lines == [True] and rtc_get(r, 0x0C) == 0x90
+
+
+def test_rtc_uip_is_set_from_244us_before_the_update_cycle_until_it_ends() -> None:
+    # Datasheet register A UIP: high tBUC (244 us) before the cycle and during it (tUC =
+    # 1984 us at 32.768 kHz); low at least 244 us before a cycle begins.
+    now = [0]
+    r, _ = rtc(now)
+    for t, uip in ((1_000_000_000 - 2_228_001, 0), (1_000_000_000 - 2_228_000, 0x80),
+                   (1_000_000_000 - 1, 0x80), (1_000_000_000, 0)):
+        now[0] = t
+        assert rtc_get(r, 0x0A) & 0x80 == uip, t
+
+
+def test_rtc_set_bit_stops_the_update_cycle_clears_uie_and_uip() -> None:
+    # Datasheet register B SET: updates stop, UIE is cleared; no UF while SET=1, and none
+    # for the seconds that passed when the cycle resumes.
+    now = [0]
+    r, lines = rtc(now)
+    rtc_set(r, 0x0B, 0x92)                        # SET | UIE | 24h
+    assert rtc_get(r, 0x0B) == 0x82 and r.next_deadline() is None
+    now[0] = 2_999_999_000
+    assert rtc_get(r, 0x0A) & 0x80 == 0
+    assert rtc_get(r, 0x0C) == 0
+    rtc_set(r, 0x0B, 0x12)                        # run again, UIE
+    assert rtc_get(r, 0x0C) == 0 and lines == []
+    assert r.next_deadline() == 3_000_000_000
+
+
+def test_rtc_divider_other_than_32khz_stops_the_update_cycle() -> None:
+    now = [0]
+    r, _ = rtc(now)
+    rtc_set(r, 0x0A, 0x60)                        # DV = 110: divider reset
+    now[0] = 5_000_000_000
+    assert rtc_get(r, 0x0C) == 0 and r.counters.get("update", 0) == 0
+
+
+def test_rtc_state_saved_before_the_update_cycle_was_modelled_still_loads() -> None:
+    now = [0]
+    r, _ = rtc(now)
+    assert "updates_seen" not in r.state()        # no guest has looked: the old shape
+    now[0] = 2_500_000_000
+    rtc_get(r, 0x0C)
+    st = r.state()
+    assert st["updates_seen"] == 2
+    r.load_state(st)
+    assert r.state() == st
+    del st["updates_seen"], st["next_uf"]
+    r.load_state(st)
+    assert r.updates_seen == 0 and r.next_uf is None

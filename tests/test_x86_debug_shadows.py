@@ -58,20 +58,6 @@ def test_sti_then_int_n_through_an_interrupt_gate_takes_the_intr_after_the_iret(
     assert events(m)[:2] == [("softint", 0x30, m.syms["r"]), ("intr", 0x40, m.syms["r"])]
 
 
-def test_mov_ss_then_int_n_delivers_the_held_single_step_db_at_the_handlers_first_insn():
-    # SDM 6.8.3: a debug trap of MOV SS is held until the next instruction completes; when
-    # that instruction is INT n the #DB is delivered once the transfer to the handler is
-    # made, before the handler's first instruction (the behaviour behind CVE-2018-8897).
-    # INT n itself is not single-stepped (it clears TF, APM 13.1.4).
-    m = machine(SET_TF + "movw %ss, %ax\nmovw %ax, %ss\ni: int $0x30\nr: nop\n"
-                "done: jmp done\n")
-    m.run_until("done")
-    evs = events(m)
-    at_int = evs.index(("softint", 0x30, m.syms["r"]))
-    assert evs[at_int + 1] == ("exc", 1, m.syms["h30"])
-    assert ("exc", 1, m.syms["i"]) not in evs        # no #DB between MOV SS and INT n
-
-
 def test_single_step_db_sets_bs_and_leaves_b0_to_b3_set_earlier_apm_13_1_1_3():
     # AMD APM 13.1.1.3: the processor sets DR6 status bits and never clears them; software
     # must. (Intel SDM 17.2.3 allows B0-B3 to be cleared: AMD where the vendors differ.)

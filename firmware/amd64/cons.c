@@ -1,12 +1,16 @@
 /*
- * COM1 console (polled 16550) and a canonical-mode tty: the BSP's clock
- * interrupt polls the receiver, echoes, edits the line and queues complete
- * lines for read(2).  Ctrl-C flushes the line and posts SIGINT.
+ * COM1 console (16550) and a canonical-mode tty: the receiver interrupt
+ * (ISA IRQ 4 through the I/O APIC) drains the receiver, echoes, edits the
+ * line and queues complete lines for read(2).  Ctrl-C flushes the line and
+ * posts SIGINT.
  */
 #include "kern.h"
 
 #define	COM1		0x3f8
+#define	COM_IER		1
 #define	COM_LSR		5
+#define	IER_ERXRDY	0x01
+#define	COM1_IRQ	4
 #define	LSR_RXRDY	0x01
 #define	LSR_TXRDY	0x20
 
@@ -156,13 +160,21 @@ static void tty_input(int c)
 	cons_putc(c);
 }
 
-/* From the BSP's clock interrupt: drain the receiver. */
-void tty_poll(void)
+/*
+ * The receiver interrupt: drain everything received, so the interrupt line
+ * drops and the next byte raises a new edge (the pin is edge triggered).
+ */
+void tty_intr(void)
 {
-	int n;
-
-	for (n = 0; n < 16 && (inb(COM1 + COM_LSR) & LSR_RXRDY) != 0; n++)
+	while ((inb(COM1 + COM_LSR) & LSR_RXRDY) != 0)
 		tty_input(inb(COM1));
+}
+
+/* Receive interrupts on: an idle CPU wakes for input, not at a clock tick. */
+void uart_intr_init(void)
+{
+	ioapic_route_isa(COM1_IRQ, IDT_COM1);
+	outb(COM1 + COM_IER, IER_ERXRDY);
 }
 
 /* Take one complete line (or as much of it as fits); 0 if none is queued. */

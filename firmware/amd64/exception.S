@@ -120,6 +120,7 @@
 	TRAP		Xtimerint, IDT_TIMER
 	TRAP		Xerrorint, IDT_ERROR
 	TRAP		Xspuriousint, IDT_SPURIOUS
+	TRAP		Xcom1int, IDT_COM1
 
 /*
  * The faulting-iretq fix-up, as FreeBSD's doreti_iret_fault: trap() points

@@ -103,11 +103,13 @@ extern char Xdiv[], Xdbg[], Xnmi[], Xbpt[], Xofl[], Xbnd[], Xill[], Xdna[], Xdbl
 extern char Xfpusegm[], Xtss[], Xmissing[], Xstk[], Xprot[], Xpage[], Xrsvd15[], Xfpu[];
 extern char Xalign[], Xmchk[], Xxmm[], Xrsvd20[], Xcp[], Xrsvd22[], Xrsvd23[], Xrsvd24[];
 extern char Xrsvd25[], Xrsvd26[], Xrsvd27[], Xrsvd28[], Xvc[], Xsx[], Xrsvd31[];
-extern char Xint0x80_syscall[], Xtimerint[], Xerrorint[], Xspuriousint[];
+extern char Xint0x80_syscall[], Xtimerint[], Xerrorint[], Xspuriousint[], Xcom1int[];
 
 /* Globals. */
 extern int mp_ncpus;
 extern volatile int ticks;
+extern const int hz;
+extern int idletick;
 extern int kdb_on_nmi;
 extern char ostype[];
 extern volatile uint32_t started_cpus_mask;
@@ -116,7 +118,8 @@ extern volatile uint32_t started_cpus_mask;
 void cons_putc(int c);
 void cons_write(const char *s, size_t len);
 void printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void tty_poll(void);
+void tty_intr(void);
+void uart_intr_init(void);
 int tty_read(char *buf, size_t len);
 extern volatile int tty_sigint;
 
@@ -125,7 +128,18 @@ void lapic_init(int cpu);
 void lapic_eoi(void);
 uint32_t lapic_id(void);
 void lapic_ipi_nmi_allbutself(void);
+void lapic_timer_periodic(uint32_t count);
+void lapic_timer_oneshot(uint32_t count);
 extern int x2apic_mode;
+
+/* clock.c */
+void clock_calibrate(void);
+void clock_intr(void);
+void cpu_idle(void);
+void cpu_activeclock(void);
+
+/* ioapic.c */
+void ioapic_route_isa(int irq, int vector);
 
 /* trap.c / kdb */
 void trap(struct trapframe *tf);

@@ -33,10 +33,8 @@
 #define	APIC_ICR_DELIVERY_PENDING 0x1000
 #define	APIC_DEST_ALLBUT 0xc0000
 
-/* 100 MHz bus clock / 16 = 6.25 MHz; 62500 counts = 10 ms (hz = 100). */
-#define	LAPIC_TIMER_COUNT 62500
-
 int x2apic_mode;
+static int timer_oneshot[MAXCPU];	/* the LVT is in one-shot mode */
 static volatile uint32_t *const lapic_xapic = (volatile uint32_t *)0xfee00000UL;
 
 static uint32_t lapic_read(unsigned reg)
@@ -100,6 +98,25 @@ void lapic_init(int cpu)
 	lapic_write(LAPIC_LVT_LINT1, APIC_LVT_DM_NMI);	/* LINT1 = NMI, unmasked */
 	lapic_write(LAPIC_LVT_ERROR, IDT_ERROR);
 	lapic_write(LAPIC_DCR_TIMER, APIC_DCR_16);
+	lapic_timer_periodic(LAPIC_TIMER_COUNT);
+}
+
+/* The timer ticks every `count` bus clocks / 16 (writing the count restarts it). */
+void lapic_timer_periodic(uint32_t count)
+{
 	lapic_write(LAPIC_LVT_TIMER, APIC_LVTT_PERIODIC | IDT_TIMER);
-	lapic_write(LAPIC_ICR_TIMER, LAPIC_TIMER_COUNT);
+	timer_oneshot[curcpu()] = 0;
+	lapic_write(LAPIC_ICR_TIMER, count);
+}
+
+/* One interrupt after `count` bus clocks / 16 (SDM 11.5.4: one-shot mode). */
+void lapic_timer_oneshot(uint32_t count)
+{
+	int cpu = curcpu();
+
+	if (!timer_oneshot[cpu]) {
+		lapic_write(LAPIC_LVT_TIMER, IDT_TIMER);
+		timer_oneshot[cpu] = 1;
+	}
+	lapic_write(LAPIC_ICR_TIMER, count);
 }

@@ -55,6 +55,7 @@ static void pmap_bootstrap(void)
 	}
 	/* The LAPIC page is uncacheable. */
 	kpd_low[3][0xfee00000UL >> 21 & 511] |= PG_NC_PCD | PG_NC_PWT;
+	kpd_low[3][0xfec00000UL >> 21 & 511] |= PG_NC_PCD | PG_NC_PWT;	/* I/O APIC */
 	kpml4[0] = KVTOP(kpdp_low) | PG_V | PG_RW | PG_U;
 	kpml4[511] = KVTOP(kpdp_high) | PG_V | PG_RW;
 	kpdp_high[510] = KVTOP(kpd_kern) | PG_V | PG_RW;
@@ -166,6 +167,7 @@ static void idt_init(void)
 	setidt(IDT_TIMER, Xtimerint, 0, 0);
 	setidt(IDT_ERROR, Xerrorint, 0, 0);
 	setidt(IDT_SPURIOUS, Xspuriousint, 0, 0);
+	setidt(IDT_COM1, Xcom1int, 0, 0);
 }
 
 /* Load this CPU's GDT, reload every segment register, TR and the IDT. */
@@ -219,6 +221,8 @@ void hammer_time(int cpu, int ncpus)
 	/* Shared state is ready: release the APs and wait for them. */
 	ap_go = 1;
 	smp_wait_started((1u << mp_ncpus) - 1);
+	clock_calibrate();	/* with the APs idle: nothing spins while the BSP halts */
+	uart_intr_init();
 
 	/* Start the shell by "returning" to it; its traps then use RSP0. */
 	exec_shell(&proc0_tf);
@@ -235,6 +239,6 @@ void init_secondary(int cpu)
 	__atomic_fetch_or(&started_cpus_mask, 1u << cpu, __ATOMIC_SEQ_CST);
 	for (;;) {
 		disable_intr();
-		cpu_idle_acpi();
+		cpu_idle();
 	}
 }

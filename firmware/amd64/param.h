@@ -80,11 +80,16 @@
 #define	T_XMMFLT	29
 #define	T_RESERVED	30
 
+/* The clock: hz ticks a second; 100 MHz bus clock / 16 = 6.25 MHz, 62500 = 10 ms. */
+#define	HZ		100
+#define	LAPIC_TIMER_COUNT 62500
+
 /*
  * Interrupt vectors.  Their trapframes carry the vector itself in
- * tf_trapno (no T_* exists for them); all are >= 0x80 so they never
- * collide with a T_* number.
+ * tf_trapno (no T_* exists for them); all are above T_RESERVED so they
+ * never collide with a T_* number.
  */
+#define	IDT_COM1	0x34	/* APIC_IO_INTS + ISA IRQ 4, as FreeBSD numbers it */
 #define	IDT_SYSCALL	0x80	/* int $0x80 */
 #define	IDT_TIMER	0xf0	/* APIC_TIMER_INT */
 #define	IDT_ERROR	0xf1	/* APIC_ERROR_INT */

@@ -93,15 +93,17 @@ static int64_t sys_read(uint64_t buf, uint64_t len)
 		disable_intr();
 		if (tty_sigint) {
 			proc0.p_idle = 0;
+			cpu_activeclock();
 			return -EINTR;
 		}
 		n = tty_read((char *)buf, len);
 		if (n > 0) {
 			proc0.p_idle = 0;
+			cpu_activeclock();
 			return n;
 		}
 		proc0.p_idle = 1;
-		cpu_idle_acpi();
+		cpu_idle();
 	}
 }
 

@@ -14,6 +14,8 @@ static const struct sysctl_oid {
 } sysctl_oids[] = {
 	{ "machdep.kdb_on_nmi", &kdb_on_nmi, CTLTYPE_INT, 1 },
 	{ "kern.ticks", (void *)&ticks, CTLTYPE_INT, 0 },
+	{ "kern.hz", (void *)&hz, CTLTYPE_INT, 0 },
+	{ "kern.eventtimer.idletick", &idletick, CTLTYPE_INT, 1 },
 	{ "hw.ncpu", &mp_ncpus, CTLTYPE_INT, 0 },
 	{ "kern.ostype", ostype, CTLTYPE_STRING, 0 },
 };

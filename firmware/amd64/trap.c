@@ -6,7 +6,6 @@
 
 int kdb_on_nmi;			/* sysctl machdep.kdb_on_nmi */
 int kdb_active;
-volatile int ticks;		/* sysctl kern.ticks */
 
 static const char *const trap_msg[] = {
 	[0] = "",
@@ -220,10 +219,10 @@ static void lapic_handle_intr(u_int vector)
 	if (vector == IDT_SPURIOUS)
 		return;			/* no EOI for the spurious vector */
 	lapic_eoi();
-	if (vector == IDT_TIMER && curcpu() == 0) {
-		ticks++;		/* hardclock */
-		tty_poll();
-	}
+	if (vector == IDT_TIMER)
+		clock_intr();		/* hardclock */
+	else if (vector == IDT_COM1)
+		tty_intr();
 }
 
 static int user_signal(u_int type, struct trapframe *tf)
@@ -263,7 +262,7 @@ void trap(struct trapframe *tf)
 		nmi_handle(tf);
 		return;			/* straight back through nmi_iret */
 	}
-	if (type >= IDT_TIMER) {
+	if (type >= IDT_TIMER || type == IDT_COM1) {
 		lapic_handle_intr(type);
 		goto out;
 	}

@@ -226,7 +226,8 @@ static void run(char *line)
 		    "                       spin in user mode (Ctrl-C stops it)\n"
 		    "  exit                 start a new shell\n"
 		    "  help                 this list\n"
-		    "variables: machdep.kdb_on_nmi kern.ticks hw.ncpu kern.ostype\n");
+		    "variables: machdep.kdb_on_nmi kern.ticks kern.hz kern.eventtimer.idletick\n"
+		    "           hw.ncpu kern.ostype\n");
 		return;
 	}
 	if (seq(line, "exit")) {

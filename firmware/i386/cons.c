@@ -1,5 +1,6 @@
 /*
- * nit i386 test kernel: COM1 console (polled 16550) and printf.
+ * nit i386 test kernel: COM1 console (16550, receive interrupt on ISA IRQ 4
+ * through the I/O APIC) and printf.
  * Output also goes to the debug console port 0xE9 (QEMU -debugcon, nitdbg).
  */
 #include "kernel.h"
@@ -15,19 +16,34 @@
 #define LSR_TXRDY	0x20
 #define DEBUGCON	0xe9
 
-/* Receive ring, filled by the timer tick (cons_poll), drained by the shell. */
+/* Receive ring, filled by the receive interrupt (cons_poll), drained by the shell. */
 static volatile uint8_t rxbuf[256];
 static volatile uint8_t rxhead, rxtail;
 
+/* I/O APIC (paging is off: at its physical address): ISA IRQ -> vector on APIC 0. */
+#define IOAPIC_BASE	0xfec00000u
+static void ioapic_route_isa(int irq, int vector)
+{
+	volatile uint32_t *ioapic = (volatile uint32_t *)IOAPIC_BASE;
+	int pin = irq == 0 ? 2 : irq;
+
+	ioapic[0] = 0x11 + 2 * pin;		/* redirection entry, high: dest APIC ID 0 */
+	ioapic[4] = 0;
+	ioapic[0] = 0x10 + 2 * pin;		/* low: fixed, physical, edge, high, unmasked */
+	ioapic[4] = (uint32_t)vector;
+}
+
 void cons_init(void)
 {
-	outb(COM1 + COM_IER, 0);		/* polled: no UART interrupts */
+	outb(COM1 + COM_IER, 0);		/* no UART interrupts while it is set up */
 	outb(COM1 + COM_LCR, 0x80);		/* DLAB: divisor 1 = 115200 baud */
 	outb(COM1 + COM_DATA, 1);
 	outb(COM1 + COM_IER, 0);
 	outb(COM1 + COM_LCR, 0x03);		/* 8N1 */
 	outb(COM1 + COM_FCR, 0x07);		/* FIFOs on and cleared */
-	outb(COM1 + COM_MCR, 0x03);		/* DTR, RTS */
+	outb(COM1 + COM_MCR, 0x0b);		/* DTR, RTS, OUT2 (the PC's IRQ enable) */
+	ioapic_route_isa(4, IDT_COM1);
+	outb(COM1 + COM_IER, 0x01);		/* received data available */
 }
 
 void cons_putc(int c)
@@ -40,6 +56,7 @@ void cons_putc(int c)
 	outb(DEBUGCON, c);
 }
 
+/* The receive interrupt: drain the receiver, so the line drops for the next edge. */
 void cons_poll(void)
 {
 	while (inb(COM1 + COM_LSR) & LSR_RXRDY) {

@@ -20,6 +20,7 @@
 /* IDT vectors beyond the exceptions. */
 #define IDT_NMI		2
 #define IDT_TIMER	0x20
+#define IDT_COM1	0x34	/* ISA IRQ 4 through the I/O APIC (FreeBSD APIC_IO_INTS + 4) */
 #define IDT_SPURIOUS	0xff
 
 /* FreeBSD i386 trap numbers (sys/x86/include/trap.h), stored in tf_trapno. */
@@ -108,7 +109,7 @@ void breakpoint(void);
 void tsnmi_handler(void);
 extern char bootstack_top[];
 extern void (*const idtvec[32])(void);
-void Xnmi(void), Xtimerint(void), Xspuriousint(void);
+void Xnmi(void), Xtimerint(void), Xspuriousint(void), Xcom1int(void);
 
 /* machdep.c */
 extern struct i386tss common_tss;
@@ -129,6 +130,9 @@ void cons_init(void);
 void cons_putc(int c);
 int cons_getc(void);
 void cons_poll(void);
+void clock_idle(void);
+void clock_active(void);
+extern int idletick;
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 

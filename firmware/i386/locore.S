@@ -101,6 +101,7 @@ TRAPERR(align, T_ALIGNFLT)
 TRAP(mchk, T_MCHK)
 TRAP(xmm, T_XMMFLT)
 TRAP(timerint, IDT_TIMER)
+TRAP(com1int, IDT_COM1)
 
 /* Spurious LAPIC interrupts need no EOI (SDM 10.9). */
 IDTVEC(spuriousint)

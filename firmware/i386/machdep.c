@@ -20,6 +20,7 @@ uint64_t gdt[NGDT] = {
 uint64_t idt[256];
 struct i386tss common_tss;
 volatile uint32_t ticks;
+int idletick;			/* kern.eventtimer.idletick */
 volatile uint32_t nmi_count;
 int kdb_on_nmi;
 uint32_t physmem;
@@ -100,6 +101,7 @@ static void idt_init(void)
 		setidt_intr(i, idtvec[i]);
 	setidt_intr(IDT_TIMER, Xtimerint);
 	setidt_intr(IDT_SPURIOUS, Xspuriousint);
+	setidt_intr(IDT_COM1, Xcom1int);
 	d.limit = sizeof(idt) - 1;
 	d.base = (uint32_t)idt;
 	__asm__ volatile("lidt %0" : : "m"(d));
@@ -107,6 +109,13 @@ static void idt_init(void)
 
 static void lapic_init(void)
 {
+	/*
+	 * Mask both 8259s, as FreeBSD does when it runs on the APICs: a PIC input the BIOS
+	 * left asserted must not keep the CPU's INTR request up (QEMU TCG would then take
+	 * a vector -1 at the first sti once LINT0 is masked).
+	 */
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
 	lapic_write(LAPIC_SVR, APIC_SVR_ENABLE | IDT_SPURIOUS);
 	lapic_write(LAPIC_TPR, 0);
 	/* No PIC here: mask ExtINT. LINT1 is the NMI pin bhyve's --assert-lapic-lvt=1 raises. */
@@ -118,11 +127,130 @@ static void lapic_init(void)
 	lapic_write(LAPIC_ICR_TIMER, APIC_BUS_HZ / APIC_TIMER_DIVISOR / hz);
 }
 
+/*
+ * The event timer, tickless in idle as FreeBSD's (kern_clocksource.c): the tick
+ * is periodic while the CPU runs; an idle CPU arms a one-shot for its next
+ * event, at most hz/2 - 1 ticks on (getnextcpuevent), and accounts the ticks
+ * it slept through on wakeup from the TSC, calibrated against the tick at
+ * boot.  32-bit TSC arithmetic: every gap here is far below 2^32 counts.
+ * Tick boundaries (nexthard) lie half a period before the tick interrupts.
+ */
+#define	LAPIC_TIMER_COUNT	(APIC_BUS_HZ / APIC_TIMER_DIVISOR / 100)
+#define	CLK_PERIODIC	0
+#define	CLK_IDLE	1	/* one-shot armed for the idle deadline */
+#define	CLK_EXPIRED	2	/* it fired; still in the idle loop */
+#define	CLK_REALIGN	3	/* one-shot to the next tick interrupt, then periodic */
+
+static uint32_t tsc_tick, nexthard, calib_tsc;
+static volatile int calib_state;
+static int clk_mode;
+
+static inline uint32_t rdtsc32(void)
+{
+	uint32_t lo, hi;
+
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return lo;
+}
+
+/* hardclock(cnt), with no branch on the time read (nexthard <= now + tsc_tick). */
+static void hardclock_sync(uint32_t now)
+{
+	uint32_t n = (now + tsc_tick - nexthard) / tsc_tick;
+
+	nexthard += n * tsc_tick;
+	ticks += n;
+}
+
+/* After hardclock_sync(now): the first tick interrupt time after now, plus `skip` ticks. */
+static uint32_t next_tick_intr(uint32_t now, uint32_t skip)
+{
+	uint32_t first = nexthard - tsc_tick - tsc_tick / 2;	/* an interrupt before now */
+
+	return first + ((now - first) / tsc_tick + 1 + skip) * tsc_tick;
+}
+
+static void timer_oneshot_until(uint32_t now, uint32_t when)
+{
+	/* TSC counts per timer count, rounded up: never 0, and no branch on the time read */
+	uint32_t per_count = (tsc_tick + LAPIC_TIMER_COUNT - 1) / LAPIC_TIMER_COUNT;
+
+	lapic_write(LAPIC_LVT_TIMER, IDT_TIMER);
+	lapic_write(LAPIC_ICR_TIMER, (when - now) / per_count + 1);
+}
+
+static void timer_periodic(void)
+{
+	lapic_write(LAPIC_LVT_TIMER, APIC_LVT_PERIODIC | IDT_TIMER);
+	lapic_write(LAPIC_ICR_TIMER, LAPIC_TIMER_COUNT);
+}
+
+/* Halt through two ticks, reading the TSC in each: one period, on the same path. */
+static void clock_calibrate(void)
+{
+	calib_state = 1;
+	for (;;) {
+		disable_intr();
+		if (calib_state == 3)
+			break;
+		cpu_idle();
+	}
+	enable_intr();
+}
+
 static void lapic_timer_intr(void)
 {
-	ticks++;
-	cons_poll();			/* no IOAPIC: COM1 input is polled here */
+	uint32_t now = rdtsc32();
+
+	if (tsc_tick == 0) {
+		ticks++;
+		if (calib_state == 1) {
+			calib_tsc = now;
+			calib_state = 2;
+		} else if (calib_state == 2) {
+			tsc_tick = now - calib_tsc;
+			nexthard = now + tsc_tick / 2;
+			calib_state = 3;
+		}
+	} else {
+		hardclock_sync(now);
+		if (clk_mode == CLK_IDLE) {
+			clk_mode = CLK_EXPIRED;
+		} else if (clk_mode == CLK_REALIGN) {
+			timer_periodic();
+			clk_mode = CLK_PERIODIC;
+		}
+	}
 	lapic_write(LAPIC_EOI, 0);
+}
+
+/* One pass of the idle loop (interrupts disabled): arm the idle deadline, halt. */
+void clock_idle(void)
+{
+	uint32_t now;
+
+	if (tsc_tick != 0 && !idletick) {
+		now = rdtsc32();
+		hardclock_sync(now);
+		timer_oneshot_until(now, next_tick_intr(now, (uint32_t)(hz / 2 - 1)));
+		clk_mode = CLK_IDLE;
+	} else if (clk_mode != CLK_PERIODIC) {
+		clock_active();
+	}
+	cpu_idle();
+}
+
+/* Leaving the idle loop (interrupts disabled): account, resume the periodic tick. */
+void clock_active(void)
+{
+	uint32_t now;
+
+	if (clk_mode == CLK_PERIODIC || clk_mode == CLK_REALIGN)
+		return;
+	now = rdtsc32();
+	hardclock_sync(now);
+	timer_oneshot_until(now, next_tick_intr(now, 0));
+	clk_mode = CLK_REALIGN;
 }
 
 static void kdb_trap(int type, struct trapframe *tf)
@@ -184,6 +312,10 @@ void trap(struct trapframe *tf)
 	case IDT_TIMER:
 		lapic_timer_intr();
 		break;
+	case IDT_COM1:
+		cons_poll();
+		lapic_write(LAPIC_EOI, 0);
+		break;
 	case T_NMI:
 		nmi_handler(tf);
 		break;
@@ -225,6 +357,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 	gdt_init();
 	idt_init();
 	lapic_init();
+	clock_calibrate();
 	printf("lapic0: id %u, timer %d Hz, LINT1 NMI\n", lapic_read(LAPIC_ID) >> 24, hz);
 	shell_main();
 }

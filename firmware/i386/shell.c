@@ -38,6 +38,8 @@ static const struct sysctl_oid sysctls[] = {
 	{ "hw.physmem", CTLTYPE_UINT, CTLFLAG_RD, &physmem, 0,
 	  "physical memory (multiboot mem_upper + 1 MiB)", NULL },
 	{ "kern.hz", CTLTYPE_INT, CTLFLAG_RD, (void *)&hz, 0, "clock tick rate", NULL },
+	{ "kern.eventtimer.idletick", CTLTYPE_INT, CTLFLAG_RW, &idletick, 0,
+	  "Run periodic events when idle", NULL },
 	{ "kern.ostype", CTLTYPE_STRING, CTLFLAG_RW, ostype, sizeof(ostype),
 	  "operating system type", NULL },
 	{ "kern.ticks", CTLTYPE_UINT, CTLFLAG_RD, (void *)&ticks, 0,
@@ -287,9 +289,10 @@ void shell_main(void)
 		disable_intr();
 		c = cons_getc();
 		if (c < 0) {
-			cpu_idle();		/* sti; hlt: returns with interrupts on */
+			clock_idle();		/* sti; hlt: returns with interrupts on */
 			continue;
 		}
+		clock_active();
 		enable_intr();
 		if (c == '\n' && last == '\r') {	/* CR LF is one end of line */
 			last = c;

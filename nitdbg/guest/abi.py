@@ -276,6 +276,7 @@ VECTOR_TO_TRAPTYPE: dict[int, TrapType] = {
 VECTOR_TO_TRAPTYPE.update({v: TrapType.T_RESERVED for v in (15, *range(20, 32))})
 
 # Interrupt vectors; their trapframes carry the vector itself in tf_trapno.
+IDT_COM1 = 0x34  # COM1 receive, ISA IRQ 4 through the I/O APIC (FreeBSD APIC_IO_INTS + 4)
 IDT_SYSCALL = 0x80  # int $0x80 (DPL 3)
 IDT_TIMER = 0xF0  # LAPIC timer (FreeBSD APIC_TIMER_INT)
 IDT_ERROR = 0xF1  # LAPIC error
@@ -344,6 +345,10 @@ SYM_KDB_HYPERCALL = "kdb_enter_hypercall"  # holds the outl of NIT_HC_KDB_ENTER
 SYM_KDB_ON_NMI = "kdb_on_nmi"  # int, sysctl machdep.kdb_on_nmi
 SYM_KDB_ACTIVE = "kdb_active"
 SYM_TICKS = "ticks"  # int, sysctl kern.ticks
+SYM_HZ = "hz"  # const int, sysctl kern.hz
+SYM_IDLETICK = "idletick"  # int, sysctl kern.eventtimer.idletick
+SYM_CLOCK_INTR = "clock_intr"  # the LAPIC timer's handler: hardclock, tickless idle
+SYM_CPU_IDLE_C = "cpu_idle"  # one pass of the idle loop: arm the idle deadline, halt
 SYM_MP_NCPUS = "mp_ncpus"  # int, sysctl hw.ncpu
 SYM_OSTYPE = "ostype"  # char[], sysctl kern.ostype
 SYM_USER_IMAGE = "user_image_start"  # the shell's text, which runs at USER_BASE
@@ -374,6 +379,7 @@ IDT_STUBS: dict[int, str] = {
     21: "Xcp",
     29: "Xvc",
     30: "Xsx",
+    IDT_COM1: "Xcom1int",
     IDT_SYSCALL: "Xint0x80_syscall",
     IDT_TIMER: "Xtimerint",
     IDT_ERROR: "Xerrorint",
@@ -405,6 +411,10 @@ REQUIRED_SYMBOLS: tuple[str, ...] = (
     SYM_KDB_ON_NMI,
     SYM_KDB_ACTIVE,
     SYM_TICKS,
+    SYM_HZ,
+    SYM_IDLETICK,
+    SYM_CLOCK_INTR,
+    SYM_CPU_IDLE_C,
     SYM_MP_NCPUS,
     SYM_OSTYPE,
     SYM_USER_IMAGE,
@@ -443,6 +453,8 @@ GUEST_SYSCTLS: dict[str, GuestSysctl] = {
     for s in (
         GuestSysctl("machdep.kdb_on_nmi", SYM_KDB_ON_NMI, "int", True),
         GuestSysctl("kern.ticks", SYM_TICKS, "int", False),
+        GuestSysctl("kern.hz", SYM_HZ, "int", False),
+        GuestSysctl("kern.eventtimer.idletick", SYM_IDLETICK, "int", True),
         GuestSysctl("hw.ncpu", SYM_MP_NCPUS, "int", False),
         GuestSysctl("kern.ostype", SYM_OSTYPE, "string", False),
     )

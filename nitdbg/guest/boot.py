@@ -212,6 +212,7 @@ def load_amd64(
 # vCPUs when the user does not say: nitdbg's amd64 boot starts every vCPU (2, as the seed's
 # "more than one vcpu"); a multiboot kernel gets 1, as QEMU's -smp defaults to 1.
 DEFAULT_VCPUS = {"amd64": 2, "multiboot": 1}
+BOOT_PATHS = ("auto", "amd64", "multiboot")
 
 
 def load_kernel(
@@ -234,7 +235,7 @@ def load_kernel(
     from nitdbg.guest.multiboot import find_header, load_multiboot
 
     raw, name = read_source(path, name)
-    if boot not in ("auto", "amd64", "multiboot"):
+    if boot not in BOOT_PATHS:
         raise BadBootConfig(f"unknown boot path {boot!r}: want auto, amd64 or multiboot")
     if boot == "auto":
         if elf_class(raw) == 64 and elf_machine(raw) == EM_X86_64:

@@ -53,8 +53,12 @@ class Segment:
         return len(self.data)
 
     def image(self) -> bytes:
-        """The segment as it must appear in memory, bss zero-filled."""
-        return self.data + bytes(self.memsz - len(self.data))
+        """The segment as it must appear in memory, bss zero-filled (built once: the parsed
+        image is shared, so every machine booted from it shares these bytes too)."""
+        img = self.__dict__.get("_image")
+        if img is None:
+            img = self.__dict__["_image"] = self.data + bytes(self.memsz - len(self.data))
+        return img
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,29 @@ def load_elf(
     return parse_elf(raw, name, ram_size=ram_size, machines=machines)
 
 
+# Parsed images by (bytes, name, RAM size, machines): every new machine boots the same
+# firmware, and an ElfImage (frozen segments, a SymbolTable built once) is never changed after
+# parsing, so machines share it. Only successful parses are kept; a bad file is parsed (and
+# refused with its own message) every time.
+_PARSED: dict[tuple[bytes, str, int, tuple[str, ...]], ElfImage] = {}
+_PARSED_MAX = 8
+
+
 def parse_elf(
     raw: bytes, name: str, *, ram_size: int, machines: tuple[str, ...] = ("EM_X86_64", "EM_386")
+) -> ElfImage:
+    key = (bytes(raw), name, ram_size, tuple(machines))
+    img = _PARSED.get(key)
+    if img is None:
+        img = _parse_elf(raw, name, ram_size=ram_size, machines=machines)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = img
+    return img
+
+
+def _parse_elf(
+    raw: bytes, name: str, *, ram_size: int, machines: tuple[str, ...]
 ) -> ElfImage:
     if len(raw) < 4 or raw[:4] != ELF_MAGIC:
         raise BadImage(f"{name}: not an ELF file")

@@ -33,7 +33,7 @@ ktrdump [-cflqrtH] [-o FILE]                 the KTR trace, newest first (-l: ol
   -o FILE writes FILE (relative to the console's directory): ktrdump -cto /tmp/ktrdump.out
 """,
     "sleep": """\
-sleep SECONDS                                 let SECONDS of virtual time pass (0 to 300)
+sleep SECONDS                                 let SECONDS of virtual time pass (0 to 3600)
 """,
     "cat": """\
 cat FILE ...                                  print files

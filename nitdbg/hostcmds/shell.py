@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..guest.abi import GUEST_SYSCTLS
 from ..vmm.ktr import KtrdumpUsage, parse_ktrdump_args, run_ktrdump
+from ..vmm.sysctl import SysctlError
 from .bhyvectl import prepare_bhyvectl
 from .errors import HostError
 from .files import HostFileError, HostFiles, MemoryFiles, Written, written
@@ -27,10 +28,11 @@ if TYPE_CHECKING:
     from ..machine import Machine
 
 NS_PER_SEC = 1_000_000_000
-# Seconds of virtual time one `sleep` may ask for. An idle guest still takes its 100 Hz tick
-# (about 120 instructions and 3 exits each), ~2.7 ms of host time per virtual second, so the
-# bound keeps one command under about 15 s of host time; ^C stops it sooner.
-MAX_SLEEP = 300
+# Seconds of virtual time one `sleep` may ask for. An idle guest does not tick: each idle
+# vCPU wakes twice a second (FreeBSD's tickless idle, firmware/amd64/clock.c), about 200
+# instructions and 3 exits each, so an hour costs a few seconds of host time per vCPU;
+# ^C stops it sooner.
+MAX_SLEEP = 3600
 # FreeBSD sleep(1): a non-negative decimal number of seconds
 _SLEEP_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
 # guest sysctls of the i386 firmware (the amd64 ones are in guest/abi.py)
@@ -108,13 +110,14 @@ class HostShell:
             raise HostError("usage: sysctl [-bdehiNnoqTtWx] [ -B <bufsize> ] [-f filename] "
                             "name[=value] ...\n")
         tree = self.m.vm.sysctl
-        names = [re.split("[=:]", a, maxsplit=1)[0].rstrip() for a in args
-                 if not a.startswith("-")]
-        if len(names) > 1 and any("=" in a for a in args):
-            # several names with a write: refuse the line before setting any of them
-            for n in names:
-                if n not in tree:
-                    raise HostError(_guest_hints(f"sysctl: unknown oid '{n}'\n", args))
+        if any("=" in a or ":" in a for a in args if not a.startswith("-")):
+            # a line that writes: every option, name and value is checked before any is set,
+            # so `sysctl a=1 b=bad` refuses the whole line and a stays as it was
+            try:
+                tree.check_writes(args)
+            except SysctlError as e:
+                raise HostError(_guest_hints("".join(ln + "\n" for ln in e.lines), args)) \
+                    from None
 
         def act(_in: str) -> str:
             res = self.m.vm.sysctl.run(args)

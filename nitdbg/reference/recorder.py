@@ -86,8 +86,8 @@ class _Hook:
     def __init__(self, fn: Callable, orig: Callable, tl: Recording, m: Machine, arg: Any = None):
         self.fn, self.orig, self.tl, self.m, self.arg = fn, orig, tl, m, arg
 
-    def __call__(self, *a: Any) -> Any:
-        return self.fn(self, *a)
+    def __call__(self, *a: Any, **kw: Any) -> Any:
+        return self.fn(self, *a, **kw)
 
 
 def _wrap(obj: object, name: str, fn: Callable, tl: Recording, m: Machine,

@@ -43,10 +43,14 @@ def machine_config(m: Machine, tunables: dict[str, str] | None = None) -> dict[s
         tunables = {}
         if vm.knobs.trace_guest_exceptions:
             tunables["hw.vmm.trace_guest_exceptions"] = str(vm.knobs.trace_guest_exceptions)
-    return {"kernel": firmware_ref(m.kernel_path), "vcpus": len(vm.vcpus),
-            "ram_size": vm.ram_size, "policy": vm.policy.name, "name": vm.name,
-            "tunables": dict(tunables), "quantum": m.quantum,
-            "retire_order": vm.vcpus[0].cpu.retire.capacity.bit_length() - 1}
+    cfg = {"kernel": firmware_ref(m.kernel_path), "vcpus": len(vm.vcpus),
+           "ram_size": vm.ram_size, "policy": vm.policy.name, "name": vm.name,
+           "tunables": dict(tunables), "quantum": m.quantum,
+           "retire_order": vm.vcpus[0].cpu.retire.capacity.bit_length() - 1}
+    boot = m.boot_path()
+    if boot != "auto":      # a forced boot path (an older header has none: auto)
+        cfg["boot"] = boot
+    return cfg
 
 
 def files_written(m: Machine) -> list[list]:

@@ -50,7 +50,8 @@ def build_machine(s: Session) -> Machine:
     try:
         return Machine(kernel=fw, vcpus=cfg["vcpus"], ram_size=cfg["ram_size"],
                        policy=cfg["policy"], name=cfg["name"], tunables=cfg["tunables"],
-                       quantum=cfg["quantum"], retire_order=cfg.get("retire_order", 18))
+                       quantum=cfg["quantum"], retire_order=cfg.get("retire_order", 18),
+                       boot=cfg.get("boot", "auto"))
     except (KeyError, TypeError) as e:
         raise SessionError(f"{s.path}: bad configuration in the header ({e})") from None
     except MachineError as e:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..guest.boot import BOOT_PATHS
+
 U64 = (1 << 64) - 1
 MAX_INSNS = 50_000_000          # the largest instruction budget one input may ask for
 MAX_NS = 3_600 * 10**9          # an hour of virtual time
@@ -241,10 +243,11 @@ HEADER = obj(
     ("policy", "knobs", "nitdbg"),
     t=Const("header"), format=Const("nitrec"), version=Int(0, 1 << 31),
     nitdbg=Str(64), firmware=obj(path=Str(4096), sha256=Str(hex_len=64)),
-    config=obj(("retire_order",), kernel=Str(4096), vcpus=Int(1, MAX_VCPUS),
+    config=obj(("retire_order", "boot"), kernel=Str(4096), vcpus=Int(1, MAX_VCPUS),
                ram_size=Int(1 << 20, 1 << 32), policy=Str(64), name=Str(64),
                tunables=Map(Str(256), max_items=64, key_len=128),
-               quantum=Int(1, 1_000_000), retire_order=Int(8, 24)),
+               quantum=Int(1, 1_000_000), retire_order=Int(8, 24),
+               boot=Str(16, BOOT_PATHS)),   # absent: auto
     policy=Str(64), knobs=KNOBS)
 
 INPUT = obj(("icount", "now"), t=Const("in"), n=COUNT, op=Str(32, tuple(ARGS)),

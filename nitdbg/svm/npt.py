@@ -16,6 +16,8 @@ fault_in() can restore a page on the resulting #NPF the way bhyve's vm_handle_pa
 from __future__ import annotations
 
 import hashlib
+import sys
+from array import array
 from dataclasses import dataclass
 
 from nitdbg.svm.exitcodes import (
@@ -125,6 +127,20 @@ class WalkStep:
 _LEVEL_SHIFTS = (39, 30, 21, 12)  # PML4, PDPT, PD, PT
 
 
+def _entries(page: bytearray) -> array:
+    """A table page's 512 entries (little-endian in memory, whatever the host)."""
+    a = array("Q", bytes(page))
+    if sys.byteorder != "little":   # pragma: no cover - x86 tables are little-endian
+        a.byteswap()
+    return a
+
+
+def _to_bytes(a: array) -> bytes:
+    if sys.byteorder != "little":   # pragma: no cover
+        a.byteswap()
+    return a.tobytes()
+
+
 class NestedPageTable:
     """The hypervisor's nested page tables for one VM."""
 
@@ -166,11 +182,40 @@ class NestedPageTable:
         self.memmaps.append(mm)
         self.memmaps.sort(key=lambda m: m.gpa)
         if populate:
-            for off in range(0, size, PAGE_SIZE):
-                self._install(gpa + off, hpa + off, writable, executable)
+            self._install_run(gpa, hpa, size, writable, executable)
         self._cache.clear()
 
+    def _install_run(self, gpa: int, hpa: int, size: int, writable: bool,
+                     executable: bool) -> None:
+        """What _install() page by page over [gpa, gpa+size) leaves, one PT at a time: the
+        upper levels are walked (and allocated, in the same order) for the first page of each
+        PT, then that PT's run of leaves is stored as one slice."""
+        flags = PTE_P | PTE_US | (PTE_RW if writable else 0) | (0 if executable else PTE_NX)
+        end = gpa + size
+        while gpa < end:
+            table = self._leaf_table(gpa)
+            i = (gpa >> PAGE_SHIFT) & 0x1FF
+            n = min(512 - i, (end - gpa) >> PAGE_SHIFT)
+            first = hpa | flags     # hpa is page aligned: adding pages never carries into flags
+            leaves = array("Q", range(first, first + n * PAGE_SIZE, PAGE_SIZE))
+            pfn = table >> PAGE_SHIFT
+            page = self.hostmem.pages.get(pfn)
+            if page is None:
+                page = self.hostmem.pages[pfn] = bytearray(PAGE_SIZE)
+            page[i * 8:(i + n) * 8] = _to_bytes(leaves)
+            gpa += n * PAGE_SIZE
+            hpa += n * PAGE_SIZE
+
     def _install(self, gpa: int, hpa: int, writable: bool, executable: bool) -> None:
+        leaf = hpa | PTE_P | PTE_US
+        if writable:
+            leaf |= PTE_RW
+        if not executable:
+            leaf |= PTE_NX
+        self.hostmem.write_u64(self._entry_hpa(self._leaf_table(gpa), gpa, 12), leaf)
+
+    def _leaf_table(self, gpa: int) -> int:
+        """The PT for gpa, allocating the missing PDPT/PD/PT on the way."""
         mem = self.hostmem
         table = self.n_cr3
         for shift in _LEVEL_SHIFTS[:3]:
@@ -185,12 +230,7 @@ class NestedPageTable:
                 if e & PTE_PS:
                     raise NptError(f"npt: gpa {gpa:#x} already under a large page")
                 table = e & PTE_ADDR
-        leaf = hpa | PTE_P | PTE_US
-        if writable:
-            leaf |= PTE_RW
-        if not executable:
-            leaf |= PTE_NX
-        mem.write_u64(self._entry_hpa(table, gpa, 12), leaf)
+        return table
 
     def backing(self, gpa: int) -> MemMap | None:
         for m in self.memmaps:
@@ -219,12 +259,18 @@ class NestedPageTable:
         page = mem.pages.get(table >> PAGE_SHIFT)
         if page is None:
             return 0
+        entries = _entries(page)
+        if level == 1:
+            # a PT holds only leaves: zero the present ones in one store
+            removed = sum(e & PTE_P for e in entries)
+            if removed:
+                page[:] = _to_bytes(array("Q", [0 if e & PTE_P else e for e in entries]))
+            return removed
         removed = 0
-        for i in range(512):
-            e = int.from_bytes(page[i * 8:i * 8 + 8], "little")
+        for i, e in enumerate(entries):
             if not e & PTE_P:
                 continue
-            if level == 1 or (level in (2, 3) and e & PTE_PS):
+            if level in (2, 3) and e & PTE_PS:
                 page[i * 8:i * 8 + 8] = bytes(8)
                 removed += 1
             else:
@@ -327,12 +373,14 @@ class NestedPageTable:
         page = self.hostmem.pages.get(table >> PAGE_SHIFT)
         if page is None:
             return 0
+        entries = _entries(page)
+        if level == 1:
+            return sum(e & PTE_P for e in entries)
         n = 0
-        for i in range(512):
-            e = int.from_bytes(page[i * 8:i * 8 + 8], "little")
+        for e in entries:
             if not e & PTE_P:
                 continue
-            if level == 1 or (level in (2, 3) and e & PTE_PS):
+            if level in (2, 3) and e & PTE_PS:
                 n += 1
             else:
                 n += self._count_leaves(e & PTE_ADDR, level - 1)

@@ -8,6 +8,7 @@ and table B-2 (state-save area, at 0x400), cross-checked with FreeBSD's vmcb.h.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
 
 VMCB_SIZE = 0x1000
@@ -21,7 +22,8 @@ class VmcbError(ValueError):
 class _Field:
     """A little-endian integer field of `size` bytes, optionally a bit range inside it."""
 
-    __slots__ = ("name", "offset", "size", "lo", "width", "mask", "in_dump")
+    __slots__ = ("name", "offset", "size", "lo", "width", "mask", "in_dump", "_unpack",
+                 "_pack")
 
     def __init__(self, offset: int, size: int, lo: int = 0, width: int | None = None,
                  in_dump: bool = True) -> None:
@@ -32,6 +34,9 @@ class _Field:
         self.lo = lo
         self.width = width if width is not None else size * 8 - lo
         self.mask = (1 << self.width) - 1
+        # every field is 1, 2, 4 or 8 bytes: one struct call instead of a slice and from_bytes
+        st = struct.Struct("<" + {1: "B", 2: "H", 4: "I", 8: "Q"}[size])
+        self._unpack, self._pack = st.unpack_from, st.pack_into
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -39,18 +44,15 @@ class _Field:
     def __get__(self, obj: Vmcb | None, owner: type | None = None):
         if obj is None:
             return self
-        raw = int.from_bytes(obj.buf[self.offset:self.offset + self.size], "little")
-        return (raw >> self.lo) & self.mask
+        return (self._unpack(obj.buf, self.offset)[0] >> self.lo) & self.mask
 
     def __set__(self, obj: Vmcb, value: int) -> None:
         value = int(value)
         if value < 0 or value > self.mask:
             raise VmcbError(f"vmcb: value {value:#x} does not fit in {self.name} "
                             f"({self.width} bits)")
-        end = self.offset + self.size
-        raw = int.from_bytes(obj.buf[self.offset:end], "little")
-        raw = (raw & ~(self.mask << self.lo)) | (value << self.lo)
-        obj.buf[self.offset:end] = raw.to_bytes(self.size, "little")
+        raw = self._unpack(obj.buf, self.offset)[0]
+        self._pack(obj.buf, self.offset, (raw & ~(self.mask << self.lo)) | (value << self.lo))
 
 
 # --- intercept vectors (APM vol 2 table B-1) ------------------------------------------------

@@ -12,7 +12,7 @@ from textual.binding import Binding
 
 from .commands import NitdbgCommands
 from .screens.main import MachineWords, MainScreen, RequestMachine
-from .worker import MachineOutput, MachineUpdate, MachineWorker, Request
+from .worker import MachineOutput, MachineUpdate, MachineWorker, OnMachine, Request
 
 
 def completion_words(symbols: list[str]) -> dict[str, list[str]]:
@@ -34,11 +34,13 @@ class NitdbgApp(App):
     paint_probe: Callable[..., object] | None = None
 
     def __init__(self, machine_kwargs: dict | None = None, boot: bool = True,
-                 kdb_on_nmi: bool = False, record: str | None = None) -> None:
+                 kdb_on_nmi: bool = False, record: str | None = None,
+                 on_machine: OnMachine | None = None, host_dir: str | None = None) -> None:
         super().__init__()
         self.main_screen = MainScreen()
         self.machine = MachineWorker(machine_kwargs, self._from_worker, boot=boot,
-                                     kdb_on_nmi=kdb_on_nmi, record=record)
+                                     kdb_on_nmi=kdb_on_nmi, record=record,
+                                     on_machine=on_machine, host_dir=host_dir)
         self._words_sent = False
 
     def on_mount(self) -> None:
@@ -69,11 +71,13 @@ class NitdbgApp(App):
         self.machine.finished.wait(timeout=10)
 
 
-def run_app(machine_kwargs: dict | None = None, record: str | None = "") -> int:
+def run_app(machine_kwargs: dict | None = None, record: str | None = "",
+            on_machine: OnMachine | None = None, host_dir: str | None = None) -> int:
     """`nitdbg` with no arguments: the app on the default amd64 firmware, 2 vCPUs, booted
     to the guest shell prompt, recording the session into the user's data directory
-    (`record` = a path to record there, None not to record)."""
-    app = NitdbgApp(machine_kwargs, record=record)
+    (`record` = a path to record there, None not to record). `on_machine` and `host_dir`:
+    see MachineWorker (nitdbg --gdb; the host shell's files)."""
+    app = NitdbgApp(machine_kwargs, record=record, on_machine=on_machine, host_dir=host_dir)
     app.run()
     if app.machine.state.error:
         print(f"nitdbg: {app.machine.state.error}", file=sys.stderr)

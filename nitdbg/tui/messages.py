@@ -14,7 +14,8 @@ from .model import Snapshot
 class Request:
     """What the UI asks the machine to do. kind: ddb, host, guest, step, continue, pause,
     nmi, broadcast, host_step, select, audit, scenario, record, replay_open, replay_step,
-    refresh, quit."""
+    refresh, exits (arg "": the selected vCPU's; arg a virtual time: vCPU `num`'s, around
+    that moment), quit."""
 
     kind: str
     arg: str = ""
@@ -35,11 +36,13 @@ class MachineUpdate(Message):
 class ExitHistory(Message):
     """The recent exits of one vCPU, as they were (nitdbg.view.ExitSnapshot), on request."""
 
-    def __init__(self, vcpu: int, exits: tuple, names: dict[int, str]) -> None:
+    def __init__(self, vcpu: int, exits: tuple, names: dict[int, str],
+                 at: int | None = None) -> None:
         super().__init__()
         self.vcpu = vcpu
         self.exits = exits
         self.names = names          # sym+off of every RIP in them (the UI has no symbols)
+        self.at = at                # a moment picked on the timeline (virtual ns), or None
 
 
 class MachineOutput(Message):

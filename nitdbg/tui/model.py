@@ -58,7 +58,8 @@ class VcpuView:
     halted: bool
     icount: int
     rip: int
-    regs: dict[str, int]            # of the trapframe while in ddb, else the live vCPU
+    regs: dict[str, int]            # of the trapframe while in ddb, else the live vCPU:
+                                    # the 16 GPRs in nitdbg.x86.regs.GPR_NAMES order, rip
     regs_source: str                # "trapframe" or "vCPU"
     rflags: int
     rflags_source: str
@@ -105,6 +106,9 @@ class Snapshot:
     ktr_total: int = 0
     ktr_epoch: int = 0
     extra: dict = field(default_factory=dict)
+    # False: the same stop shown again after a read (v, audit, exits): not a new baseline
+    # for the "changed since the last stop" marks
+    new_stop: bool = True
 
     @property
     def vcpu(self) -> VcpuView:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .optional import optional as _optional
-
 if TYPE_CHECKING:
     from ..machine import Machine
+    from ..session import RecordingMachine
 
 
 class RecordingMixin:
@@ -22,10 +21,6 @@ class RecordingMixin:
         and checked to be the very same state; otherwise `r` says what it would do (reboot
         the VM with the same configuration and record from its boot) and a second `r` does
         it."""
-        api = _optional("session", "RecordingMachine", "default_session_path")
-        if api is None:
-            self._out("recording is not available (nitdbg.session)\n", "error")
-            return
         m = self.m
         assert m is not None
         if self.recorder is not None:
@@ -42,8 +37,7 @@ class RecordingMixin:
             return
         if m.total_retired == 0:
             rec = self._begin_recording(path, machine=m)
-            if rec is not None:
-                self._out(f"recording to {rec.path} (r stops)\n", "info")
+            self._out(f"recording to {rec.path} (r stops)\n", "info")
             return
         if self.last_session and self._rerecord(path):
             return
@@ -55,8 +49,6 @@ class RecordingMixin:
             return
         self._confirm_record = False
         rec = self._begin_recording(path)
-        if rec is None:
-            return
         if self.boot:
             rec.boot_to_prompt()
         self._new_builder()
@@ -78,8 +70,6 @@ class RecordingMixin:
             self._out(f"{e}\n", "error")
             return False
         rec = self._begin_recording(path, keep=True)
-        if rec is None:
-            return False
         for inp in session.inputs:
             ops.apply(rec, inp["op"], inp["args"])
         diff = first_difference(take(rec.machine), take(old))
@@ -95,17 +85,13 @@ class RecordingMixin:
                   "the same (r stops)\n", "info")
         return True
 
-    def _begin_recording(self, path: str, machine: Machine | None = None,  # noqa: ANN202
-                         keep: bool = False):
+    def _begin_recording(self, path: str, machine: Machine | None = None,
+                         keep: bool = False) -> RecordingMachine:
         """A recorder over `machine` (a new one if None; it must not have run). `keep`: do
-        not make it the worker's machine yet."""
+        not make it the worker's machine yet. The session package is imported here, on the
+        worker thread, not before the first paint."""
         from ..machine import Machine
-        api = _optional("session", "RecordingMachine", "default_session_path")
-        if api is None:
-            if not keep:
-                self.m = machine or Machine(**self.kwargs)
-            return None
-        RecordingMachine, default_session_path = api
+        from ..session import RecordingMachine, default_session_path
         target = path or str(default_session_path())
         rec = RecordingMachine(machine or Machine(**self.kwargs), target,
                                tunables=self.kwargs.get("tunables"))

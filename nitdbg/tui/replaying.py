@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .optional import optional as _optional
-
 if TYPE_CHECKING:
     from ..machine import Machine
 
@@ -15,14 +13,10 @@ class ReplayMixin:
     """Needs from the worker: m, replay, selected, _out(), _new_builder(), _mark_stop()."""
 
     def _replay_open(self, path: str) -> None:
-        api = _optional("session", "read_session")
-        if api is None:
-            self._out("replay is not available (nitdbg.session)\n", "error")
-            return
-        from ..session.format import SessionError
+        from ..session.format import SessionError, read_session
         from ..session.replay import build_machine
         try:
-            session = api[0](path)
+            session = read_session(path)
             m = build_machine(session)
         except (SessionError, OSError) as e:
             self._out(f"{e}\n", "error")

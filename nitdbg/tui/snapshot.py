@@ -11,8 +11,10 @@ from collections import deque
 from dataclasses import fields as dataclass_fields
 
 from ..ddb.disasm import Disassembler, DisInsn
+from ..ddb.errors import DdbError
 from ..svm import exitcodes as ec
 from ..view import KtrLine, read_guest, retired_among
+from ..x86.faults import Fault
 from ..x86.regs import GPR_NAMES
 from .explain import AuditVerdict, StepFacts, explain
 from .model import DisLine, Snapshot, TimelineEvent, VcpuView, VmcbView
@@ -174,12 +176,11 @@ class SnapshotBuilder:
             probe = start - 1
         code = b""
         for lo in (start, rip):
-            try:
-                code = read_guest(m, vcpu, lo, rip - lo + DISASM_AFTER * 15)
+            code = _read_code(m, vcpu, lo, rip - lo + DISASM_AFTER * 15)
+            if len(code) > rip - lo:           # readable up to RIP at least
                 start = lo
                 break
-            except Exception:  # noqa: BLE001 - unreadable bytes: try from RIP, then give up
-                continue
+            code = b""
         if not code:
             return (DisLine(rip, m.symbols.format(rip), "*** unreadable ***", current=True),)
         insns = []
@@ -209,13 +210,31 @@ class SnapshotBuilder:
 
 
 # ---------------------------------------------------------------------- pieces
+def _read_code(m, vcpu: int, addr: int, n: int) -> bytes:  # noqa: ANN001
+    """Up to `n` bytes of guest code from `addr`, page by page, ending where a page cannot
+    be read: the walk faults (#PF for a page not present, #GP for a non-canonical address,
+    Unsupported for a paging mode the model lacks: nitdbg.x86.faults) or the address it
+    gives is not guest memory (ValueError from the host's view, e.g. an AP whose paging is
+    still off holding the kernel's virtual RIP)."""
+    out = b""
+    while n > 0:
+        chunk = min(n, 4096 - (addr & 0xFFF))
+        try:
+            out += read_guest(m, vcpu, addr, chunk)
+        except (Fault, ValueError):
+            break
+        addr = (addr + chunk) & 0xFFFF_FFFF_FFFF_FFFF
+        n -= chunk
+    return out
+
+
 def _vcpu_regs(m, st, ddb_here: bool) -> tuple[dict[str, int], str, int, str, int | None]:  # noqa: ANN001
     """Registers to show: the trapframe's while this vCPU is in ddb (those are what ddb
     shows and writes), else the vCPU's as the machine's view has them."""
     if ddb_here:
         try:
             tf = m.ddb.frame()
-        except Exception:  # noqa: BLE001 - a bad frame: fall back to the vCPU
+        except DdbError:     # the trapframe's page is unreadable: show the vCPU's own
             tf = None
         if tf is not None:
             regs = {n: tf.get("tf_" + n, 0) for n in GPR_NAMES}

@@ -13,17 +13,17 @@ count, and a replay stops at the same one whatever the host's speed.
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from .messages import ExitHistory, MachineOutput, MachineUpdate, Request
-from .optional import optional as _optional
 from .recording import RecordingMixin
 from .replaying import ReplayMixin
 
@@ -33,6 +33,11 @@ if TYPE_CHECKING:          # the machine is imported on the worker thread, after
 
 # requests, recording and replay live in messages.py, recording.py and replaying.py
 
+# on_machine(machine, say): say(text, source) adds a line to the transcript
+OnMachine = Callable[["Machine", Callable[[str, str], None]], object]
+
+# requests that only look at the machine: no new stop for the panes' marks
+READS = ("select", "refresh", "audit", "exits")
 CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
@@ -55,8 +60,16 @@ class WorkerState:
 
 class MachineWorker(RecordingMixin, ReplayMixin):
     def __init__(self, machine_kwargs: dict | None, post: Callable[[Message], object],
-                 boot: bool = True, kdb_on_nmi: bool = False, record: str | None = None):
+                 boot: bool = True, kdb_on_nmi: bool = False, record: str | None = None,
+                 on_machine: OnMachine | None = None, host_dir: str | None = None):
         self.kwargs = dict(machine_kwargs or {})
+        # the host shell's files are the real files in this directory (DiskFiles), made on
+        # the worker thread with the machine (nitdbg.hostcmds is not needed to paint)
+        self.host_dir = host_dir
+        # called once the first machine is built and booted (the recorder's machine when
+        # recording), with a function that says a line in the transcript: `nitdbg --gdb`
+        # serves gdb beside the TUI through it
+        self.on_machine = on_machine
         # None: no recording; "": into the user's data directory; else that path
         self.record_at_start = record
         self.post = post
@@ -104,6 +117,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
 
     def _loop(self) -> None:
         from ..machine import MachineError
+        from ..session.format import SessionError
         try:
             self._start()
         except MachineError as e:
@@ -126,22 +140,26 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                 return
             try:
                 self._handle(req)
-            except MachineError as e:
+            except (MachineError, SessionError) as e:   # a bad input, path or session
                 self._out(f"{e}\n", "error")
             except Exception as e:  # noqa: BLE001 - keep the app alive, say what broke
-                if type(e).__name__ == "SessionError":      # a bad path, a closed session
-                    self._out(f"{e}\n", "error")
-                else:
-                    self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
+                self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
             with self._lock:
                 self.state.completed += 1
+            if self.m is not self._frozen_for:
+                self._freeze_heap()
             if not self.state.running:
-                self._snap(True)
+                # a read (v, the audit, the exit list) shows the same stop again: the
+                # "retired since" and "changed since" marks stay those of the last stop
+                self._snap(True, new_stop=req.kind not in READS)
             else:
                 self._flush()
 
     def _start(self) -> None:
         from ..machine import Machine
+        if self.host_dir is not None:
+            from ..hostcmds import DiskFiles
+            self.kwargs["host_files"] = DiskFiles(self.host_dir)
         if self.record_at_start is not None:
             self._begin_recording(self.record_at_start)
         else:
@@ -152,6 +170,10 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             if self.kdb_on_nmi:
                 self.m.type_line("sysctl machdep.kdb_on_nmi=1")
         self._mark_stop()
+        if self.on_machine is not None:
+            self.on_machine(self.recorder.machine if self.recorder is not None else self.m,
+                            self._out)
+        self._freeze_heap()
         self.state.booted = True
         m = self.m
         ms = m.summary()
@@ -160,6 +182,19 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                   "try: F3 then 'sysctl machdep.kdb_on_nmi=1', then n (NMI), then s (step); "
                   "? for help\n", "info")
         self._snap(True)
+
+    _frozen_for: Machine | None = None
+
+    def _freeze_heap(self) -> None:
+        """Move what exists now (the app, the booted machine) out of the collector's sight:
+        a full collection of it takes tens of milliseconds, on whichever thread happens to
+        trigger it, in the middle of a step's repaint. A machine that replaced another gets
+        the old one collected first (frozen, it would never be freed)."""
+        if self._frozen_for is not None:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+        self._frozen_for = self.m
 
     def _out(self, text: str, source: str) -> None:
         if text:
@@ -188,18 +223,20 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self.builder = SnapshotBuilder(Disassembler(self.m.symbols))
             self._built_for = self.m
 
-    def _snap(self, is_stop: bool, status: str = "") -> None:
+    def _snap(self, is_stop: bool, status: str = "", new_stop: bool = True) -> None:
         m = self.m
         assert m is not None
         if getattr(m, "boots", 1) != self._boots:
             self._machine_reset()        # reset from the host shell (F2) as well as by R
         assert self.builder is not None
-        if is_stop:
+        if is_stop and new_stop:
             # "retired since the last stop": from the previous stop up to this one
             self.since = dict(self._since_next)
             self._since_next = dict(enumerate(m.summary().icounts))
         snap = self.builder.build(m, self.selected, self.since, self.state.completed,
                                   is_stop, self.state.running, status or self._status())
+        if not new_stop:
+            snap = replace(snap, new_stop=False)
         said, self._said = tuple(self._said), []
         self.post(MachineUpdate(snap, said))
 
@@ -245,14 +282,16 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if k == "select":
             self.selected = r.num % m.summary().vcpus
             return
-        if k in ("refresh", "audit", "exits"):      # reads: not inputs to the machine
+        if k in READS:      # reads: not inputs to the machine
             if k == "audit":
                 self._out(m.ddb.audit.report(), "audit")
             elif k == "exits":
-                exits = m.exit_history(self.selected)
+                at = int(r.arg) if r.arg else None          # picked on the timeline
+                vcpu = r.num % m.summary().vcpus if at is not None else self.selected
+                exits = m.exit_history(vcpu)
                 names = {a: m.symbols.format(a) for x in exits
                          for a in (x.exit.rip, x.regs["rip"])}
-                self.post(ExitHistory(self.selected, exits, names))
+                self.post(ExitHistory(vcpu, exits, names, at))
             return
         self.deadlock = {}              # an input: the watchdog says again if it still holds
         if k == "ddb":
@@ -458,15 +497,11 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if ev.reason == "kdb" and not m.ddb.active:
             self._stopped(ev)            # the step ran into the debugger hypercall
 
-    # ------------------------------------------------------------------ optional parts
+    # ------------------------------------------------------------------ scenarios
     def _scenario(self, name: str) -> None:
-        api = _optional("scenarios", "list_scenarios", "run_scenario")
-        if api is None:
-            self._out("scenarios are not available (nitdbg.scenarios)\n", "error")
-            return
-        list_scenarios, run_scenario = api
+        from ..scenarios import ScenarioError, list_scenarios, run_scenario
         if not name:
-            names = [getattr(s, "name", str(s)) for s in list_scenarios()]
+            names = [s.name for s in list_scenarios()]
             self._out("scenarios: " + ", ".join(names) + "\n", "info")
             return
         policy = self.m.summary().policy if self.m else "iret-tracing"
@@ -474,10 +509,13 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         def say(line: str) -> None:      # a scenario takes a while: its lines as they come
             self._out(line + "\n", "info")
             self._flush()
-        res = run_scenario(name, policy=policy, out=say)
-        ok = getattr(res, "ok", None)
-        if ok is not None:
-            self._out(f"scenario {name}: {'PASS' if ok else 'FAIL'}\n", "info" if ok else "error")
+        try:
+            res = run_scenario(name, policy=policy, out=say)
+        except ScenarioError as e:          # no such scenario: one line, nothing ran
+            self._out(f"{e}\n", "error")
+            return
+        self._out(f"scenario {name}: {'PASS' if res.ok else 'FAIL'}\n",
+                  "info" if res.ok else "error")
 
 
 __all__ = ["MachineOutput", "MachineUpdate", "MachineWorker", "Request", "WorkerState"]

@@ -3,6 +3,8 @@ vrtc.c, vioapic.c):
 
 - 8254 PIT channel 0 -> ISA IRQ 0 -> 8259 master IR0 and I/O APIC pin 2;
 - MC146818 RTC IRQF -> ISA IRQ 8 -> 8259 slave IR0 and I/O APIC pin 8;
+- COM1's INTR -> ISA IRQ 4 -> I/O APIC pin 4 (bhyve's LPC uart; the 8259 side is not
+  wired here: no guest programs the 8259 for it);
 - the 8259 master's INT -> every local APIC's LINT0 (ExtINT in virtual-wire mode) and
   I/O APIC pin 0;
 - I/O APIC messages -> the local APICs: fixed and lowest priority into IRR (with the
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 PIT_IOAPIC_PIN = 2
 RTC_IRQ = 8
+COM1_IRQ = 4
 
 
 class CounterGetter:
@@ -87,6 +90,7 @@ class PcPlatform:
         bus.register(self.pit, PIT_PORT, 4)
         bus.register(self.rtc, RTC_PORT, 2)
         vm.mem.map_mmio(IOAPIC_BASE, IOAPIC_SIZE, _IoApicPage(self.ioapic, vm))
+        vm.com1.on_irq = self._com1_irq
         vm.npt.map(IOAPIC_BASE, IOAPIC_BASE, IOAPIC_SIZE)
         for vl in vm.vlapics:
             vl.on_eoi = self.ioapic.eoi
@@ -130,6 +134,9 @@ class PcPlatform:
     def _rtc_irq8(self, high: bool) -> None:
         self.pic.set_irq(RTC_IRQ, high)
         self.ioapic.set_irq(RTC_IRQ, high)
+
+    def _com1_irq(self, high: bool) -> None:
+        self.ioapic.set_irq(COM1_IRQ, high)
 
     def _pic_intr(self, high: bool) -> None:
         self.ioapic.set_irq(0, high)

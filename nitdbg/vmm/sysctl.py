@@ -232,11 +232,9 @@ class SysctlTree:
             return "\n".join(lines)
         return self._show(o, **kw)
 
-    def set(self, name: str, value_str: str, nflag: bool = False, sep: str = ": ",
-            arg: str | None = None) -> str:
-        """`sysctl name=value`: returns "name: old -> new"; raises SysctlError, changing
-        nothing, on any failure. `arg` is the original argument for handler errors."""
-        name = name.rstrip()
+    def _new_value(self, name: str, value_str: str, arg: str | None) -> tuple[Oid, int | str]:
+        """The oid and the value `sysctl name=value` would store, or SysctlError as set()
+        reports it; nothing is written."""
         o = self.oid(name)
         if o.is_node:
             raise SysctlError(f"sysctl: oid '{name}' isn't a leaf node")
@@ -245,24 +243,39 @@ class SysctlTree:
                 raise SysctlError(f"sysctl: oid '{name}' is a read only tunable",
                                   "sysctl: Tunable values are set in /boot/loader.conf")
             raise SysctlError(f"sysctl: oid '{name}' is read only")
-        new: int | str
         if o.kind == "string":
-            new = value_str
-        else:
-            if value_str == "":
-                raise SysctlError("sysctl: empty numeric value")
-            tokens = [t for t in value_str.replace(",", " ").split(" ") if t]
-            values = []
-            for t in tokens:
-                v = _strtol(t)
-                lo, hi = _INT_RANGES[o.kind]
-                if v is None or not lo <= v <= hi:
-                    raise SysctlError(f"sysctl: invalid {TYPE_NAMES[o.kind]} '{t}'")
-                values.append(v)
-            if len(values) != 1:
-                # a scalar handler given more (or fewer) than one value: EINVAL
-                raise SysctlError(f"sysctl: {arg or name + '=' + value_str}: Invalid argument")
-            new = values[0]
+            return o, value_str
+        if value_str == "":
+            raise SysctlError("sysctl: empty numeric value")
+        tokens = [t for t in value_str.replace(",", " ").split(" ") if t]
+        values = []
+        for t in tokens:
+            v = _strtol(t)
+            lo, hi = _INT_RANGES[o.kind]
+            if v is None or not lo <= v <= hi:
+                raise SysctlError(f"sysctl: invalid {TYPE_NAMES[o.kind]} '{t}'")
+            values.append(v)
+        if len(values) != 1:
+            # a scalar handler given more (or fewer) than one value: EINVAL
+            raise SysctlError(f"sysctl: {arg or name + '=' + value_str}: Invalid argument")
+        return o, values[0]
+
+    def check_set(self, name: str, value_str: str, arg: str | None = None) -> None:
+        """Raise the SysctlError `set(name, value_str)` would raise, changing nothing."""
+        name = name.rstrip()
+        o, new = self._new_value(name, value_str, arg)
+        if o.validator is not None:
+            verdict = o.validator(new)
+            if verdict is False or isinstance(verdict, str):
+                raise SysctlError(f"sysctl: {arg or name + '=' + value_str}: "
+                                  f"{SysctlHandlerError().strerror}")
+
+    def set(self, name: str, value_str: str, nflag: bool = False, sep: str = ": ",
+            arg: str | None = None) -> str:
+        """`sysctl name=value`: returns "name: old -> new"; raises SysctlError, changing
+        nothing, on any failure. `arg` is the original argument for handler errors."""
+        name = name.rstrip()
+        o, new = self._new_value(name, value_str, arg)
         old = self._show(o, nflag=nflag, sep=sep)
         try:
             o.write(new)
@@ -290,14 +303,7 @@ class SysctlTree:
             for n in self.names():
                 out.append(self._show(self._oids[n], **show_kw))
         for a in args:
-            name, eq, value = a.partition("=")
-            if not eq:
-                name, eq, value = a.partition(":")
-            if eq:
-                value = value.lstrip()
-                if value[:1] in ("'", '"'):
-                    q = value[0]
-                    value = value[1:-1] if len(value) > 1 and value.endswith(q) else value[1:]
+            name, eq, value = _split_arg(a)
             try:
                 if eq and "d" not in flags:
                     out.append(self.set(name, value, nflag="n" in flags, sep=sep, arg=a))
@@ -311,6 +317,39 @@ class SysctlTree:
                 warncount += 1
         text = "".join(line + "\n" for line in out if line != "")
         return SysctlResult(text, "".join(line + "\n" for line in err), warncount)
+
+
+    def check_writes(self, argv: list[str]) -> None:
+        """Validate a whole sysctl(8) command line before any of it acts: raise the
+        SysctlError that run(argv) would report for the first bad option, name or value
+        (names -i/-q would skip are skipped). sysctl(8) itself applies its arguments in
+        order; a front end that must not act on half a line checks with this first."""
+        flags, args = _parse_sysctl_argv(argv)
+        for a in args:
+            name, eq, value = _split_arg(a)
+            if not eq or "d" in flags:
+                if name.rstrip() not in self._oids and not ("i" in flags or "q" in flags):
+                    raise SysctlError(f"sysctl: unknown oid '{name.rstrip()}'")
+                continue
+            try:
+                self.check_set(name, value, arg=a)
+            except SysctlError:
+                if name.rstrip() not in self._oids and ("i" in flags or "q" in flags):
+                    continue
+                raise
+
+
+def _split_arg(a: str) -> tuple[str, str, str]:
+    """name=value (or name:value, sysctl(8)'s alternative), quotes around the value dropped."""
+    name, eq, value = a.partition("=")
+    if not eq:
+        name, eq, value = a.partition(":")
+    if eq:
+        value = value.lstrip()
+        if value[:1] in ("'", '"'):
+            q = value[0]
+            value = value[1:-1] if len(value) > 1 and value.endswith(q) else value[1:]
+    return name, eq, value
 
 
 _SYSCTL_FLAGS = "adeiNnqt"

@@ -94,8 +94,8 @@ class Events(CpuState):
                 # Injected events are not subject to intercept checks (APM 15.20); a fault
                 # raised while delivering one is. An injected event is delivered as if it
                 # had occurred in the guest (APM 15.20): #BP and #OF are traps, whose frame
-                # does not get RF=1 (SDM 17.3.1.1).
-                interrupts.deliver(self, vector, "trap" if vector in (3, 4) else "fault",
+                # does not get RF=1 (SDM 17.3.1.1); an injected #DB keeps RF as it is too.
+                interrupts.deliver(self, vector, "trap" if vector in (1, 3, 4) else "fault",
                                    error_code)
             else:
                 interrupts.deliver(self, vector, "soft" if kind == "softint" else kind,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import fastpath
 from .faults import Fault
-from .regs import CS, EFER_LMA, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
+from .regs import CS, DR7_GD, EFER_LMA, HAS_ERRCODE, IF, NT, RF, RSP, SS, TF, VM, canonical
 from .retire import EV_EXCEPTION, EV_INTR, EV_NMI, EV_SOFTINT
 from .segments import ATTR_L, Segment, decode_descriptor
 
@@ -63,14 +63,19 @@ def deliver(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> None:
             _deliver_real(cpu, vector, kind)
     finally:
         cpu.delivering = None
+    if vector == 1 and kind != "soft":
+        # Entering the #DB handler clears DR7.GD so it can use the debug registers
+        # (SDM vol 3 17.2.4; Bochs clears it on every #DB delivery). INT 01 is no #DB.
+        cpu.dr[7] &= ~DR7_GD
     cpu.attention = True
 
 
 def _pushed_rflags(cpu: Cpu, vector: int, kind: str) -> int:
-    # Faults other than the instruction-breakpoint #DB push RF=1 so that the handler's IRET
-    # does not re-trigger an instruction breakpoint (SDM 17.3.1.1, APM 13.1.3.1).
+    # Fault-class exceptions push RF=1 so that the handler's IRET does not re-trigger an
+    # instruction breakpoint (SDM 17.3.1.1, APM 13.1.3.1); the general-detect #DB too. The
+    # instruction-breakpoint #DB, which pushes RF as it is, is delivered as a "trap".
     fl = cpu.rflags
-    if kind == "fault" and vector != 1:
+    if kind == "fault":
         fl |= RF
     return fl
 

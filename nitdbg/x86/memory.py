@@ -7,6 +7,7 @@ from typing import Protocol
 
 PAGE = 4096
 PAGE_MASK = PAGE - 1
+_ZERO_PAGE = bytes(PAGE)
 
 
 class MmioDevice(Protocol):
@@ -93,7 +94,7 @@ class PhysMem:
         h = hashlib.sha256()
         for ppn in sorted(self.pages):
             p = self.pages[ppn]
-            if any(p):
+            if p != _ZERO_PAGE:      # (one memcmp; any() would iterate 4096 ints)
                 h.update(ppn.to_bytes(8, "little"))
                 h.update(p)
         return h.hexdigest()

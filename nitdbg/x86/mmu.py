@@ -176,18 +176,29 @@ class Mmu(CpuState):
         self.drop_blocks()
         self.attention = True
 
+    def _fetch_hpa(self, lin: int) -> int:
+        """lin_to_hpa for an instruction fetch, through the instruction TLB: a page is
+        walked (guest tables, then nested) on its first fetch after a flush, as the decode
+        cache already serves every instruction fetched before without a walk."""
+        key = (lin >> 12) << 1 | (self.cpl == 3)
+        base = self.itlb.get(key)
+        if base is not None:
+            return base | (lin & 0xFFF)
+        hpa = self.lin_to_hpa(lin, ACC_FETCH)
+        self.itlb[key] = hpa & ~0xFFF
+        return hpa
+
     def fetch_insn(self, rip: int) -> Insn:
         """Fetch, decode and translate the instruction at linear `rip`, caching it."""
         lin = rip if self.mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
-        acc = ACC_FETCH
-        hpa = self.lin_to_hpa(lin, acc)
+        hpa = self._fetch_hpa(lin)
         off = lin & 0xFFF
         first = min(15, 4096 - off)
         code = self.mem.read_bytes(hpa, first)
         pages = [(hpa >> 12, off, first)]
         if first < 15:
             try:
-                hpa2 = self.lin_to_hpa(lin + first, acc)
+                hpa2 = self._fetch_hpa(lin + first)
                 code += self.mem.read_bytes(hpa2, 15 - first)
                 pages.append((hpa2 >> 12, 0, 15 - first))
             except Fault:

@@ -80,6 +80,10 @@ class CpuState:
         self.tlb_w: dict[int, bytearray] = {}
         self._sup_r, self._sup_w = self._tlbs.setdefault(0, ({}, {}))
         self.icache: dict[int, Insn] = {}
+        # instruction-fetch translations since the last flush: (linear page << 1 | user) ->
+        # host-physical page, so that fetching a new instruction on a page already fetched
+        # from does not walk the guest's and the nested tables again (an instruction TLB)
+        self.itlb: dict[int, int] = {}
         # translated blocks (blocks.py), per (mode, cpl class) like the decode caches, and how
         # often the fast path reached each start address not yet translated
         self.blocks_enabled = blocks.enabled_by_default()
@@ -134,6 +138,7 @@ class CpuState:
             w.clear()
         for ic in self._icaches.values():
             ic.clear()
+        self.itlb.clear()
         self.drop_blocks()
         self.code_pages.clear()
         self._code_rips.clear()

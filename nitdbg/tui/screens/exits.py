@@ -46,11 +46,12 @@ class ExitHistoryScreen(ModalScreen[None]):
     ExitHistoryScreen #exit-detail { width: 1fr; height: 1fr; padding: 0 1; }
     """
 
-    def __init__(self, vcpu: int, exits: tuple, sym) -> None:  # noqa: ANN001
+    def __init__(self, vcpu: int, exits: tuple, sym, at: int | None = None) -> None:  # noqa: ANN001
         super().__init__()
         self.vcpu = vcpu
         self.exits = tuple(reversed(exits))          # newest first
         self.sym = sym
+        self.at = at          # picked on the timeline: open on the exit nearest this time
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="exits", classes="dialog"):
@@ -65,8 +66,15 @@ class ExitHistoryScreen(ModalScreen[None]):
         if not self.exits:
             detail.update("no exit recorded yet")
             return
-        self.query_one(OptionList).highlighted = 0
-        detail.update(exit_detail(self.exits[0], self.sym))
+        first = 0
+        if self.at is not None:
+            timed = [i for i, x in enumerate(self.exits) if x.exit.time is not None]
+            if timed:
+                first = min(timed, key=lambda i: abs(self.exits[i].exit.time - self.at))
+        options = self.query_one(OptionList)
+        options.highlighted = first
+        self.call_after_refresh(options.scroll_to_highlight)    # once it has its size
+        detail.update(exit_detail(self.exits[first], self.sym))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         i = int(event.option.id or 0)

@@ -23,6 +23,7 @@ HELP = """\
 | `/` | type a filter for the KTR log |
 | `C` | compare: every scenario under every NMI policy against hardware; a cell side by side |
 | `X` | exit history: the recent VM exits of the vCPU, the VMCB and registers of each |
+| `t` | the timeline: arrows pick a moment (or click a cell), Enter opens the exit nearest it |
 | `Esc` | leave an input: the keys go to the view again |
 | `a` | the step audit's evidence |
 | `e` | run a scenario;  `r` start/stop recording;  `o` open a session for replay |

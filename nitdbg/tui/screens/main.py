@@ -13,7 +13,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 
 from ..messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
@@ -22,7 +22,9 @@ from ..widgets.cmdline import CommandLine
 from ..widgets.console import ConsolePane
 from ..widgets.disasm import DisasmPane
 from ..widgets.explain import ExplainPane
+from ..widgets.keys import KeysBar
 from ..widgets.ktr import KtrPane
+from ..widgets.lineview import LineView, plain
 from ..widgets.nmi import NmiPane
 from ..widgets.registers import RegistersPane
 from ..widgets.rflags import RflagsPane
@@ -85,18 +87,22 @@ class MainScreen(Screen):
         Binding("slash", "ktr_filter", "filter KTR", show=False),
         Binding("R", "force_reset", "force-reset", show=False),
         Binding("X", "exit_history", "exits", show=False),
+        Binding("t", "timeline", "timeline", show=False),
         Binding("C", "compare", "compare", show=False),
     ]
     # keys go to the main view until the user asks for a line (F2/F3/F4, :, /); no widget
-    # takes the focus by itself, so a machine key never lands in an input
-    AUTO_FOCUS = None
+    # takes the focus by itself, so a machine key never lands in an input ("": none; None
+    # would inherit the app's "*", the first focusable pane)
+    AUTO_FOCUS = ""
 
     layout_mode: reactive[str] = reactive("compact", init=False)
 
     def __init__(self) -> None:
         super().__init__()
         self.snap: Snapshot | None = None
-        self.base: Snapshot | None = None      # the snapshot of the previous stop
+        self.base: Snapshot | None = None      # the snapshot of the last stop
+        self.prev_base: Snapshot | None = None  # the stop before it: what a stop is marked
+                                                # against ("changed since the last stop")
         self.transcript: list[tuple[str, str]] = []
         self.forced_layout = False
         self.updates = 0
@@ -113,6 +119,8 @@ class MainScreen(Screen):
             # laid out for the terminal from the start: no second compose on the first resize
             self.set_reactive(MainScreen.layout_mode, layout_for(*self.app.size))
         self._panes = None
+        # the layout's class before the children mount: set after, it would restyle them all
+        self._set_layout_class(self.layout_mode)
         if self.layout_mode == "wide":
             yield from self._wide()
         elif self.layout_mode == "small":
@@ -121,7 +129,7 @@ class MainScreen(Screen):
             yield from self._compact()
         yield VerdictBar(id="verdict")
         yield CommandLine(id="cmdline")
-        yield Footer(compact=self.layout_mode == "small")
+        yield KeysBar(compact=self.layout_mode == "small", id="keys")
 
     def _side(self) -> ComposeResult:
         yield RegistersPane(id="registers", classes="pane")
@@ -192,16 +200,17 @@ class MainScreen(Screen):
 
     def _show_booting(self) -> None:
         for pane in self.panes():
-            if isinstance(pane, Static):
-                pane.update(BOOTING)
+            # every pane a snapshot redraws says so; the transcript keeps what it is told
+            if isinstance(pane, LineView) and not isinstance(pane, Transcript):
+                pane.set_lines([plain(BOOTING, "#697098")])
         self.query_one(VerdictBar).update(" " + BOOTING)
 
     def _probe(self, *what: object) -> None:
-        """For nitdbg.tui.bench: report (after the screen has been painted) what was
-        painted. `app.paint_probe` is None except under the benchmark."""
+        """For nitdbg.tui.bench: what the screen has just applied (the bench waits for it
+        to be on the terminal). `app.paint_probe` is None except under the benchmark."""
         probe = getattr(self.app, "paint_probe", None)
         if probe is not None:
-            self.call_after_refresh(probe, self.app, *what)
+            probe(self.app, *what)
 
     def panes(self) -> list[Pane]:
         if self._panes is None:
@@ -221,9 +230,7 @@ class MainScreen(Screen):
         self._reshow()
 
     def _reshow(self) -> None:
-        tr = self.query_one(Transcript)
-        for text, source in self.transcript[-400:]:
-            tr.add(text, source)
+        self.query_one(Transcript).add_many(self.transcript[-400:])
         cl = self.query_one(CommandLine)
         cl.words = self.words or cl.words
         cl.set_surface(self._surface_user)
@@ -242,18 +249,19 @@ class MainScreen(Screen):
         self._ddb_followed = ddb
         snap = msg.snapshot.select(self.selected % len(msg.snapshot.vcpus))
         self.snap = snap
+        if snap.is_stop and snap.new_stop:
+            self.prev_base, self.base = self.base, snap
         with self.app.batch_update():
-            for text, source in msg.outputs:
-                self._output(text, source)
+            self._output_many(msg.outputs)
             self._show(snap)
-        if snap.is_stop:
-            self.base = snap
         self.updates += 1
         self._probe("update", snap.seq)
 
     def _show(self, snap: Snapshot) -> None:
         """Repaint the panes whose data changed, in one batch (one frame)."""
-        base = self.base if self.base is not snap else None
+        # a stop (shown again after a read or a vCPU switch too) is marked against the stop
+        # before it; an update while the guest runs against the last stop
+        base = self.prev_base if snap.is_stop else self.base
         with self.app.batch_update():
             for pane in self.panes():
                 pane.refresh_from(snap, base)
@@ -276,14 +284,20 @@ class MainScreen(Screen):
         self._output(msg.text, msg.source)
 
     def _output(self, text: str, source: str) -> None:
-        self.transcript.append((text, source))
+        self._output_many(((text, source),))
+
+    def _output_many(self, outputs: tuple[tuple[str, str], ...]) -> None:
+        if not outputs:
+            return
+        self.transcript.extend(outputs)
         del self.transcript[:-2000]
-        self.query_one(Transcript).add(text, source)
-        if source == "audit":
-            from .evidence import EvidenceScreen
-            self.app.push_screen(EvidenceScreen(text))
-        elif source == "error" and self.layout_mode != "wide":
-            self.query_one(TabbedContent).active = "tab-transcript"
+        self.query_one(Transcript).add_many(list(outputs))
+        for text, source in outputs:
+            if source == "audit":
+                from .evidence import EvidenceScreen
+                self.app.push_screen(EvidenceScreen(text))
+            elif source == "error" and self.layout_mode != "wide":
+                self.query_one(TabbedContent).active = "tab-transcript"
 
     def on_machine_words(self, msg: MachineWords) -> None:
         self.words = msg.words
@@ -392,7 +406,18 @@ class MainScreen(Screen):
     def on_exit_history(self, msg: ExitHistory) -> None:
         from .exits import ExitHistoryScreen
         self.app.push_screen(ExitHistoryScreen(msg.vcpu, msg.exits,
-                                               lambda a: msg.names.get(a, f"{a:#x}")))
+                                               lambda a: msg.names.get(a, f"{a:#x}"), msg.at))
+
+    def on_timeline_pane_picked(self, msg: TimelinePane.Picked) -> None:
+        """A moment picked on the timeline: the exit history of that vCPU, opened on the
+        exit nearest it."""
+        self._submit(Request("exits", str(msg.time), num=msg.vcpu))
+
+    def action_timeline(self) -> None:
+        """Keys to the timeline (arrows pick a moment, Enter its exit, Esc back)."""
+        if self.layout_mode != "wide":
+            self.query_one(TabbedContent).active = "tab-timeline"
+        self.query_one(TimelinePane).focus()
 
     def action_compare(self) -> None:
         """Every scenario under every policy against the hardware reference."""

@@ -5,6 +5,8 @@ repaints the few panes whose data moved, not all of them."""
 
 from __future__ import annotations
 
+from textual.content import Content
+from textual.geometry import Region
 from textual.markup import escape
 
 from ..model import Snapshot
@@ -34,10 +36,21 @@ class Pane:
         raise NotImplementedError
 
     def set_title(self, title: str) -> None:
-        """border_title refreshes the widget even when unchanged: only set a new one."""
-        if getattr(self, "_title_text", None) != title:
-            self._title_text = title
-            self.border_title = escape(title)  # type: ignore[attr-defined] - text, not markup
+        """Only a new title is set. Setting `border_title` repaints the whole widget (every
+        row drawn again: on `v` half a dozen panes); once the pane is on screen with a top
+        border, the title is stored as Textual's descriptor stores it (one line of Content)
+        and only the border row is repainted."""
+        if getattr(self, "_title_text", None) == title:
+            return
+        self._title_text = title
+        w = self  # type: ignore[assignment] - the Widget this mixin is part of
+        top = w.styles.border_top[0] if w.is_mounted else ""
+        if not top or not w.size:
+            w.border_title = escape(title)  # type: ignore[attr-defined] - text, not markup
+            return
+        w._border_title = Content(title).expand_tabs(4).split()[0]  # noqa: SLF001
+        gutter = w.gutter
+        w.refresh(Region(-gutter.left, -gutter.top, w.outer_size.width, 1))
 
 
 def base_vcpu(base: Snapshot | None, vcpu: int):  # noqa: ANN201 - VcpuView | None

@@ -22,6 +22,9 @@ def explanation_lines(xs: tuple[Explanation, ...]) -> list[Line]:
 
 
 class ExplainPane(LineView, Pane):
+    # the scrollbar is always there: a chain that needs one and the next that does not
+    # would otherwise lay the whole screen out again on a step
+    DEFAULT_CSS = "ExplainPane { overflow-y: scroll; }"
     wrap = True
     follow_end = False          # a chain reads from its first link
 

@@ -13,16 +13,31 @@ KTR, whose columns stay aligned).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from rich.segment import Segment
-from rich.text import Text
+from rich.style import Style
 from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
+from .scrollbar import LineScrollBar
+
 Line = tuple[tuple[str, str], ...]       # (text, rich style) runs
 ELLIPSIS = "…"
+
+
+@lru_cache(maxsize=1024)
+def run_style(base: Style, spec: str) -> Style:
+    """A run's style on the view's own (its colours, its background)."""
+    return base + Style.parse(spec) if spec else base
+
+
+def line_strip(line: Line, base: Style) -> Strip:
+    """The runs as segments, each styled once per (view style, run style): what
+    Text.assemble(...).render() gives for these plain runs, without laying out a Text."""
+    return Strip([Segment(t, run_style(base, s)) for t, s in line if t])
 
 
 def plain(text: str, style: str = "") -> Line:
@@ -33,7 +48,13 @@ def line_text(line: Line) -> str:
     return "".join(t for t, _ in line)
 
 
-def wrap_line(line: Line, width: int) -> list[Line]:
+@lru_cache(maxsize=4096)
+def wrap_line(line: Line, width: int) -> tuple[Line, ...]:
+    """`line` cut into rows (cached: a pane re-wraps the same lines on every snapshot)."""
+    return tuple(_wrap_line(line, width))
+
+
+def _wrap_line(line: Line, width: int) -> list[Line]:
     """`line` cut into rows of at most `width` characters, after a space where one is near
     the end of the row (else mid-word); the runs keep their styles."""
     text = line_text(line)
@@ -116,11 +137,14 @@ class LineView(ScrollView, can_focus=True):
             self._changed()
             return
         if len(new) == len(old):
-            # same rows: repaint only those that changed (the view does not move)
+            # same rows: repaint only those that changed (the view does not move), in one
+            # refresh (each refresh is a message to the screen)
             top = round(self.scroll_offset.y)
-            for y, (a, b) in enumerate(zip(old, new, strict=True)):
-                if a != b:
-                    self.refresh(Region(0, y - top, self.size.width, 1))
+            width = self.size.width
+            dirty = [Region(0, y - top, width, 1)
+                     for y, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+            if dirty:
+                self.refresh(*dirty)
             return
         self._changed()
 
@@ -150,28 +174,79 @@ class LineView(ScrollView, can_focus=True):
         if self._follow and self.scrolls and self.follow_end:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
 
+    # the scrollbars drawn through the Line API (widgets/scrollbar.py); created as
+    # Widget.vertical_scrollbar / horizontal_scrollbar create Textual's own
+    @property
+    def vertical_scrollbar(self) -> LineScrollBar:
+        if self._vertical_scrollbar is None:
+            bar = LineScrollBar(vertical=True, name="vertical",
+                                thickness=self.scrollbar_size_vertical)
+            bar.display = False
+            self._vertical_scrollbar = bar
+            self.app._start_widget(self, bar)
+        return self._vertical_scrollbar
+
+    @property
+    def horizontal_scrollbar(self) -> LineScrollBar:
+        if self._horizontal_scrollbar is None:
+            bar = LineScrollBar(vertical=False, name="horizontal",
+                                thickness=self.scrollbar_size_horizontal)
+            bar.display = False
+            self._horizontal_scrollbar = bar
+            self.app._start_widget(self, bar)
+        return self._horizontal_scrollbar
+
+    def _bars_for(self, virtual: Size) -> tuple[bool, bool]:
+        """The scrollbars Textual shows for `virtual` (its rule, Widget._refresh_scrollbars):
+        "scroll" always, "hidden" never, "auto" when the content is larger than the view,
+        the other bar's width counted once one is shown."""
+        st = self.styles
+        width, height = self.container_size
+        ox, oy = st.overflow_x, st.overflow_y
+        x = ox == "scroll" or (ox == "auto" and virtual.width > width)
+        y = oy == "scroll" or (oy == "auto" and virtual.height > height)
+        if ox == "auto" and y and not x:
+            x = virtual.width > width - st.scrollbar_size_vertical
+        if oy == "auto" and x and not y:
+            y = virtual.height > height - st.scrollbar_size_horizontal
+        return x, y
+
+    def _size_bars(self, virtual: Size) -> None:
+        """The scroll limits for a new virtual size, as Widget._scroll_update sets them,
+        but a scrollbar is repainted only when its thumb changes (its reactives compare)."""
+        width, height = self.container_size
+        if self.show_vertical_scrollbar:
+            bar = self.vertical_scrollbar
+            bar.window_virtual_size = virtual.height
+            bar.window_size = height - self.scrollbar_size_horizontal
+        if self.show_horizontal_scrollbar:
+            bar = self.horizontal_scrollbar
+            bar.window_virtual_size = virtual.width
+            bar.window_size = width - self.scrollbar_size_vertical
+        self.scroll_x = self.validate_scroll_x(self.scroll_x)
+        self.scroll_y = self.validate_scroll_y(self.scroll_y)
+
     def _changed(self) -> None:
         follow = self._follow and self.scrolls and self.follow_end
         size = Size(self._widest if self.hscroll else 0, len(self.rows))
-        height = self.scrollable_content_region.height
-        was = self.virtual_size.height > height
-        update = getattr(self, "_scroll_update", None)
         if not self.size and not self.auto_height:
             # not on screen (another tab): the layout that shows it reads the size then
             self.set_reactive(Widget.virtual_size, size)
-        elif (update is not None and not self.auto_height
-                and (not self.scrolls or was == (size.height > height))):
-            # scrollbar shown before and after (or neither): no layout pass over the whole
-            # screen, only this view's scroll limits (what Textual itself does on scroll)
-            self.set_reactive(Widget.virtual_size, size)
-            update(size)
+        elif not self.auto_height and self._bars_for(size) == (
+                self.show_horizontal_scrollbar, self.show_vertical_scrollbar):
+            # the same scrollbars before and after: no layout pass over the whole screen,
+            # only this view's scroll limits, and the bars redrawn only if they moved
+            if size != self.virtual_size:
+                self.set_reactive(Widget.virtual_size, size)
+                self._size_bars(size)
             if follow:
                 self.scroll_end(animate=False, immediate=True, x_axis=False)
         else:
             self.virtual_size = size
             if follow:     # scrolling is refused until the layout has shown the scrollbar
                 self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
-        self.refresh()
+        # the content rows only: a bare refresh() would draw the border and its title again
+        self.refresh(self.size.region)
         if len(self._strips) > 4 * self.max_lines:
             self._strips.clear()
 
@@ -180,9 +255,24 @@ class LineView(ScrollView, can_focus=True):
         self._strips.clear()
         self._style = None
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # what every row of this frame needs, read once (each is a walk over the styles)
+        region = self.scrollable_content_region
+        self._frame = (region.width, round(self.scroll_offset.x), round(self.scroll_offset.y))
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._frame = None
+
+    _frame: tuple[int, int, int] | None = None
+
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
-        row = round(self.scroll_offset.y) + y
+        frame = self._frame
+        if frame is None:
+            frame = (self.scrollable_content_region.width, round(self.scroll_offset.x),
+                     round(self.scroll_offset.y))
+        width, x, top = frame
+        row = top + y
         style = self._style
         if style is None:
             style = self._style = self.rich_style
@@ -195,21 +285,16 @@ class LineView(ScrollView, can_focus=True):
             return Strip.blank(width, style)
         line = rows[row]
         if self.hscroll:
-            x = round(self.scroll_offset.x)
             strip = self._strips.get((line, -1))
             if strip is None:
-                text = Text.assemble(*line, no_wrap=True)
-                segs = Segment.apply_style(text.render(self.app.console), style)
-                strip = self._strips[(line, -1)] = Strip(list(segs))
+                strip = self._strips[(line, -1)] = line_strip(line, style)
             return strip.crop(x, x + width).extend_cell_length(width, style)
         strip = self._strips.get((line, width))
         if strip is None:
-            text = Text.assemble(*line, no_wrap=True)
-            if text.cell_len > width:
-                text.truncate(max(width - 1, 0))
-                text.append(ELLIPSIS)
-            segs = Segment.apply_style(text.render(self.app.console), style)
-            strip = Strip(list(segs)).extend_cell_length(width, style)
+            strip = line_strip(line, style)
+            if strip.cell_length > width:
+                strip = Strip([*strip.crop(0, max(width - 1, 0)), Segment(ELLIPSIS, style)])
+            strip = strip.extend_cell_length(width, style)
             self._strips[(line, width)] = strip
         return strip
 

@@ -3,7 +3,6 @@ ones highlighted since the previous stop."""
 
 from __future__ import annotations
 
-from ...x86.regs import GPR_NAMES
 from ..model import Snapshot
 from .base import Pane, base_vcpu
 from .lineview import LinePane
@@ -31,10 +30,13 @@ class RegistersPane(LinePane, Pane):
         self.set_title(f"registers vCPU {v.id} ({v.regs_source})" if not small
                        else f"vCPU {v.id} {v.regs_source} rip {rip:x}")
         lines = []
-        half = len(GPR_NAMES) // 2
+        # the snapshot's order (the architecture's, rax..r15); not imported from nitdbg.x86,
+        # which would bring capstone in before the first paint
+        gprs = [n for n in v.regs if n != "rip"]
+        half = len(gprs) // 2
         for row in range(half):
             runs: list[tuple[str, str]] = []
-            for col, name in enumerate((GPR_NAMES[row], GPR_NAMES[row + half])):
+            for col, name in enumerate((gprs[row], gprs[row + half])):
                 if col:
                     runs.append(("  ", ""))
                 val = v.regs.get(name, 0)

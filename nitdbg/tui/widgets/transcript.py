@@ -17,8 +17,12 @@ class Transcript(LineView, Pane):
         super().__init__(max_lines=2000, **kw)
 
     def add(self, text: str, source: str) -> None:
-        style = STYLES.get(source, "")
-        self.append(plain(line.expandtabs(8), style) for line in text.rstrip("\n").split("\n"))
+        self.add_many([(text, source)])
+
+    def add_many(self, items: list[tuple[str, str]]) -> None:
+        """Several outputs in one append (one scroll, one repaint)."""
+        self.append(plain(line.expandtabs(8), STYLES.get(source, ""))
+                    for text, source in items for line in text.rstrip("\n").split("\n"))
 
     def key(self, snap: Snapshot, base: Snapshot | None) -> object:
         return snap.status

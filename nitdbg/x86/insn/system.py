@@ -13,6 +13,7 @@ from ..regs import (
     CR0_PE,
     CR0_PG,
     CR0_TS,
+    CR4_DE,
     CRMAP,
     CS,
     DF,
@@ -183,6 +184,11 @@ def _softint(vector: int, kind: str, name: str, nxt: int, check):
             # INT3/INTO/INT1 are reported to the layer above as the #BP/#OF/#DB exception
             # (the SVM exception intercepts), after the ICEBP intercept for INT1.
             c.hooks.exception(c, vector, None)
+        if kind == "icebp" and c.pending_db:
+            # Traps held by MOV SS / POP SS merge into INT1's own #DB: one #DB is taken,
+            # its DR6 reporting them (at a boundary nothing else is pending: SDM 6.8.3).
+            c.dr[6] |= c.pending_db
+            c.pending_db = 0
         from ..interrupts import deliver
         deliver(c, vector, "soft" if kind in ("int", "exc") else "icebp", None)
     return softint
@@ -290,9 +296,9 @@ def cpuid_values(c, leaf: int, sub: int) -> tuple[int, int, int, int]:
     if leaf == 0:
         return 0xD, b_, c_, d_
     if leaf == 1:
-        # family 0x17-like; EDX: FPU TSC MSR PAE APIC SEP PGE CMOV; ECX: x2APIC (21)
+        # family 0x17-like; EDX: FPU DE TSC MSR PAE APIC SEP PGE CMOV; ECX: x2APIC (21)
         apic_id = c.vcpu_id & 0xFF
-        return 0x00800F12, (apic_id << 24) | 0x00020800, 1 << 21, 0x0789A3F9 & ~(1 << 23)
+        return 0x00800F12, (apic_id << 24) | 0x00020800, 1 << 21, 0x0789A3FD & ~(1 << 23)
     if leaf == 0x8000_0000:
         return 0x8000_000A, b_, c_, d_
     if leaf == 0x8000_0001:
@@ -506,9 +512,21 @@ def _dr_access(c) -> None:
         raise Fault(1)
 
 
-def write_dr(c, n: int, v: int) -> None:
+def _dr_alias(c, n: int) -> int:
+    # DR4/DR5 alias DR6/DR7 unless CR4.DE=1, which makes them #UD (SDM vol 2 MOV DR, 17.2.2;
+    # APM vol 2 13.1.1.1). Checked after CPL and DR7.GD, as Bochs orders them.
     if n in (4, 5):
+        if c.cr4 & CR4_DE:
+            raise Fault(6)
         n += 2
+    return n
+
+
+def write_dr(c, n: int, v: int) -> None:
+    n = _dr_alias(c, n)
+    if n in (6, 7) and v >> 32:
+        # bits 63:32 of DR6 and DR7 are reserved, must be zero (SDM vol 2 MOV DR, APM 13.1.1)
+        raise Fault(13, 0)
     if n == 6:
         c.dr[6] = (v & 0xE00F) | 0xFFFF0FF0
     elif n == 7:
@@ -520,9 +538,7 @@ def write_dr(c, n: int, v: int) -> None:
 
 
 def read_dr(c, n: int) -> int:
-    if n in (4, 5):
-        n += 2
-    return c.dr[n]
+    return c.dr[_dr_alias(c, n)]
 
 
 # ---------------------------------------------------------------- segments and tables
