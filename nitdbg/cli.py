@@ -172,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             return _console(a)
         if a.cmd == "run":
             from .runner import run_headless
+            if not _check_run(a):
+                return 2
             if a.gdb:
                 return _run_gdb(a)
             return run_headless(a, _make_machine(a))
         if a.cmd == "diff":
             from .qemudiff import main_diff
+            if not _check_diff(a):
+                return 2
             return main_diff(a.qemu, a.vcpus, a.max_instructions, a.timeout)
         if a.cmd == "bench":
             from . import bench
@@ -185,6 +189,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     p.print_help()
     return 2
+
+
+def _refuse(msg: str) -> bool:
+    print(f"nitdbg: {msg}", file=sys.stderr)
+    return False
+
+
+def _check_run(a: argparse.Namespace) -> bool:
+    """`nitdbg run`'s bounds and output files, checked before anything is built or run
+    (the fuzzer found nan/inf seconds raising, negative bounds running nothing with exit
+    0, and --serial-out DIR raising after the run)."""
+    import math
+    import os
+    if a.max_instructions < 1:
+        return _refuse(f"--max-instructions must be at least 1, not {a.max_instructions}")
+    if not (math.isfinite(a.max_seconds) and 0 < a.max_seconds <= 1e6):
+        return _refuse(f"--max-seconds must be in (0, 1000000], not {a.max_seconds}")
+    for s in a.sysctl:
+        if "=" not in s:
+            return _refuse(f"--sysctl needs NAME=VALUE, not '{s}'")
+    for opt, path in (("--serial-out", a.serial_out), ("--events-out", a.events_out)):
+        if path is None:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        if not path or os.path.isdir(path) or not os.path.isdir(parent):
+            return _refuse(f"{opt} {path!r}: not a file in an existing folder")
+    return True
+
+
+def _check_diff(a: argparse.Namespace) -> bool:
+    """`nitdbg diff`'s bounds, before QEMU is started."""
+    import math
+    if a.max_instructions < 1:
+        return _refuse(f"--max-instructions must be at least 1, not {a.max_instructions}")
+    if not (math.isfinite(a.timeout) and 0 < a.timeout <= 3600):
+        return _refuse(f"--timeout must be in (0, 3600] seconds, not {a.timeout}")
+    from .guest.boot import MAX_VCPUS
+    if a.vcpus is not None and not 1 <= a.vcpus <= MAX_VCPUS:
+        return _refuse(f"--vcpus must be in 1..{MAX_VCPUS}, not {a.vcpus}")
+    return True
 
 
 def _tui(a: argparse.Namespace) -> int:

@@ -260,8 +260,10 @@ class Machine:
         return max(v.now() for v in self.vm.vcpus)
 
     def _catch_up(self, vcpu: int) -> None:
-        """A host event reaches a sleeping vCPU at the host's present time."""
-        v = self.vm.vcpus[vcpu]
+        """A host event reaches a sleeping vCPU at the host's present time. A vCPU the VM
+        does not have is refused here, before anything changes (a negative number would
+        otherwise index from the end: the fuzzer found inject_nmi(-1) and (9) raising)."""
+        v = self._vcpu(vcpu)
         t = self.now()
         if v.halted and v.now() < t:
             v.cpu.advance_time(t - v.now())
@@ -329,7 +331,8 @@ class Machine:
                     if w.halted and w.now() < until_ns and w.id not in self.in_kdb:
                         w.cpu.advance_time(until_ns - w.now())
                 return StopEvent("time")
-            if v.halted and not v.wake_pending():
+            slept = v.halted and not v.wake_pending()
+            if slept:
                 self.vm.sleep_until_event(v)
             q = self.quantum if self._runnable() > 1 else SOLO_QUANTUM
             if max_insns is not None:
@@ -337,8 +340,12 @@ class Machine:
             before, restarts = v.cpu.icount, v.restarts
             ux = v.run(q)
             # the budget counts instructions, and restarts of an emulated REP INS/OUTS as
-            # the work they are (they retire nothing until its last iteration)
+            # the work they are (they retire nothing until its last iteration), and a timer
+            # deadline that leaves a halted vCPU halted (IF=0: only an NMI or INIT wakes
+            # it), so run(max_insns) ends (the fuzzer found `cli; hlt` running forever)
             retired += v.cpu.icount - before + v.restarts - restarts
+            if slept and v.halted and v.cpu.icount == before:
+                retired += 1
             self.total_retired += v.cpu.icount - before
             ev = self._userspace(ux)
             if ev is None:
@@ -574,13 +581,16 @@ class Machine:
 
     def read_mem(self, vcpu: int, addr: int, n: int) -> bytes:
         """Guest-virtual memory as the vCPU sees it (its page tables, guest RAM)."""
-        v = self._vcpu(vcpu)
-        if not v.svm.in_guest and v.exit_count == 0 and v.cpu.icount == 0:
-            # before its first VMRUN the guest's paging state is only in the VMCB; loading
-            # it now is what that VMRUN will do anyway
+        v, vm = self._vcpu(vcpu), self.vm
+        if _before_first_vmrun(v):
+            # before its first VMRUN the guest's paging state is only in the VMCB: read
+            # through a copy that has done that VMRUN's load, so a read changes nothing (the
+            # fuzzer found a refused gdb `m` changing the registers)
+            vm = self.clone().vm
+            v = vm.vcpus[vcpu]
             v.svm.load_guest()
         try:
-            return self.vm.read_guest(v, addr, n)
+            return vm.read_guest(v, addr, n)
         except Exception as e:  # noqa: BLE001 - #PF or outside RAM: one line for the user
             raise MachineError(f"cannot access memory at {addr:#x}") from e
 
@@ -588,6 +598,8 @@ class Machine:
     def write_mem(self, vcpu: int, addr: int, data: bytes) -> None:
         v = self._vcpu(vcpu)
         self.read_mem(vcpu, addr, len(data))    # every page reachable before any write
+        if _before_first_vmrun(v):
+            v.svm.load_guest()      # what that VMRUN does: the bytes go where the guest looks
         self.vm.write_guest(v, addr, data)
 
     def _vcpu(self, vcpu: int) -> Vcpu:
@@ -658,6 +670,11 @@ class Machine:
         if self.timeline is None:
             raise MachineError("going back needs the history: start with --timeline or --gdb")
         return self.timeline.back_to_stop(bps, watches)
+
+def _before_first_vmrun(v: Vcpu) -> bool:
+    """The guest's paging state is still only in the VMCB (nothing has run yet)."""
+    return not v.svm.in_guest and v.exit_count == 0 and v.cpu.icount == 0
+
 
 def describe_stop(m: Machine, ev: StopEvent) -> str:
     """One line for a stop that is not a debugger entry (empty when there is nothing to say)."""

@@ -89,13 +89,18 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
         if res.status:
             print(res.stderr.strip(), file=sys.stderr)
             return 1
-    events = None
-    if a.events_out:
-        try:
+    events = serial = None
+    try:
+        # both output files open before the run, so a bad path refuses it (not after it)
+        if a.events_out:
             events = open(a.events_out, "w")  # noqa: SIM115 - closed below
-        except OSError as e:
-            print(f"nitdbg: {a.events_out}: {e.strerror}", file=sys.stderr)
-            return 1
+        if a.serial_out:
+            serial = open(a.serial_out, "wb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        print(f"nitdbg: {e.filename}: {e.strerror}", file=sys.stderr)
+        if events is not None:
+            events.close()
+        return 1
     writer = EventWriter(m, events, a.trace_instructions) if events else None
     left = a.max_instructions
     until_ns = m.now() + int(a.max_seconds * 1_000_000_000)
@@ -111,9 +116,9 @@ def run_headless(a: argparse.Namespace, m: Machine) -> int:
                 break
     finally:
         out = m.console_output()
-        if a.serial_out:
-            with open(a.serial_out, "wb") as f:
-                f.write(out)
+        if serial is not None:
+            with serial:
+                serial.write(out)
         else:
             sys.stdout.buffer.write(out)
         sys.stdout.buffer.write(bytes(m.vm.debugcon_out))

@@ -41,12 +41,14 @@ PER_BAND = 2            # ... older ones: this many per power-of-two band of age
 @dataclass
 class Op:
     """One recorded input: a Machine method and its arguments. `cut` is set on the last op
-    when the history was cut inside it (vcpu -> the position where it stops)."""
+    when the history was cut inside it (vcpu -> the position where it stops); `end` is
+    every vCPU's (retired count, rip) after it."""
 
     name: str
     args: tuple
     kwargs: dict
     cut: dict[int, Seek] | None = None
+    end: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Timeline:
             return getattr(m, name)(*args, **kwargs)
         finally:
             m._in_op = False
+            op.end = self._positions()
             self.ops.append(op)
             last = self.marks[-1]
             ran = m.total_retired - last.total
@@ -108,6 +111,9 @@ class Timeline:
 
     def _icounts(self) -> tuple[int, ...]:
         return tuple(v.cpu.icount for v in self.m.vm.vcpus)
+
+    def _positions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((v.cpu.icount, _rip(v)) for v in self.m.vm.vcpus)
 
     def _mark(self) -> None:
         clone = self.m.clone()
@@ -192,7 +198,7 @@ class Timeline:
         cut = dict(op.cut or {})
         cut[vcpu] = seek
         self.ops[i + 1:] = []
-        self.ops[i] = replace(op, cut=cut)
+        self.ops[i] = replace(op, cut=cut, end=self._positions())
         self.marks = [mk for mk in self.marks if mk.n_ops <= i] or self.marks[:1]
 
     def _seek(self, vcpu: int, seek: Seek, mk: Mark) -> bool:
@@ -202,13 +208,35 @@ class Timeline:
             if what == ("seek",):
                 fired.append(True)
 
-        i = self._replay(mk, len(self.ops), {vcpu: {"seek": seek, "probe": probe}}, fired)
+        overlay = {vcpu: {"seek": seek, "probe": probe}}
+        i = self._replay(mk, len(self.ops), overlay, fired)
         if i is None:
             # not found: rebuild the present and say so
             self._replay(mk, len(self.ops), {}, [])
             return False
+        if self.ops[i].end == self._positions():
+            i = self._past_held_ops(i, overlay, fired, mk)
         self._cut(i, vcpu, seek)
         return True
+
+    def _past_held_ops(self, i: int, overlay: dict, fired: list, mk: Mark) -> int:
+        """The seek fired where op i ended anyway (a step stops where the next one starts):
+        the inputs recorded after op i while the vCPU stood there (console input, an NMI, a
+        sysctl) came before its next instruction, so the position is in the later op that
+        runs the vCPU on, and the history is cut there (the fuzzer found a step back that
+        dropped a console input typed between two steps)."""
+        self.replaying = True
+        try:
+            for j in range(i + 1, len(self.ops)):
+                fired.clear()
+                self._repeat(self.ops[j], overlay)
+                if fired:
+                    return j
+        finally:
+            self.replaying = False
+        fired.clear()                   # not reached again: back to the first position
+        first = self._replay(mk, len(self.ops), overlay, fired)
+        return i if first is None else first
 
     # ------------------------------------------------------------------ going back
     # the gdb stub's breakpoints and watchpoints, for `back-stop` typed at the console

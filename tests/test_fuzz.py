@@ -9,7 +9,9 @@ import pytest
 from nitdbg.fuzz.campaign import Counts, run_round
 from nitdbg.fuzz.targets import all_targets
 
-EXAMPLES = {"host": 40, "ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10}
+EXAMPLES = {"host": 40, "ddb": 40, "session": 25, "elf": 30, "guest": 40, "console": 10,
+            "gdb": 30, "argv": 30, "multiboot": 40, "pcdev": 15, "timeline": 12, "tui": 15,
+            "gdbsock": 10}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -52,3 +54,25 @@ def test_the_campaign_command_refuses_bad_options_in_one_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("nitdbg fuzz: ")
+
+
+def test_a_case_that_spins_past_the_cpu_bound_is_a_hang_and_one_that_waits_is_not():
+    """The bound is CPU time: a niced campaign on a loaded machine waits for the CPU, and
+    waiting is not hanging."""
+    import time
+
+    from hypothesis import strategies as st
+
+    from nitdbg.fuzz.campaign import run_case
+    from nitdbg.fuzz.targets import Outcome, Target
+
+    def spin(_):
+        while True:
+            pass
+
+    def wait(_):
+        time.sleep(0.6)
+        return Outcome()
+
+    assert run_case(Target("spin", st.none(), spin), None, 0.3).kind == "hang"
+    assert run_case(Target("wait", st.none(), wait), None, 0.3).kind == "ok"

@@ -10,15 +10,18 @@ import sys
 import tempfile
 import time
 
+TARGETS = ("host", "ddb", "console", "session", "elf", "guest", "gdb", "gdbsock", "argv",
+           "multiboot", "pcdev", "timeline", "tui")
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m nitdbg.fuzz", description=__doc__)
     p.add_argument("--minutes", type=float, default=1.0, help="length of the campaign")
-    p.add_argument("--targets", default="host,ddb,console,session,elf,guest",
-                   help="comma-separated: host, ddb, console, session, elf, guest")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="comma-separated: " + ", ".join(TARGETS))
     p.add_argument("--round", type=int, default=50, help="cases per target per round")
     p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds one case may take before it counts as a hang")
+                   help="CPU seconds one case may take before it counts as a hang")
     p.add_argument("--progress", action="store_true", help="print the counts after each round")
     a = p.parse_args(argv)
     try:

@@ -43,8 +43,9 @@ class Counts:
         self.by_target[target, out.kind] += 1
         if out.kind in BAD_KINDS:
             ex = self.examples.setdefault(out.kind, [])
-            if len(ex) < 5:
-                ex.append(f"[{target}] {out.detail} <- {case!r}"[:400])
+            head = f"[{target}] {out.detail}"
+            if len(ex) < 5 and not any(e.startswith(head) for e in ex):   # distinct ones
+                ex.append(f"{head} <- {case!r}"[:400])
 
     def report(self, seconds: float | None = None) -> str:
         per = ", ".join(f"{t} {n}" for t, n in sorted(self.cases.items()))
@@ -55,6 +56,12 @@ class Counts:
                  "  " + ", ".join(f"{LABELS[k]} {self.kinds[k]}" for k in BAD_KINDS),
                  f"  refused inputs (checked: one line, nothing changed) {self.kinds['rejected']}"
                  f", accepted {self.kinds['ok']}"]
+        for t in sorted(self.cases):
+            bad = ", ".join(f"{LABELS[k]} {self.by_target[t, k]}" for k in BAD_KINDS
+                            if self.by_target[t, k])
+            lines.append(f"  {t}: {self.cases[t]} cases, {self.by_target[t, 'rejected']} "
+                         f"refused, {self.by_target[t, 'ok']} accepted"
+                         + (f"; {bad}" if bad else "; nothing bad"))
         for k in BAD_KINDS:
             for ex in self.examples.get(k, []):
                 lines.append(f"  {k}: {ex}")
@@ -66,16 +73,18 @@ def _alarm(signum: int, frame: object) -> None:
 
 
 def run_case(t: Target, case: object, timeout: float) -> Outcome:
-    """One case with a wall-clock bound (SIGALRM; main thread only)."""
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    """One case with a bound on the CPU time it uses (SIGPROF; main thread only): on a
+    loaded machine a niced campaign waits for the CPU, and waiting is not hanging. A wait
+    that uses no CPU (a socket) has its own bound in its target."""
+    old = signal.signal(signal.SIGPROF, _alarm)
+    signal.setitimer(signal.ITIMER_PROF, timeout)
     try:
         return t.run(case)
     except Hang:
-        return Outcome("hang", f"more than {timeout:.0f} s")
+        return Outcome("hang", f"more than {timeout:.0f} s of CPU")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
 
 
 def run_round(t: Target, examples: int, counts: Counts, timeout: float = 60.0,

@@ -105,9 +105,9 @@ HOST_ARGS = {
                "debug.nit.nosuch=1", "hw.vmm.trace_guest_exceptions=1", "-a", "-n", "=",
                "debug.nit.delay_usecs=1e99", "debug.nit.delay_usecs=0x10"],
     "ktrdump": ["-c", "-t", "-q", "-l", "-r", "-f", "-H", "-cto", "/tmp/k", "-o", "-i", "-z",
-                "-cto/tmp/k"],
+                "-cto/tmp/k", "/tmp/a\0b", "/", "../../k"],
     "sleep": ["1", "0", "0.5", "-1", "nan", "inf", "1e9", "3600", "x", "0.000001"],
-    "cat": ["/tmp/k", "/tmp/nope", "/etc/passwd", "-n"],
+    "cat": ["/tmp/k", "/tmp/nope", "/etc/passwd", "-n", "/tmp/a\0b", "/", "~", ".."],
     "grep": ["-c", "vNMI", "(a+)+$", "[", "-v", "-e", "a*a*a*a*a*a*b", "x{1,99999}"],
 }
 
@@ -131,11 +131,20 @@ def _booted() -> Machine:
     return m
 
 
-def host_target() -> Target:
-    base = _booted()
+def host_target(tmpdir: Path | None = None) -> Target:
+    """Host lines on two machines: files in memory (as the tests and scenarios) and on disk
+    (as the console and the TUI: DiskFiles, writes kept in a scratch folder)."""
+    from ..hostcmds import DiskFiles
+    bases = {False: _booted()}
+    if tmpdir is not None:
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        disk = Machine(vcpus=1, host_files=DiskFiles(tmpdir, scratch=tmpdir / "scratch"))
+        disk.boot_to_prompt()
+        bases[True] = disk
 
-    def run(line: str) -> Outcome:
-        m = base.clone()
+    def run(case: tuple[bool, str]) -> Outcome:
+        on_disk, line = case
+        m = bases[on_disk and len(bases) > 1].clone()
         before = digest.parts(m)
         try:
             out = m.host(line)
@@ -153,7 +162,7 @@ def host_target() -> Target:
             return Outcome("rejected")
         return Outcome()
 
-    return Target("host", host_line() | _line(HOST_WORDS), run)
+    return Target("host", st.tuples(st.booleans(), host_line() | _line(HOST_WORDS)), run)
 
 
 # ---------------------------------------------------------------------- the debugger
@@ -394,6 +403,16 @@ def guestcode_target() -> Target:
 
 def all_targets(tmpdir: Path | None = None) -> dict[str, Callable[[], Target]]:
     d = Path(tmpdir) if tmpdir is not None else Path(tempfile.mkdtemp(prefix="nitdbg-fuzz-"))
-    return {"host": host_target, "ddb": ddb_target, "console": console_target,
+    from .argvfuzz import argv_target
+    from .bootfuzz import multiboot_target
+    from .devfuzz import pcdev_target
+    from .gdbfuzz import gdb_target, gdbsock_target
+    from .timelinefuzz import timeline_target
+    from .tuifuzz import tui_target
+    return {"host": lambda: host_target(d / "host"), "ddb": ddb_target,
+            "console": console_target,
             "session": lambda: session_target(d), "elf": lambda: elf_target(d),
-            "guest": guestcode_target}
+            "guest": guestcode_target, "gdb": gdb_target, "gdbsock": gdbsock_target,
+            "argv": lambda: argv_target(d),
+            "multiboot": lambda: multiboot_target(d), "pcdev": lambda: pcdev_target(d),
+            "timeline": timeline_target, "tui": lambda: tui_target(d / "tui")}

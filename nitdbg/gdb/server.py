@@ -86,24 +86,22 @@ class Session:
             return False
         if not data:
             return False
-        for ev in self.reader.feed(data):
-            if ev[0] == "interrupt":
-                self.interrupt = True
-            else:
-                self.pending.append(ev)
+        # ^C keeps its place among the packets: one that came after a resume packet stops
+        # that run (read in the same recv, it used to be cleared by the resume: the fuzzer)
+        self.pending.extend(self.reader.feed(data))
         return True
 
     def run(self) -> str:
         try:
             while True:
                 while not self.pending:
-                    if self.interrupt:          # ^C while stopped: report where we are
-                        self.interrupt = False
-                        self.send(self.stub.last_stop)
                     if not self._events(None):
                         return "eof"
                 ev = self.pending.pop(0)
                 if ev[0] == "ack":
+                    continue
+                if ev[0] == "interrupt":        # ^C while stopped: report where we are
+                    self.send(self.stub.last_stop)
                     continue
                 if ev[0] == "bad":
                     if self.stub.ack:
@@ -140,7 +138,9 @@ class Session:
             self.interrupt = True              # gdb went away: stop running for it
         while self.pending:
             ev = self.pending.pop(0)
-            if ev[0] == "packet":
+            if ev[0] == "interrupt":
+                self.interrupt = True
+            elif ev[0] == "packet":
                 if self.stub.ack:
                     self.conn.sendall(b"+")
                 self.send(E_STATE)

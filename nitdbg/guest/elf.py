@@ -78,6 +78,8 @@ def read_source(src: Source, name: str | None = None) -> tuple[bytes, str]:
         return bytes(src), name or "<image>"
     path = Path(src)
     label = name or path
+    if "\0" in str(path):      # the OS refuses it with ValueError (a session's config)
+        raise BadImage(f"{str(label)!r}: not a valid file name")
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):

@@ -90,6 +90,7 @@ class DiskFiles(HostFiles):
         return os.path.join(self.scratch, rel)
 
     def read(self, path: str) -> str:
+        _check_name(path)
         candidates = [self.where(path)]
         if self.scratch is not None:
             candidates.append(self._real(path))
@@ -110,6 +111,7 @@ class DiskFiles(HostFiles):
         raise HostFileError(f"{path}: {_strerror(err)}")
 
     def write(self, path: str, text: str) -> None:
+        _check_name(path)
         p = self.where(path)
         try:
             if self.scratch is not None:
@@ -118,6 +120,12 @@ class DiskFiles(HostFiles):
                 f.write(text)
         except OSError as e:
             raise HostFileError(f"{path}: {_strerror(e)}") from None
+
+
+def _check_name(path: str) -> None:
+    """A NUL cannot be in a file name (the OS refuses it with ValueError, which escaped)."""
+    if "\0" in path:
+        raise HostFileError(f"{path!r}: not a valid file name")
 
 
 def _strerror(e: OSError | None) -> str:

@@ -30,6 +30,10 @@ def main_replay(argv: list[str] | None = None) -> int:
     g.add_argument("--in-place", action="store_true",
                    help="write those files at their own paths, as the recording did")
     a = p.parse_args(argv)
+    if a.files_dir and os.path.exists(a.files_dir) and not os.path.isdir(a.files_dir):
+        # refused before the replay, not when the session first writes a file there
+        print(f"nitdbg replay: --files-dir {a.files_dir}: not a folder", file=sys.stderr)
+        return 1
     from ..hostcmds import DiskFiles
     from .record import data_dir
     scratch = None if a.in_place else (a.files_dir or str(

@@ -133,6 +133,8 @@ def _read_bounded(p: Path) -> bytes:
         st = p.stat()
     except OSError as e:
         raise SessionError(f"{p}: {e.strerror or e}") from None
+    except ValueError:          # a NUL in the name (the TUI's open dialog; the fuzzer)
+        raise SessionError(f"{str(p)!r}: not a valid file name") from None
     if not stat.S_ISREG(st.st_mode):
         raise SessionError(f"{p}: not a regular file")
     if st.st_size > SESSION_MAX:

@@ -72,6 +72,8 @@ class SessionWriter:
     def __init__(self, path: str | os.PathLike, sync: bool = True):
         self.path = Path(path)
         self.sync = sync
+        if "\0" in str(self.path):     # the OS refuses it with ValueError (the tui fuzzer)
+            raise SessionError(f"{str(self.path)!r}: not a valid file name")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC

@@ -43,6 +43,9 @@ def build_machine(s: Session) -> Machine:
         sha = hashlib.sha256(fw.read_bytes()).hexdigest()
     except OSError as e:
         raise SessionError(f"{s.path}: firmware {fw}: {e.strerror or e}") from None
+    except ValueError:          # a NUL in the header's kernel name (the fuzzer)
+        raise SessionError(f"{s.path}: firmware {str(fw)!r} is not a valid file name") \
+            from None
     if sha != s.header["firmware"].get("sha256"):
         rec = str(s.header["firmware"].get("sha256"))
         raise SessionError(f"{s.path}: firmware {cfg['kernel']} has changed since the "

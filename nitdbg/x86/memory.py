@@ -8,6 +8,7 @@ from typing import Protocol
 PAGE = 4096
 PAGE_MASK = PAGE - 1
 _ZERO_PAGE = bytes(PAGE)
+MMIO_SIZES = (1, 2, 4, 8)      # the widths a device register access can have
 
 
 class MmioDevice(Protocol):
@@ -48,6 +49,10 @@ class PhysMem:
             # device), as the IO bus splits a straddling access
             return sum(self.read(addr + i, 1) << (8 * i) for i in range(size))
         if p is None and (addr >> 12) in self.mmio:
+            if size not in MMIO_SIZES:
+                # the part of a split access that falls on a device page can have any
+                # length (3 bytes at 0xFEE00FFD): bytes, as a straddling access
+                return sum(self.read(addr + i, 1) << (8 * i) for i in range(size))
             dev, base = self.mmio[addr >> 12]
             return dev.mmio_read(addr - base, size)
         return int.from_bytes(self.read_bytes(addr, size), "little")
@@ -63,6 +68,10 @@ class PhysMem:
                 self.write(addr + i, 1, (value >> (8 * i)) & 0xFF)
             return
         if p is None and (addr >> 12) in self.mmio:
+            if size not in MMIO_SIZES:
+                for i in range(size):
+                    self.write(addr + i, 1, (value >> (8 * i)) & 0xFF)
+                return
             dev, base = self.mmio[addr >> 12]
             dev.mmio_write(addr - base, size, value)
             return
