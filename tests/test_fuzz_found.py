@@ -131,6 +131,14 @@ def test_a_run_with_every_vcpu_halted_with_interrupts_off_ends_at_its_budget():
     sleeping through virtual time for ever (it hung gdb's `s` and the timeline)."""
     m = Machine(vcpus=1)
     m.boot_to_prompt()
+    m.run(max_insns=1_000_000, until=lambda: m.vcpus[0].halted)
+    assert m.vcpus[0].halted
+    # a periodic LAPIC timer, as a kernel with a 100 Hz tick in idle programs it (this
+    # firmware's tickless idle would leave no deadline at all: "idle")
+    from nitdbg.vmm.vlapic import LVT_TIMER_PERIODIC
+    lapic = m.vm.vlapics[0]
+    lapic.wrmsr(0x832, LVT_TIMER_PERIODIC | 0xEF)     # x2APIC LVT timer
+    lapic.wrmsr(0x838, 62_500)                        # initial count: 10 ms
     m.write_reg(0, "rflags", 0x2)
     t0 = m.now()
     ev = m.run(max_insns=2_000)
