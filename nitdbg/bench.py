@@ -11,7 +11,10 @@ retirement log on, as it always is:
 
 Each loop runs with block translation (the default) and on the exact per-instruction path
 (`_per_insn`); loop c also with the exact event-delivery and IRETQ paths (`_exact_events`,
-x86/fastpath.py off). The whole machine is the amd64 guest on 2 vCPUs running the shell's busy loop.
+x86/fastpath.py off), and per second of this process's CPU time
+(`single_step_db_iretq_cpu_ips`: what the loop costs when other processes load the machine).
+Loops a and b also run as 32-bit protected-mode code (`_32bit`). The whole machine is the
+amd64 guest on 2 vCPUs running the shell's busy loop.
 With `--vs-unicorn` (`pip install -e '.[bench]'`) loops a and b also run under Unicorn on the
 same bytes, with a Python UC_HOOK_CODE callback and bare, interleaved with nitdbg run by run.
 
@@ -35,6 +38,12 @@ CODE = bytes.fromhex(
     "b900943577" "488d5c24c0" "48894b08" "48034308" "50" "5a" "ffc9" "75f2" "f4"  # b at 0x13
     "48ff4424f0" "48cf")                                                  # db at 0x2c
 A_OFF, B_OFF, DB_OFF = 0x00, 0x13, 0x2C
+# loops a and b assembled for 32-bit protected mode (the same instructions without REX.W;
+# `_32bit` figures), at 0x00 and 0x11
+CODE32 = bytes.fromhex(
+    "b900943577" "31c0" "83c003" "31d0" "ffc9" "75f7" "f4"
+    "b900943577" "8d5c24c0" "894b08" "034308" "50" "5a" "ffc9" "75f4" "f4")
+A32_OFF, B32_OFF = 0x00, 0x11
 BASE = 0x100000
 PML4, GDT, IDT, STACK = 0x1000, 0x8000, 0x9000, 0x80000
 
@@ -65,9 +74,30 @@ def bare_cpu() -> Cpu:
     return c
 
 
+def bare_cpu32() -> Cpu:
+    """A 32-bit protected-mode vCPU on bare metal: no paging, flat 4 GiB code and data
+    segments (D=1, B=1), CODE32 loaded."""
+    mem = PhysMem(16 << 20)
+    mem.write(GDT + 8, 8, 0x00CF9B000000FFFF)     # 0x08: 32-bit code, DPL 0
+    mem.write(GDT + 16, 8, 0x00CF93000000FFFF)    # 0x10: data
+    mem.write_bytes(BASE, CODE32)
+    c = Cpu(mem)
+    c.cr0 = 0x11
+    c.gdtr.base, c.gdtr.limit = GDT, 23
+    c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, 0xC9B))
+    for i in (0, 2, 3, 4, 5):
+        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
+    c.update_mode()
+    c.regs[RSP] = STACK
+    return c
+
+
 def _rate(start: int, tf: bool, seconds: float, blocks: bool = True,
-          fast_events: bool = True) -> float:
-    c = bare_cpu()
+          fast_events: bool = True, clock: Callable[[], float] = time.perf_counter,
+          make: Callable[[], Cpu] = bare_cpu) -> float:
+    """Instructions per second of `clock` (wall time; `time.process_time`: this process's
+    CPU time, which other processes loading the machine do not inflate)."""
+    c = make()
     c.blocks_enabled = blocks
     c.fast_events = fast_events
     c.rip = BASE + start
@@ -75,10 +105,10 @@ def _rate(start: int, tf: bool, seconds: float, blocks: bool = True,
         c.rflags |= TF
         c.attention = True
     c.run(2000)                      # warm the decode cache and the block cache
-    n0, t0 = c.icount, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    n0, t0 = c.icount, clock()
+    while clock() - t0 < seconds:
         c.run(50_000)
-    return (c.icount - n0) / (time.perf_counter() - t0)
+    return (c.icount - n0) / (clock() - t0)
 
 
 def median_rate(start: int, tf: bool, runs: int, seconds: float) -> float:
@@ -258,8 +288,14 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
             add("memory_push_pop_loop_ips" + sfx, _rate(B_OFF, False, seconds, blocks))
             add("single_step_db_iretq_ips" + sfx, _rate(B_OFF, True, seconds, blocks))
             if blocks:
+                add("single_step_db_iretq_cpu_ips",
+                    _rate(B_OFF, True, seconds, blocks, clock=time.process_time))
                 add("single_step_db_iretq_ips_exact_events",
                     _rate(B_OFF, True, seconds, blocks, fast_events=False))
+            add("alu_branch_loop_32bit_ips" + sfx,
+                _rate(A32_OFF, False, seconds, blocks, make=bare_cpu32))
+            add("memory_push_pop_loop_32bit_ips" + sfx,
+                _rate(B32_OFF, False, seconds, blocks, make=bare_cpu32))
             add("whole_machine_2vcpu_loop_ips" + sfx, wm[blocks].rate(seconds))
         if vs_unicorn:
             add("unicorn_hook_alu_branch_loop_ips", _unicorn("a", True, 150_000))

@@ -209,8 +209,9 @@ def _state(c: Cpu) -> tuple:
             c.mem.read_bytes(CODE, 0x1000))
 
 
-def _run(code: bytes, blocks_on: bool, tf: bool, drs: tuple[int, ...], budgets) -> tuple:
-    c = _cpu(code, blocks_on)
+def _run(code: bytes, blocks_on: bool, tf: bool, drs: tuple[int, ...], budgets,
+         make=_cpu) -> tuple:
+    c = make(code, blocks_on)
     if tf:
         c.rflags |= 0x100
     if drs:
@@ -262,6 +263,212 @@ def test_random_sequences_retire_the_same_with_and_without_blocks(monkeypatch):
         compared += 1
         translated += on[3]
     assert compared == SEQUENCES and translated > 100_000
+
+
+# ------------------------------------------------------------------ 32-bit protected mode
+HOLE32 = 0x400000                   # the 4 MiB page at 4 MiB is not present: #PF
+DREGS32 = [0, 1, 2, 7]              # ebx, ebp: into DATA; esi: into HOLE32
+
+
+def _cpu32(code: bytes, blocks_on: bool) -> Cpu:
+    """32-bit protected mode, flat 4 GiB segments, 32-bit paging with 4 MiB pages."""
+    mem = PhysMem(4 << 20)
+    mem.write(PML4, 4, 0x83)                      # PDE 0: 0-4 MiB; PDE 1 not present
+    mem.write(GDT + 8, 8, 0x00CF9B000000FFFF)
+    mem.write(GDT + 16, 8, 0x00CF93000000FFFF)
+    for vec in range(32):
+        h = {1: DB_H, 14: PF_H}.get(vec, OTHER_H)
+        mem.write(IDT + vec * 8, 8, (h & 0xFFFF) | (0x08 << 16) | (0x8E << 40)
+                  | ((h >> 16) << 48))
+    # #DB: set RF in the frame (or dword [esp+8], 0x10000) and IRETD
+    mem.write_bytes(DB_H, bytes.fromhex("814c240800000100cf"))
+    mem.write_bytes(PF_H, b"\xf4")
+    mem.write_bytes(OTHER_H, b"\xf4")
+    mem.write_bytes(CODE, code)
+    mem.write_bytes(DATA, bytes(range(256)) * 8)
+    c = Cpu(mem)
+    c.blocks_enabled = blocks_on
+    c.cr0, c.cr4, c.cr3 = 0x80000011, 0x10, PML4
+    c.gdtr.base, c.gdtr.limit = GDT, 23
+    c.idtr.base, c.idtr.limit = IDT, 256 * 8 - 1
+    c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, 0xC9B))
+    for i in (0, 2, 3, 4, 5):
+        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
+    c.update_mode()
+    assert c.mode == 32
+    c.regs[4] = STACK
+    c.regs[3] = DATA
+    c.regs[5] = DATA + 0x800
+    c.regs[6] = HOLE32 + 0x100
+    c.rip = CODE
+    return c
+
+
+def _mem32(r: random.Random) -> tuple[int, int]:
+    roll = r.random()
+    if roll < 0.03:
+        return 6, r.randrange(0, 0x70, 4)           # the hole: #PF
+    if roll < 0.07:
+        return r.choice(DREGS32), r.randrange(-0x80, 0x78, 4)   # wherever: often #PF
+    if roll < 0.35:
+        return 4, r.randrange(-0x40, 0x40, 4)        # the stack
+    return r.choice((3, 5)), r.randrange(-0x80, 0x78, r.choice((1, 4)))
+
+
+def _one32(r: random.Random) -> bytes:
+    """One random 32-bit instruction (most of them forms the translator handles; 0x66 gives
+    16-bit operands)."""
+    k = r.random()
+    d, s = r.choice(DREGS32), r.choice(DREGS32)
+    o16 = b"\x66" if r.random() < 0.15 else b""
+    if k < 0.32:                                   # ALU r/m, r and r, r/m; mov
+        op = r.choice((0x01, 0x29, 0x39, 0x21, 0x09, 0x31, 0x85, 0x89, 0x03, 0x2B, 0x3B,
+                       0x23, 0x0B, 0x33, 0x8B, 0x11, 0x19))
+        if r.random() < 0.6:
+            return o16 + bytes([op]) + _modrm_reg(s, d)
+        base, disp = _mem32(r)
+        return o16 + bytes([op]) + _modrm_mem(s, base, disp)
+    if k < 0.40:                                   # 8-bit forms
+        op = r.choice((0x00, 0x28, 0x38, 0x30, 0x88, 0x8A, 0x20))
+        if r.random() < 0.5:
+            return bytes([op]) + _modrm_reg(r.randrange(8), r.choice((0, 1, 2, 7)))
+        base, disp = _mem32(r)
+        return bytes([op]) + _modrm_mem(r.choice((0, 1, 2)), base, disp)
+    if k < 0.52:                                   # ALU r/m, imm
+        n = r.choice((0, 1, 4, 5, 6, 7))
+        imm8 = r.random() < 0.5
+        imm = (r.randrange(-128, 128) & 0xFF).to_bytes(1, "little") if imm8 else \
+            r.getrandbits(16 if o16 else 32).to_bytes(2 if o16 else 4, "little")
+        opc = 0x83 if imm8 else 0x81
+        if r.random() < 0.6:
+            return o16 + bytes([opc]) + _modrm_reg(n, d) + imm
+        base, disp = _mem32(r)
+        return o16 + bytes([opc]) + _modrm_mem(n, base, disp) + imm
+    if k < 0.60:                                   # inc / dec: r/m and the one-byte forms
+        if r.random() < 0.3:
+            return bytes([r.choice((0x40, 0x48)) | d])
+        n = r.choice((0, 1))
+        if r.random() < 0.6:
+            return bytes([0xFF]) + _modrm_reg(n, d)
+        base, disp = _mem32(r)
+        return bytes([0xFF]) + _modrm_mem(n, base, disp)
+    if k < 0.67:                                   # push / pop, push imm
+        roll = r.random()
+        if roll < 0.4:
+            return bytes([0x50 | s])
+        if roll < 0.5:
+            return b"\x6a" + bytes([r.randrange(256)])
+        return bytes([0x58 | d])
+    if k < 0.72:                                   # mov r, imm
+        return bytes([0xB8 | d]) + r.getrandbits(32).to_bytes(4, "little")
+    if k < 0.77:                                   # lea, movzx, movsx
+        base, disp = _mem32(r)
+        if r.random() < 0.3:
+            return o16 + b"\x8d" + _modrm_mem(d, base, disp)
+        op = r.choice((0xB6, 0xB7, 0xBE, 0xBF))
+        if r.random() < 0.5:
+            return bytes([0x0F, op]) + _modrm_reg(d, s)
+        return bytes([0x0F, op]) + _modrm_mem(d, base, disp)
+    if k < 0.82:                                   # flag readers the translator leaves alone
+        cc = r.randrange(16)
+        if r.random() < 0.5:
+            return bytes([0x0F, 0x90 | cc]) + _modrm_reg(0, d)
+        return bytes([0x0F, 0x40 | cc]) + _modrm_reg(d, s)
+    if k < 0.85:                                   # shifts: not translated
+        return bytes([0xC1]) + _modrm_reg(r.choice((4, 5, 7)), d) + bytes([r.randrange(32)])
+    if k < 0.88:
+        return b"\x90"
+    if k < 0.90:                                   # pushf / popf with TF maybe set
+        return b"\x68" + (0x2 | 0x200 | (0x100 if r.random() < 0.3 else 0)
+                          | r.getrandbits(1) | (r.getrandbits(1) << 6)).to_bytes(4, "little") \
+            + b"\x9d"
+    return bytes([0x31]) + _modrm_reg(s, d)
+
+
+def _sequence32(r: random.Random) -> bytes:
+    """As _sequence, in 32-bit code (the self-modifying store has an absolute address)."""
+    parts: list[bytes] = []
+    for _ in range(r.randrange(3, 7)):
+        kind = r.random()
+        body = [_one32(r) for _ in range(r.randrange(1, 8))]
+        if kind < 0.3:                             # loop: mov ecx, n; body; dec ecx; jnz
+            n = r.randrange(1, 40)
+            inner = b"".join(body) + b"\xff\xc9"
+            if len(inner) + 2 > 127:
+                inner = b"\xff\xc9"
+            back = (-(len(inner) + 2)) & 0xFF
+            parts.append(b"\xb9" + n.to_bytes(4, "little") + inner + bytes([0x75, back]))
+        elif kind < 0.5:                           # jcc over the body
+            inner = b"".join(body)
+            if len(inner) < 127:
+                parts.append(bytes([0x70 | r.randrange(16), len(inner)]) + inner)
+        elif kind < 0.6:                           # call a local function
+            inner = b"".join(body) + b"\xc3"
+            if len(inner) < 127:
+                parts.append(b"\xe8\x02\x00\x00\x00" + bytes([0xEB, len(inner)]) + inner)
+        elif kind < 0.68:                          # SMC: patch the imm8 of a later instruction
+            at = CODE + sum(len(p) for p in parts)
+            target = at + 7 + len(body[0]) + 2     # mov byte [abs32], imm8 ; body[0] ; later
+            parts.append(b"\xc6\x05" + target.to_bytes(4, "little") + bytes([r.randrange(256)])
+                         + body[0] + b"\x83\xc0\x05")
+        else:
+            parts.append(b"".join(body))
+    return b"".join(parts) + b"\xf4"
+
+
+def test_random_32bit_sequences_retire_the_same_with_and_without_blocks(monkeypatch):
+    """The same in 32-bit protected mode (flat segments, 32-bit paging): random sequences
+    with and without TF and DR0-3 breakpoints, with #PF, self-modifying stores, 16-bit
+    operands and instructions the translator leaves to the slow path."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    _memo_decoder(monkeypatch)
+    r = random.Random(32)
+    translated = 0
+    for n in range(SEQUENCES // 2):
+        code = _sequence32(r)
+        variant = n % 3
+        tf = variant == 1
+        drs: tuple = ()
+        if variant == 2:
+            drs = ((CODE + r.randrange(len(code)), 0), (DATA + r.randrange(0, 0x100, 4), 1))
+        budgets = [r.choice((1, 2, 3, 5, 17, 64, 200)) for _ in range(10)] + [300]
+        off = _run(code, False, tf, drs, budgets, make=_cpu32)
+        on = _run(code, True, tf, drs, budgets, make=_cpu32)
+        assert on == off, f"sequence {n} ({code.hex()}) tf={tf} drs={drs} budgets={budgets}"
+        translated += on[3]
+    assert translated > 30_000
+
+
+def test_a_translated_32bit_block_is_really_used(monkeypatch):
+    """32-bit code runs in translated blocks (the comparison above means something)."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    code = bytes.fromhex("b964000000" "31c0" "83c003" "31d0" "ffc9" "75f7" "f4")
+    c = _cpu32(code, True)
+    c.run(1000)
+    assert c.halted and c.regs[1] == 0
+    assert any(b is not None and b.loops for b in c.bcache.values())
+
+
+@pytest.mark.parametrize("seg,base,attrib", [(3, 0x10, 0xC93), (2, 0x10, 0xC93),
+                                             (2, 0, 0x893)])
+def test_32bit_blocks_run_the_per_insn_path_when_ds_or_ss_is_not_flat(monkeypatch, seg, base,
+                                                                      attrib):
+    """A 32-bit block is translated for DS.base = SS.base = 0 and SS.B = 1: with a DS or SS
+    base, or a 16-bit stack (SS.B = 0), the per-instruction path runs and adds the base or
+    uses SP (operands.mem_ea, stack.py)."""
+    monkeypatch.setattr(blocks, "HOT", 1)
+    # mov ecx, 100; xor eax, eax; 1: mov eax, [ebx+4]; add eax, [esp]; push eax; pop edx;
+    # dec ecx; jnz 1b; hlt
+    code = bytes.fromhex("b964000000" "31c0" "8b4304" "030424" "50" "5a" "ffc9" "75f4" "f4")
+    states = []
+    for on in (False, True):
+        def make(code, blocks_on, on=on):
+            c = _cpu32(code, blocks_on)
+            c.seg[seg].base, c.seg[seg].attrib = base, attrib
+            return c
+        states.append(_run(code, on, False, (), [1000], make=make))
+    assert states[0] == states[1]
+    assert states[0][9] and states[0][3] == 2 + 6 * 100 + 1   # the loop ran to its HLT
 
 
 def test_a_translated_block_is_really_used():
@@ -386,6 +593,29 @@ def test_firmware_boot_is_the_same_with_and_without_blocks(monkeypatch):
         m.run(max_insns=300_000)
         digests.append(_machine_digest(m))
     assert digests[0] == digests[1]
+
+
+def test_i386_firmware_is_the_same_with_and_without_blocks(monkeypatch):
+    """The i386 guest (32-bit protected mode): boot to the prompt, load tsnmi and take NMIs
+    through its task gate, with 32-bit blocks and without; the blocks must really run."""
+    from nitdbg.machine import I386_KERNEL, Machine
+    digests, used = [], []
+    for on in ("1", "0"):
+        monkeypatch.setenv("NITDBG_BLOCKS", on)
+        m = Machine(kernel=I386_KERNEL, vcpus=1)
+        m.boot_to_prompt()
+        m.type_line("kldload tsnmi")
+        for _ in range(2):
+            m.host("bhyvectl --vm=vm2 --cpu=0 --assert-lapic-lvt=1")
+            m.settle()
+        m.type_line("sysctl debug.tsnmi")
+        digests.append(_machine_digest(m))
+        c = m.vcpus[0].cpu
+        used.append(sum(1 for (mode, _u), bc in c._bcaches.items() if mode == 32
+                        for b in bc.values() if b is not None))
+    assert b"debug.tsnmi: 2" in digests[0][-1][1]
+    assert digests[0] == digests[1]
+    assert used[0] > 10 and used[1] == 0
 
 
 @pytest.mark.parametrize("scenario", [s.name for s in __import__(

@@ -1,4 +1,5 @@
-"""The block translator: straight-line runs of 64-bit guest code compiled to Python functions.
+"""The block translator: straight-line runs of 64-bit and 32-bit protected-mode guest code
+compiled to Python functions.
 
 A block is the run of instructions from one address up to a branch (included), the end of the
 page, or the first instruction it does not translate (left to the per-instruction path). It is
@@ -16,6 +17,11 @@ an event it raised, or the self-modifying write it made, ends the block at the n
 A fault, a #VMEXIT (`Intercepted`) or any other exception leaves the state exactly as at the
 start of the instruction that raised it (registers, flags, RIP, icount, retirement ring) and
 propagates to the step loop, which handles it as it does for the per-instruction path.
+
+32-bit code (the i386 firmware, multiboot kernels) is translated for flat segments: addresses
+are the 32-bit offsets, the stack is ESP. A 32-bit block checks on entry that the segments it
+uses have base 0 (DS, SS) and that SS.B = 1; otherwise it returns without running and the
+per-instruction path adds the bases (operands.mem_ea) and uses SP (stack.py).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .flags import ADD, SUB, SZP
 from .insn.data import cc_from_mnemonic
 from .operands import mem_segment
 from .regs import ARITH, CF, MASK, REGMAP, RSP, SIGN, SS
+from .segments import ATTR_DB
 
 if TYPE_CHECKING:
     from .cpu import Cpu
@@ -43,6 +50,7 @@ Block = Callable[["Cpu", int], bool]
 MAX_INSNS = 64
 HOT = 4          # a start address is translated once the fast path has reached it this often
 M64 = MASK[8]
+M32 = MASK[4]
 NA = ~ARITH
 NCF = ARITH & ~CF
 
@@ -91,8 +99,14 @@ BASE = _State("@B@")
 
 
 class _Gen:
-    def __init__(self, start: int):
+    def __init__(self, start: int, mode: int = 64):
         self.start = start
+        # 64-bit code, or 32-bit protected-mode code run with flat data and stack segments
+        # (the block checks DS.base = SS.base = 0 and SS.B = 1 on entry: `segs`, `stack`)
+        self.mode = mode
+        self.am = M64 if mode == 64 else M32     # address (and stack pointer) mask
+        self.segs: set[int] = set()
+        self.stack = False
         self.body: list[str] = []
         self.loaded: set[int] = set()
         self.written: set[int] = set()
@@ -127,13 +141,35 @@ class _Gen:
         else:
             self.cur.append(f"r{idx} = (r{idx} & {M64 & ~MASK[size]:#x}) | {value}")
 
+    def push_size(self) -> int:
+        """A stack access of the stack width (8 in 64-bit mode, 4 with SS.B=1); it may
+        fault."""
+        self.loaded.add(RSP)
+        self.written.add(RSP)
+        self.faults = True
+        if self.mode == 64:
+            return 8
+        self.segs.add(SS)
+        self.stack = True
+        return 4
+
+    def canon(self, var: str, vector: int) -> None:
+        """64-bit mode: a non-canonical `var` raises #GP(0) or #SS(0) (vector 13 or 12)."""
+        if self.mode == 64:
+            self.cur.append(f"if 0x7FFFFFFFFFFF < {var} < 0xFFFF800000000000: "
+                            f"raise Fault({vector}, 0)")
+
     def ea(self, op, next_rip: int, addr_size: int) -> str:
         """Emit the linear address of a memory operand into local `a`; returns 'a'."""
         mem = op.mem
         if mem.segment not in (0, X.X86_REG_DS, X.X86_REG_SS, X.X86_REG_ES, X.X86_REG_CS):
             raise _Unsupported                 # FS/GS add a base: the slow path has it
-        if addr_size != 8:
+        if addr_size != (8 if self.mode == 64 else 4):
             raise _Unsupported
+        am = self.am
+        if self.mode != 64:
+            # the offset plus a flat segment's base 0 (operands.mem_ea's ea_seg)
+            self.segs.add(mem_segment(mem))
         self.faults = True
         if mem.base == X.X86_REG_RIP:
             if mem.index:
@@ -151,15 +187,15 @@ class _Gen:
         if mem.disp:
             parts.append(str(mem.disp))
         if not parts:
-            self.cur.append(f"a = {mem.disp & M64:#x}")
+            self.cur.append(f"a = {mem.disp & am:#x}")
             return "a"
-        if len(parts) == 1 and b is not None:
+        if len(parts) == 1 and b is not None and am == M64:
             self.cur.append(f"a = r{b}")
         else:
-            self.cur.append(f"a = ({' + '.join(parts)}) & {M64:#x}")
+            self.cur.append(f"a = ({' + '.join(parts)}) & {am:#x}")
         if mem_segment(mem) == SS:
             # SS-relative: a non-canonical address is #SS(0) (SDM vol 3 6.15, APM 8.4.2)
-            self.cur.append("if 0x7FFFFFFFFFFF < a < 0xFFFF800000000000: raise Fault(12, 0)")
+            self.canon("a", 12)
         return "a"
 
     def load(self, addr: str, size: int, dst: str) -> None:
@@ -269,7 +305,7 @@ class _Gen:
                             f"& {MASK[ds]:#x})")
             return None
         if i == X.X86_INS_LEA:
-            if ops[0].type != X.X86_OP_REG or d.addr_size != 8:
+            if ops[0].type != X.X86_OP_REG or d.addr_size != (8 if self.mode == 64 else 4):
                 raise _Unsupported
             mem = ops[1].mem
             if mem.base == X.X86_REG_RIP:
@@ -365,36 +401,30 @@ class _Gen:
             if d.prefix[2] == 0x66 or len(ops) != 1:
                 raise _Unsupported
             op = ops[0]
+            w = self.push_size()
             if op.type == X.X86_OP_REG:
-                idx, size = self.reg(op.reg)
-                if size != 8:
+                if self.reg(op.reg)[1] != w:
                     raise _Unsupported
-                v = f"r{idx}"
+                v = self.rd_reg(op.reg)
             elif op.type == X.X86_OP_IMM:
-                v = f"{op.imm & M64:#x}"
+                v = f"{op.imm & MASK[w]:#x}"
             else:
                 raise _Unsupported
-            self.loaded.add(RSP)
-            self.written.add(RSP)
-            self.faults = True
-            self.cur.append(f"a = (r{RSP} - 8) & {M64:#x}")
-            self.cur.append("if 0x7FFFFFFFFFFF < a < 0xFFFF800000000000: raise Fault(12, 0)")
-            self.store("a", 8, v)
+            self.cur.append(f"a = (r{RSP} - {w}) & {self.am:#x}")
+            self.canon("a", 12)
+            self.store("a", w, v)
             self.cur.append(f"r{RSP} = a")
             return None
         if i == X.X86_INS_POP:
             if d.prefix[2] == 0x66 or len(ops) != 1 or ops[0].type != X.X86_OP_REG:
                 raise _Unsupported
-            idx, size = self.reg(ops[0].reg)
-            if size != 8:
+            w = self.push_size()
+            if self.reg(ops[0].reg)[1] != w:
                 raise _Unsupported
-            self.loaded.add(RSP)
-            self.written.add(RSP)
-            self.faults = True
-            self.cur.append(f"a = r{RSP}")
-            self.cur.append("if 0x7FFFFFFFFFFF < a < 0xFFFF800000000000: raise Fault(12, 0)")
-            self.load("a", 8, "t")
-            self.cur.append(f"r{RSP} = (a + 8) & {M64:#x}")
+            self.cur.append(f"a = r{RSP}" if w == 8 else f"a = r{RSP} & {M32:#x}")
+            self.canon("a", 12)
+            self.load("a", w, "t")
+            self.cur.append(f"r{RSP} = (a + {w}) & {self.am:#x}")
             self.wr_reg(ops[0].reg, "t")     # after the pop: POP RSP keeps the popped value
             return None
         if i in (X.X86_INS_NOP, X.X86_INS_ENDBR64):
@@ -402,7 +432,7 @@ class _Gen:
         if i == X.X86_INS_JMP:
             if len(ops) != 1 or ops[0].type != X.X86_OP_IMM or d.prefix[2] == 0x66:
                 raise _Unsupported
-            t = ops[0].imm & M64
+            t = ops[0].imm & self.am
             if not _canonical(t):
                 raise _Unsupported
             self.cur.append(f"nrip = {t:#x}")
@@ -410,7 +440,7 @@ class _Gen:
         if i in _JCC_IDS:
             if d.prefix[2] == 0x66:
                 raise _Unsupported
-            t = ops[0].imm & M64
+            t = ops[0].imm & self.am
             if not _canonical(t):
                 raise _Unsupported
             cc = cc_from_mnemonic(d.mnemonic)
@@ -419,29 +449,25 @@ class _Gen:
         if i == X.X86_INS_CALL:
             if len(ops) != 1 or ops[0].type != X.X86_OP_IMM or d.prefix[2] == 0x66:
                 raise _Unsupported
-            t = ops[0].imm & M64
+            t = ops[0].imm & self.am
             if not _canonical(t) or d.ci.opcode[0] == 0xFF:
                 raise _Unsupported
-            self.loaded.add(RSP)
-            self.written.add(RSP)
-            self.faults = True
-            self.cur.append(f"a = (r{RSP} - 8) & {M64:#x}")
-            self.cur.append("if 0x7FFFFFFFFFFF < a < 0xFFFF800000000000: raise Fault(12, 0)")
-            self.store("a", 8, f"{d.next:#x}")
+            w = self.push_size()
+            self.cur.append(f"a = (r{RSP} - {w}) & {self.am:#x}")
+            self.canon("a", 12)
+            self.store("a", w, f"{d.next & MASK[w]:#x}")
             self.cur.append(f"r{RSP} = a")
             self.cur.append(f"nrip = {t:#x}")
             return "call"
         if i == X.X86_INS_RET:
             if ops or d.prefix[2] == 0x66:
                 raise _Unsupported
-            self.loaded.add(RSP)
-            self.written.add(RSP)
-            self.faults = True
-            self.cur.append(f"a = r{RSP}")
-            self.cur.append("if 0x7FFFFFFFFFFF < a < 0xFFFF800000000000: raise Fault(12, 0)")
-            self.load("a", 8, "t")
-            self.cur.append("if 0x7FFFFFFFFFFF < t < 0xFFFF800000000000: raise Fault(13, 0)")
-            self.cur.append(f"r{RSP} = (a + 8) & {M64:#x}")
+            w = self.push_size()
+            self.cur.append(f"a = r{RSP}" if w == 8 else f"a = r{RSP} & {M32:#x}")
+            self.canon("a", 12)
+            self.load("a", w, "t")
+            self.canon("t", 13)
+            self.cur.append(f"r{RSP} = (a + {w}) & {self.am:#x}")
             self.cur.append("nrip = t")
             return "ret"
         raise _Unsupported
@@ -474,8 +500,10 @@ def retire_run(ring: array, mask: int, n: int, pat: array, length: int, count: i
 
 def build(cpu: Cpu, rip: int) -> Block | None:
     """Translate the block starting at `rip` in the current mode, or None if its first
-    instruction is not one the translator handles (or the mode is not 64-bit)."""
-    if cpu.mode != 64:
+    instruction is not one the translator handles (or the mode is neither 64-bit nor 32-bit
+    protected mode)."""
+    mode = cpu.mode
+    if mode != 64 and mode != 32:
         return None
     # Only instructions already fetched and decoded: building a block must not walk page
     # tables, fetch or report an unsupported instruction the guest has not reached.
@@ -493,7 +521,7 @@ def build(cpu: Cpu, rip: int) -> Block | None:
             break
     if not run:
         return None
-    key = tuple((i.addr, i.code) for i in run)
+    key = (mode, *((i.addr, i.code) for i in run))
     fn = _COMPILED.get(key, False)
     if fn is False:
         fn = _translate(cpu, rip, run)
@@ -515,7 +543,8 @@ _COMPILED_MAX = 1 << 14
 
 
 def _translate(cpu: Cpu, rip: int, run: list) -> Block | None:
-    g = _Gen(rip)
+    mode = cpu.mode
+    g = _Gen(rip, mode)
     addrs: list[int] = []
     bodies: list[list[str]] = []
     markers: list[tuple[bool, bool]] = []   # (can fault, may take a slow path)
@@ -523,17 +552,18 @@ def _translate(cpu: Cpu, rip: int, run: list) -> Block | None:
     page_end = (rip | 0xFFF) + 1
     cur = rip
     for insn in run:
-        ci = cpu.decoder.decode(insn.code, cur, 64)
+        ci = cpu.decoder.decode(insn.code, cur, mode)
         if ci is None:
             break
-        d = Decoded(ci, 64)
+        d = Decoded(ci, mode)
         g.k = len(addrs)
         g.cur, g.faults, g.slow = [], False, False
-        saved = (set(g.loaded), set(g.written), g.state, g.flags_written)
+        saved = (set(g.loaded), set(g.written), g.state, g.flags_written, set(g.segs),
+                 g.stack)
         try:
             kind = g.insn(d)
         except _Unsupported:
-            g.loaded, g.written, g.state, g.flags_written = saved
+            g.loaded, g.written, g.state, g.flags_written, g.segs, g.stack = saved
             break
         addrs.append(cur)
         bodies.append(g.cur)
@@ -560,7 +590,7 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
     if terminal is not None:
         kind, d = terminal
         if kind in ("jmp", "jcc", "call"):
-            target = d.ops[0].imm & M64
+            target = d.ops[0].imm & g.am
             loops = target == rip
     # END refers to the flags at entry (no full flag write, or INC/DEC on top of them):
     # compute them at the end of each pass; otherwise keep them lazy across passes too.
@@ -578,6 +608,13 @@ def _compile(g: _Gen, rip: int, addrs: list[int], bodies: list[list[str]],
     w = L.append
     w("def block(c, left):")
     w(f"    if left < {n}: return False")
+    if g.segs or g.stack:
+        # 32-bit code: translated for flat segments (operands.mem_ea adds the base, stack.py
+        # uses ESP when SS.B=1); anything else runs on the per-instruction path
+        conds = [f"c.seg[{k}].base" for k in sorted(g.segs)]
+        if g.stack:
+            conds.append(f"not c.seg[{SS}].attrib & {ATTR_DB:#x}")
+        w(f"    if {' or '.join(conds)}: return False")
     w("    regs = c.regs")
     for r in sorted(g.loaded | g.written):
         w(f"    r{r} = regs[{r}]")

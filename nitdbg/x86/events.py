@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from . import interrupts
 from .faults import Fault, Intercepted, InternalError, Unsupported
-from .retire import Event
+from .retire import Event, new_event
 from .state import CpuState
 
 
@@ -129,5 +129,5 @@ class Events(CpuState):
     def record_event(self, kind: int, vector: int, error_code: int | None, rip: int,
                      rflags: int, info: int = 0) -> None:
         self._events_total += 1
-        self.retire.events.append(Event(self.icount, kind, vector, error_code, rip, rflags,
-                                        self.dr[6], info))      # (RetireLog.add_event)
+        self.retire.events.append(new_event(Event, (self.icount, kind, vector, error_code,
+                                                    rip, rflags, self.dr[6], info)))

@@ -40,17 +40,20 @@ if TYPE_CHECKING:
 
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 ALIGN16 = ~0xF & M64
-_PACK5 = struct.Struct("<5Q").pack
-_PACK6 = struct.Struct("<6Q").pack
+_PACK5 = struct.Struct("<5Q").pack_into
+_PACK6 = struct.Struct("<6Q").pack_into
 _UNPACK5 = struct.Struct("<5Q").unpack_from
+_LOAD16 = struct.Struct("<QQ").unpack_from
 _LOAD8 = struct.Struct("<Q").unpack_from
 # Event kinds the fast delivery takes (INT1/ICEBP and anything new stay on the exact path).
 _KINDS = frozenset({"fault", "trap", "nmi", "intr", "soft"})
 _MEMO_MAX = 4096
 
-# 16 gate bytes -> (the RFLAGS mask the handler starts with, DPL, selector, offset, IST), or ()
-# where the exact path faults at any CPL: not a 64-bit interrupt/trap gate, not present, or a
-# non-canonical offset. Process-wide: a pure function of the bytes (like mmu._DECODED).
+# A gate's low 8 bytes -> (its high 8 bytes, then: the RFLAGS mask the handler starts with,
+# DPL, selector, offset, IST), or (high 8 bytes,) where the exact path faults at any CPL: not a
+# 64-bit interrupt/trap gate, not present, or a non-canonical offset. Keyed by the low half
+# and checked against the high half (two ints, no 128-bit key to build). Process-wide: a pure
+# function of the bytes (like mmu._DECODED).
 _GATES: dict[int, tuple[int, ...]] = {}
 # 8 descriptor bytes -> (base, limit, attrib) as segments.decode_descriptor gives them.
 _DESCS: dict[int, tuple[int, int, int]] = {}
@@ -61,20 +64,19 @@ def enabled_by_default() -> bool:
     return os.environ.get("NITDBG_FAST_EVENTS", "1") != "0"
 
 
-def _gate(raw: int) -> tuple[int, ...]:
+def _gate(lo: int, hi: int) -> tuple[int, ...]:
     if len(_GATES) >= _MEMO_MAX:
         _GATES.clear()
-    lo, hi = raw & M64, raw >> 64
     gtype = (lo >> 40) & 0x1F
     offset = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFF_FFFF) << 32)
     sel = (lo >> 16) & 0xFFFF
     if gtype not in (0xE, 0xF) or not (lo >> 47) & 1 or not canonical(offset):
-        g: tuple[int, ...] = ()
+        g: tuple[int, ...] = (hi,)
     else:
         # the RFLAGS bits the handler starts with cleared: an interrupt gate clears IF too
         clear = ~(TF | NT | RF | VM | (IF if gtype == 0xE else 0))
-        g = (clear, (lo >> 45) & 3, sel, offset, (lo >> 32) & 7)
-    _GATES[raw] = g
+        g = (hi, clear, (lo >> 45) & 3, sel, offset, (lo >> 32) & 7)
+    _GATES[lo] = g
     return g
 
 
@@ -114,13 +116,13 @@ def deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> bool:
     off = lin & 0xFFF
     if page is None or off > 4080:
         return False
-    raw = int.from_bytes(page[off:off + 16], "little")
-    g = _GATES.get(raw)
-    if g is None:
-        g = _gate(raw)
-    if not g:
+    lo, hi = _LOAD16(page, off)
+    g = _GATES.get(lo)
+    if g is None or g[0] != hi:
+        g = _gate(lo, hi)
+    if len(g) == 1:
         return False
-    clear, dpl, sel, offset, ist = g
+    _hi, clear, dpl, sel, offset, ist = g
     cpl = cpu.cpl
     if kind == "soft" and dpl < cpl:
         return False
@@ -173,11 +175,10 @@ def deliver64(cpu: Cpu, vector: int, kind: str, error_code: int | None) -> bool:
     off = lo & 0xFFF
     m = M64
     if error_code is None:
-        page[off:off + 40] = _PACK5(rip & m, cs.sel & m, rflags & m, old_rsp & m,
-                                    seg[SS].sel & m)
+        _PACK5(page, off, rip & m, cs.sel & m, rflags & m, old_rsp & m, seg[SS].sel & m)
     else:
-        page[off:off + 48] = _PACK6(error_code & m, rip & m, cs.sel & m, rflags & m,
-                                    old_rsp & m, seg[SS].sel & m)
+        _PACK6(page, off, error_code & m, rip & m, cs.sel & m, rflags & m, old_rsp & m,
+               seg[SS].sel & m)
     if new_cpl != cpl:
         seg[SS].load(Segment(new_cpl, 0, 0xFFFF_FFFF, 0))  # NULL SS with RPL = new CPL
     cpu.regs[RSP] = lo
@@ -242,9 +243,19 @@ def iretq(c: Cpu) -> bool:
             return False
         ss: tuple[int, int, int] | None = (0, 0xFFFF_FFFF, 0)
     else:
-        ss = _descriptor(c, ss_sel)
-        if ss is None:
+        # the SS descriptor (as _descriptor, inline)
+        table = c.ldtr if ss_sel & 4 else c.gdtr
+        lin = ss_sel & 0xFFF8
+        if lin + 7 > table.limit:
             return False
+        lin += table.base
+        dpage = sup_r.get(lin >> 12)
+        doff = lin & 0xFFF
+        if dpage is None or doff > 4088:
+            return False
+        ss = _DESCS.get(_LOAD8(dpage, doff)[0])
+        if ss is None:
+            ss = _descriptor(c, ss_sel)
         sa = ss[2]
         # a present writable data segment with DPL == RPL == the selector's RPL
         if ss_sel & 3 != rpl or sa & 0x9A != 0x92 or (sa >> 5) & 3 != rpl:

@@ -3,6 +3,8 @@ cache (with the code-page masks that catch self-modifying code)."""
 
 from __future__ import annotations
 
+import struct
+
 from .decode import TRANSLATORS, Insn, unsupported_text
 from .faults import BUG_ERRORS, Fault, InternalError, Unsupported
 from .hooks import ACC_FETCH, ACC_USER, ACC_WRITE
@@ -16,6 +18,15 @@ from .state import CpuState
 # process: an Insn holds no CPU state, and every new machine decodes the same firmware.
 _DECODED: dict[tuple[bytes, int, int], tuple[Insn, object]] = {}
 _DECODED_MAX = 1 << 17
+
+# Little-endian loads and stores of 1, 2, 4 and 8 bytes straight from/into a page: no slice
+# and no intermediate bytes object (other sizes take int.from_bytes / to_bytes). A value
+# that does not fit takes to_bytes too, so it fails as it always did (OverflowError).
+_LOAD = {n: struct.Struct(f).unpack_from for n, f in ((1, "<B"), (2, "<H"), (4, "<I"),
+                                                     (8, "<Q"))}
+_STORE = {n: struct.Struct(f).pack_into for n, f in ((1, "<B"), (2, "<H"), (4, "<I"),
+                                                    (8, "<Q"))}
+_STRUCT_ERROR = struct.error
 
 
 class Mmu(CpuState):
@@ -42,6 +53,9 @@ class Mmu(CpuState):
         p = self.tlb_r.get(lin >> 12)
         off = lin & 0xFFF
         if p is not None and off + size <= 4096:
+            ld = _LOAD.get(size)
+            if ld is not None:
+                return ld(p, off)[0]
             return int.from_bytes(p[off:off + size], "little")
         return self._rd_slow(lin, size, 0)
 
@@ -49,6 +63,13 @@ class Mmu(CpuState):
         p = self.tlb_w.get(lin >> 12)
         off = lin & 0xFFF
         if p is not None and off + size <= 4096:
+            st = _STORE.get(size)
+            if st is not None:
+                try:
+                    st(p, off, value)
+                    return
+                except _STRUCT_ERROR:
+                    pass
             p[off:off + size] = value.to_bytes(size, "little")
             return
         self._wr_slow(lin, size, value, 0)
