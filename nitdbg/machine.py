@@ -20,6 +20,7 @@ from .hostcmds import POWERED_OFF, HostFiles, HostShell
 from .vmm import initsipi
 from .vmm.vcpu import UserExit, Vcpu
 from .vmm.vm import Vm
+from .x86.faults import Fault
 from .x86.regs import GPR_NAMES, RAX
 
 FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
@@ -591,7 +592,7 @@ class Machine:
             v.svm.load_guest()
         try:
             return vm.read_guest(v, addr, n)
-        except Exception as e:  # noqa: BLE001 - #PF or outside RAM: one line for the user
+        except (Fault, ValueError) as e:    # #PF, or outside guest RAM: one line for the user
             raise MachineError(f"cannot access memory at {addr:#x}") from e
 
     @_input

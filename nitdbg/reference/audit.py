@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..x86.faults import Fault
 from ..x86.retire import EV_IRET, EV_NMI
 from .diff import compare_machines
 from .hardware import reference_run
@@ -30,7 +31,7 @@ def _nmi_ist(ref: Machine, vcpu: int) -> int:
     v = ref.vm.vcpus[vcpu]
     try:
         lo = int.from_bytes(ref.vm.read_guest(v, v.cpu.idtr.base + 2 * 16, 8), "little")
-    except Exception:  # noqa: BLE001 - no readable IDT: no IST claim
+    except (Fault, ValueError):     # no readable IDT: no IST claim
         return 0
     return (lo >> 32) & 7 if v.cpu.mode == 64 else 0
 

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..x86.faults import Fault
+
 if TYPE_CHECKING:
     from ..machine import Machine
 
@@ -133,7 +135,7 @@ def _gpf(h: _Hook, v) -> None:
     vm = h.m.vm
     try:
         hpa = vm.gla2hpa(v, v.vmcb.rsp)
-    except Exception:  # noqa: BLE001 - the knob itself reports an unreachable frame
+    except (Fault, ValueError):     # the knob itself reports an unreachable frame
         h.orig(v)
         return
     before = vm.mem.read_bytes(hpa, 8)
