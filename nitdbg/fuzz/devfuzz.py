@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ..machine import Machine, MachineError
 from .bootfuzz import RUN_INSNS, aout_kernel
-from .targets import Outcome, Target, _escape, internal_errors
+from .targets import Outcome, Target, _escape, run_verdict
 
 PORTS = [0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x70, 0x71,
          0x1F, 0x22, 0x3F, 0x44, 0x6F, 0x72, 0x3F8, 0x3FD, 0xE9, 0x402, 0xF4, 0xFFFD, 0xFFFE,
@@ -199,9 +199,6 @@ def pcdev_target(tmpdir: Path) -> Target:
             ev = m.run(max_insns=RUN_INSNS)
         except Exception as e:  # noqa: BLE001 - the fuzzer's outermost layer counts escapes
             return _escape(e)
-        errs = internal_errors(m)
-        if errs or ev.reason == "internal":
-            return Outcome("internal", (errs or [str(ev.info)])[0])
-        return Outcome()
+        return run_verdict(m, ev)
 
     return Target("pcdev", pcdev_case(), run)

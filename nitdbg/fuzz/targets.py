@@ -68,6 +68,15 @@ def internal_errors(m: Machine) -> list[str]:
     return out
 
 
+def run_verdict(m: Machine, ev) -> Outcome:  # noqa: ANN001 - a StopEvent
+    """A guest-code run that returned: an internal error is the finding, anything else is
+    what the guest did."""
+    errs = internal_errors(m)
+    if errs or ev.reason == "internal":
+        return Outcome("internal", (errs or [str(ev.info)])[0])
+    return Outcome()
+
+
 # ---------------------------------------------------------------------- word lists
 HOST_WORDS = ["bhyvectl", "sysctl", "ktrdump", "sleep", "cat", "grep", "sudo", "|", "--vm=vm2",
               "--vm=vm9", "--cpu=", "--cpu=0", "--cpu=-1", "--cpu=99", "0", "1", "-1", "nan",
@@ -393,10 +402,7 @@ def guestcode_target() -> Target:
                 ev = m.run(max_insns=5_000)
         except Exception as e:  # noqa: BLE001 - the fuzzer's outermost layer counts escapes
             return _escape(e)
-        errs = internal_errors(m)
-        if errs or ev.reason == "internal":
-            return Outcome("internal", (errs or [str(ev.info)])[0])
-        return Outcome()
+        return run_verdict(m, ev)
 
     return Target("guest", guest_code(), run)
 
