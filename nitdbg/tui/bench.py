@@ -12,9 +12,12 @@ How they are taken (`bench_figures()`):
 * Then, as a user: F3, `sysctl machdep.kdb_on_nmi=1`, Esc, `n` (ddb stops on the NMI).
 * Key figures: from writing the key's bytes to the terminal to the moment the app has
   painted the result. The app reports its paints through `NitdbgApp.paint_probe` (set only
-  here, in the child): the main screen calls it from `call_after_refresh` after applying a
-  snapshot or a selection, i.e. once the compositor has rendered the frame and handed it to
-  the driver. Both processes read the same clock (`time.perf_counter`, CLOCK_MONOTONIC).
+  here, in the child): the main screen calls it after applying a snapshot or a selection;
+  the probe waits until the screen has nothing left to draw (two clean refreshes in a row),
+  then puts a mark on the driver's output queue, and reports the moment the last frame's
+  bytes before that mark were flushed to the terminal (not the mark's own flush, which
+  comes a frame or two after the repaint). Both processes read the same clock
+  (`time.perf_counter`, CLOCK_MONOTONIC).
   - `tui_step_key_to_repaint_ms`: `s` in ddb: key parsing, the worker's ddb step in the
     machine, the snapshot, and the repaint of every pane that changed (median of N).
   - `tui_ui_key_to_repaint_ms`: `v` (next vCPU): a repaint from the snapshot at hand, the
@@ -262,24 +265,32 @@ class _Mark(str):
 class _FlushClock:
     """The terminal file the app's driver writes to (its writer thread), passing everything
     through. A `_Mark` written to it is answered, at the flush that follows it, by calling
-    the mark's callback with the time: the bytes of every frame before it are on the pty."""
+    the mark's callback with the moment the last bytes before it reached the pty: the end
+    of the last frame drawn before the mark (the mark itself is queued a frame or two later,
+    once the screen was seen clean)."""
 
     def __init__(self, file) -> None:  # noqa: ANN001 - a text file
         self._file = file
         self._waiting: list = []
+        self._dirty = False
+        self.last_bytes = 0.0        # when bytes last went out
 
     def write(self, text: str) -> int:
         if isinstance(text, _Mark):
             self._waiting.append(text)
             return 0
+        if text:
+            self._dirty = True
         return self._file.write(text)
 
     def flush(self) -> None:
         self._file.flush()
         t = time.perf_counter()
+        if self._dirty:
+            self.last_bytes, self._dirty = t, False
         waiting, self._waiting = self._waiting, []
         for mark in waiting:
-            mark.done(t)          # type: ignore[attr-defined]
+            mark.done(self.last_bytes)          # type: ignore[attr-defined]
 
     def __getattr__(self, name: str):  # noqa: ANN204 - fileno, isatty, encoding, ...
         return getattr(self._file, name)
@@ -315,6 +326,7 @@ def _child(fd: int, argv: list[str]) -> int:
         line = (f"{kind} {arg} {snap.seq if snap else -1} {int(app.machine.idle)} "
                 f"{snap.surface if snap else '-'}")
         tries, clean = [0], [0]
+        t_applied = time.perf_counter()      # a paint that drew nothing new ends here
 
         def check() -> None:
             # clean twice in a row: the callbacks queued beside this one (a scroll after
@@ -325,7 +337,8 @@ def _child(fd: int, argv: list[str]) -> int:
                 app.screen.call_after_refresh(check)
                 return
             mark = _Mark("")
-            mark.done = lambda t: out.write(f"{line} {t!r}\n")   # type: ignore[attr-defined]
+            mark.done = lambda t: out.write(                     # type: ignore[attr-defined]
+                f"{line} {max(t, t_applied)!r}\n")
             app._driver.write(mark)        # behind the frame just drawn
 
         app.screen.call_after_refresh(check)
