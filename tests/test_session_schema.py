@@ -95,6 +95,14 @@ def test_a_missing_required_key_and_an_unknown_one_are_named(tmp_path):
     assert "record 2 (in): args.max_insn: unknown field" in _refusal(_write(tmp_path, recs))
 
 
+def test_a_field_name_with_a_newline_is_named_escaped_on_one_line(tmp_path):
+    # the fuzzer's case: a map key of the file's own text, with a newline, and a bad value
+    recs = _records()
+    recs[2]["knobs"]["debug.nit.x\n\u00e4"] = {}
+    msg = _refusal(_write(tmp_path, recs))
+    assert "record 3 (ck): knobs.debug.nit.x\\n\\xe4: {} is an object" in msg, msg
+
+
 def test_a_vcpu_beyond_the_header_s_vcpus_is_refused(tmp_path):
     recs = _records()
     recs.insert(3, {"t": "in", "n": 1, "op": "inject_nmi", "args": {"vcpu": 5},

@@ -28,7 +28,10 @@ class Problem:
     what: str
 
     def line(self) -> str:
-        return f"{self.where}: {self.what}" if self.where else self.what
+        # a field name is the file's own text (a map key): escaped, so the line stays one
+        where = self.where if self.where.isprintable() else \
+            self.where.encode("unicode_escape").decode("ascii")
+        return f"{where}: {self.what}" if where else self.what
 
 
 def _at(where: str, p: Problem | None) -> Problem | None:
