@@ -236,3 +236,25 @@ def test_recording_to_a_name_with_a_nul_is_one_line_in_the_tui(tmp_path):
         SessionWriter("a\0b.nitrec")
     out = tui_target(tmp_path).run((True, [Request("record", "\0"), Request("record", "\0")]))
     assert out.kind == "ok", out.detail
+
+
+def test_the_argv_fuzzer_rerecords_a_copy_never_the_repositorys_sessions(tmp_path):
+    # the final campaign rewrote sessions/broadcast-nmi-deadlock.nitrec in place through
+    # `replay SESSION --rerecord SESSION`; the session it hands out is a scratch copy
+    import hashlib
+
+    from nitdbg.fuzz.argvfuzz import argv_target
+    from nitdbg.fuzz.targets import SESSIONS
+
+    def digests() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in SESSIONS.glob("*.nitrec")}
+
+    before = digests()
+    target = argv_target(tmp_path)
+    session = min(SESSIONS.glob("*.nitrec"), key=lambda p: p.stat().st_size)
+    copy = tmp_path / session.name
+    assert copy.read_bytes() == session.read_bytes()
+    outcome = target.run((["replay", str(copy), "--rerecord", str(copy)], False))
+    assert outcome.kind == "ok", outcome
+    assert digests() == before

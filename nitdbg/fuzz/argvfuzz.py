@@ -7,6 +7,7 @@ timeout, the shortest recorded session)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,13 +18,22 @@ from .clirun import judge_cli, run_cli
 from .targets import SESSIONS, Outcome, Target
 
 
+def _session_copy(tmp: Path) -> Path:
+    """The shortest recorded session, copied afresh into the scratch folder."""
+    small = min(SESSIONS.glob("*.nitrec"), key=lambda p: p.stat().st_size)
+    shutil.copyfile(small, tmp / small.name)
+    return tmp / small.name
+
+
 def _vocab(tmp: Path) -> dict[str, list[tuple[list[str], bool]]]:
     """Per subcommand: (argv piece, is it bad?)."""
     junk, d = str(tmp / "junk.bin"), str(tmp)
     nope = str(tmp / "missing")                 # never created (a recording would create
     #                                             its folder: --rerecord is given another)
     out = str(tmp / "out.txt")
-    session = str(min(SESSIONS.glob("*.nitrec"), key=lambda p: p.stat().st_size))
+    # a copy in the scratch folder: `--rerecord SESSION` writes over it, never over the
+    # repository's own sessions
+    session = str(_session_copy(tmp))
     i386 = str(I386_KERNEL)
     good, bad = False, True
     return {
@@ -126,6 +136,7 @@ def argv_target(tmpdir: Path) -> Target:
 
     def run(case: tuple[list[str], bool]) -> Outcome:
         argv, must_fail = case
+        _session_copy(tmpdir)            # as recorded: an earlier --rerecord wrote over it
         code, err, escaped = run_cli(argv)
         return judge_cli(code, err, escaped, must_fail=must_fail)
 
