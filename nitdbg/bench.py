@@ -48,6 +48,16 @@ BASE = 0x100000
 PML4, GDT, IDT, STACK = 0x1000, 0x8000, 0x9000, 0x80000
 
 
+def _flat(c: Cpu, code_attrib: int) -> Cpu:
+    """Flat segments (code 0x08 with `code_attrib`, data 0x10) and the stack: ready to run."""
+    c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, code_attrib))
+    for i in (0, 2, 3, 4, 5):
+        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
+    c.update_mode()
+    c.regs[RSP] = STACK
+    return c
+
+
 def bare_cpu() -> Cpu:
     """A long-mode vCPU on bare metal: identity paging of 1 GiB, a 64-bit code segment,
     an IDT with the #DB handler at vector 1."""
@@ -66,12 +76,7 @@ def bare_cpu() -> Cpu:
     c.cr0, c.cr4, c.efer, c.cr3 = 0x80050033, 0x20, 0xD01, PML4
     c.gdtr.base, c.gdtr.limit = GDT, 23
     c.idtr.base, c.idtr.limit = IDT, 256 * 16 - 1
-    c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, 0xA9B))
-    for i in (0, 2, 3, 4, 5):
-        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
-    c.update_mode()
-    c.regs[RSP] = STACK
-    return c
+    return _flat(c, 0xA9B)
 
 
 def bare_cpu32() -> Cpu:
@@ -84,12 +89,7 @@ def bare_cpu32() -> Cpu:
     c = Cpu(mem)
     c.cr0 = 0x11
     c.gdtr.base, c.gdtr.limit = GDT, 23
-    c.seg[1].load(Segment(0x08, 0, 0xFFFFFFFF, 0xC9B))
-    for i in (0, 2, 3, 4, 5):
-        c.seg[i].load(Segment(0x10, 0, 0xFFFFFFFF, 0xC93))
-    c.update_mode()
-    c.regs[RSP] = STACK
-    return c
+    return _flat(c, 0xC9B)
 
 
 def _rate(start: int, tf: bool, seconds: float, blocks: bool = True,

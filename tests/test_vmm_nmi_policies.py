@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_vmm_iret_tracing import booted
 
 from nitdbg.machine import Machine
 from nitdbg.scenarios import run_scenario
@@ -20,16 +21,6 @@ from nitdbg.x86.regs import DR6_BS, RF, TF
 from nitdbg.x86.retire import EV_INJECT, EV_IRET, EV_NMI, EV_VMEXIT
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def booted(policy: str, vcpus: int = 1, **knobs: int) -> Machine:
-    m = Machine(vcpus=vcpus, policy=policy)
-    m.boot_to_prompt()
-    m.host("bhyvectl --vm=vm2 --cpu=0 --capname=pause_exit --setcap=0")
-    m.type_line("sysctl machdep.kdb_on_nmi=0")
-    for k, v in knobs.items():
-        assert "->" in m.host(f"sysctl debug.nit.{k}={v}")
-    return m
 
 
 def nmi(m: Machine, insns: int = 30_000) -> int:
