@@ -77,8 +77,14 @@ class StepLoop(Events, Mmu):
                 if blk == 0:
                     hot = self.bhot.get(rip, 0) + 1
                     self.bhot[rip] = hot
-                    if hot >= blocks.HOT and rip in icache:   # decoded on an earlier pass
-                        blk = bcache[rip] = blocks.build(self, rip)
+                    # (decoded on an earlier pass; not turned down on an earlier visit)
+                    if hot >= blocks.HOT and rip in icache and hot >= self.bnext.get(rip, 0):
+                        blk = blocks.build(self, rip, hot)
+                        if blk.__class__ is int:
+                            self.bnext[rip] = blk     # not worth translating yet
+                            blk = None
+                        else:
+                            bcache[rip] = blk
                 if blk:
                     try:
                         if blk(self, end - self.icount):
