@@ -282,7 +282,8 @@ class _Gen:
     # -------------------------------------------------------------- instructions
     def insn(self, d) -> str | None:
         """Emit one instruction into self.cur. Returns None for a straight-line instruction,
-        or the kind of terminal branch: 'jmp', 'jcc', 'call', 'ret'."""
+        or the kind of terminal branch: 'jmp', 'jcc', 'call', 'ret'. (An instruction id
+        handled here must be in _HANDLED_IDS, or build never offers it.)"""
         if d.prefix != b"\x00\x00\x00\x00" and any(p in (0xF0, 0xF2, 0xF3, 0x2E, 0x3E, 0x26,
                                                          0x36, 0x64, 0x65, 0x67)
                                                     for p in d.prefix):

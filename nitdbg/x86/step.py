@@ -63,6 +63,8 @@ class StepLoop(Events, Mmu):
         icache = self.icache
         bcache = self.bcache
         use_blocks = self.blocks_enabled and not self.data_bps
+        hot_min = blocks.HOT
+        bhot = self.bhot
         while self.icount < end:
             if self.attention:
                 if self._slow_step() < 0:
@@ -75,10 +77,10 @@ class StepLoop(Events, Mmu):
             if use_blocks:
                 blk = bcache.get(rip, 0)
                 if blk == 0:
-                    hot = self.bhot.get(rip, 0) + 1
-                    self.bhot[rip] = hot
+                    hot = bhot.get(rip, 0) + 1
+                    bhot[rip] = hot
                     # (decoded on an earlier pass; not turned down on an earlier visit)
-                    if hot >= blocks.HOT and rip in icache and hot >= self.bnext.get(rip, 0):
+                    if hot >= hot_min and rip in icache and hot >= self.bnext.get(rip, 0):
                         blk = blocks.build(self, rip, hot)
                         if blk.__class__ is int:
                             self.bnext[rip] = blk     # not worth translating yet
