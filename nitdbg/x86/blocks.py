@@ -495,6 +495,8 @@ _HANDLED_IDS = frozenset({X.X86_INS_MOV, X.X86_INS_MOVABS, X.X86_INS_MOVZX, X.X8
                           X.X86_INS_MOVSXD, X.X86_INS_LEA, *_BINOPS, X.X86_INS_INC,
                           X.X86_INS_DEC, X.X86_INS_PUSH, X.X86_INS_POP, X.X86_INS_NOP,
                           X.X86_INS_ENDBR64, *_BRANCH_IDS})
+# the ones a block may run through (the step loop does not look for a block after them)
+STRAIGHT_IDS = _HANDLED_IDS - _BRANCH_IDS
 
 
 def _canonical(a: int) -> bool:
