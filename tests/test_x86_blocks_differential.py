@@ -229,6 +229,13 @@ def _run(code: bytes, blocks_on: bool, tf: bool, drs: tuple[int, ...], budgets,
     return _state(c)
 
 
+def _eager(monkeypatch, hot: int = 1) -> None:
+    """Translate every start at its `hot`-th visit, whatever it costs (the default policy
+    waits until a block has paid for its translation): the comparisons then cover blocks."""
+    monkeypatch.setattr(blocks, "HOT", hot)
+    monkeypatch.setattr(blocks, "EAGER", True)
+
+
 def _memo_decoder(monkeypatch) -> None:
     """Decoded instructions hold no CPU state: share them between the runs (speed only)."""
     from nitdbg.x86.decode import Decoder
@@ -245,7 +252,7 @@ def _memo_decoder(monkeypatch) -> None:
 
 
 def test_random_sequences_retire_the_same_with_and_without_blocks(monkeypatch):
-    monkeypatch.setattr(blocks, "HOT", 1)        # translate at first sight
+    _eager(monkeypatch)        # translate at first sight
     _memo_decoder(monkeypatch)
     r = random.Random(11)
     compared = translated = 0
@@ -420,7 +427,7 @@ def test_random_32bit_sequences_retire_the_same_with_and_without_blocks(monkeypa
     """The same in 32-bit protected mode (flat segments, 32-bit paging): random sequences
     with and without TF and DR0-3 breakpoints, with #PF, self-modifying stores, 16-bit
     operands and instructions the translator leaves to the slow path."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     _memo_decoder(monkeypatch)
     r = random.Random(32)
     translated = 0
@@ -441,7 +448,7 @@ def test_random_32bit_sequences_retire_the_same_with_and_without_blocks(monkeypa
 
 def test_a_translated_32bit_block_is_really_used(monkeypatch):
     """32-bit code runs in translated blocks (the comparison above means something)."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     code = bytes.fromhex("b964000000" "31c0" "83c003" "31d0" "ffc9" "75f7" "f4")
     c = _cpu32(code, True)
     c.run(1000)
@@ -456,7 +463,7 @@ def test_32bit_blocks_run_the_per_insn_path_when_ds_or_ss_is_not_flat(monkeypatc
     """A 32-bit block is translated for DS.base = SS.base = 0 and SS.B = 1: with a DS or SS
     base, or a 16-bit stack (SS.B = 0), the per-instruction path runs and adds the base or
     uses SP (operands.mem_ea, stack.py)."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     # mov ecx, 100; xor eax, eax; 1: mov eax, [ebx+4]; add eax, [esp]; push eax; pop edx;
     # dec ecx; jnz 1b; hlt
     code = bytes.fromhex("b964000000" "31c0" "8b4304" "030424" "50" "5a" "ffc9" "75f4" "f4")
@@ -486,7 +493,7 @@ def test_a_fault_inside_a_block_leaves_the_state_of_the_faulting_instruction(mon
     """mov [rbx], rax; add rax, 1; mov rcx, [r12] (#PF): the #PF frame holds the RIP of the
     load, RAX is incremented once, CR2 is the address, and the two retirements before it are
     in the log; the same as the per-instruction path."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     code = bytes.fromhex("488903" "4883c001" "498b0c24" "f4")
     off = _run(code, False, False, (), [100])
     on = _run(code, True, False, (), [100])
@@ -498,7 +505,7 @@ def test_a_fault_inside_a_block_leaves_the_state_of_the_faulting_instruction(mon
 def test_a_fault_on_the_first_instruction_of_a_later_pass_of_a_looping_block(monkeypatch):
     """mov rax, [rbx]; mov [rbp], rax; add rbx, 1 MiB; jmp back: the third pass's load hits
     the hole; the #PF is reported at the load with two passes (8 instructions) retired."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     code = bytes.fromhex("488b03" "48894500" "4881c300001000" "ebf0")
     off = _run(code, False, False, (), [1000])
     on = _run(code, True, False, (), [1000])
@@ -532,7 +539,7 @@ class _Probe:
 def test_mmio_inside_a_block_sees_the_vcpu_as_the_per_insn_path_does(monkeypatch):
     """A device reached from inside a block sees the count, RIP, flags and registers of the
     instruction making the access, and an NMI it raises is taken right after it."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     mmio = 0x30000
     # rsi = mmio; loop 3x: add rax, 7; mov [rsi], rax; mov rdx, [rsi+8]; cmp eax, 15;
     # sete cl... (not translated) -> keep to: add; store; load; dec ecx; jnz; then
@@ -559,7 +566,7 @@ def test_mmio_inside_a_block_sees_the_vcpu_as_the_per_insn_path_does(monkeypatch
 
 def test_a_store_into_the_running_block_ends_it_at_the_next_instruction(monkeypatch):
     """Self-modifying code: the patched instruction executes with its new bytes."""
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     # mov byte [rip+3], 7 ; nop ; add eax, 5 (imm patched to 7) ; hlt, run twice via a loop
     code = bytes.fromhex("b902000000" "c6050300000007" "90" "83c005" "ffc9" "75f1" "f4")
     off = _run(code, False, False, (), [1000])
@@ -582,6 +589,7 @@ def _machine_digest(m) -> list:
 def test_firmware_boot_is_the_same_with_and_without_blocks(monkeypatch):
     """(and with and without the event-delivery and IRETQ fast paths: the exact run has both
     off)"""
+    _eager(monkeypatch, hot=4)       # (the blocks of the old policy)
     from nitdbg.machine import Machine
     digests = []
     for on in ("1", "0"):
@@ -598,6 +606,7 @@ def test_firmware_boot_is_the_same_with_and_without_blocks(monkeypatch):
 def test_i386_firmware_is_the_same_with_and_without_blocks(monkeypatch):
     """The i386 guest (32-bit protected mode): boot to the prompt, load tsnmi and take NMIs
     through its task gate, with 32-bit blocks and without; the blocks must really run."""
+    _eager(monkeypatch, hot=4)       # (the blocks of the old policy)
     from nitdbg.machine import I386_KERNEL, Machine
     digests, used = [], []
     for on in ("1", "0"):
@@ -621,6 +630,7 @@ def test_i386_firmware_is_the_same_with_and_without_blocks(monkeypatch):
 @pytest.mark.parametrize("scenario", [s.name for s in __import__(
     "nitdbg.scenarios.runner", fromlist=["ALL"]).ALL])
 def test_scenario_is_the_same_with_and_without_blocks(monkeypatch, scenario):
+    _eager(monkeypatch, hot=4)       # (the blocks of the old policy)
     from nitdbg.scenarios import base
     from nitdbg.scenarios.runner import run_scenario
     runs = []
@@ -831,7 +841,7 @@ def test_random_event_sequences_are_the_same_with_and_without_the_fast_paths(mon
     the same retirement log, events, registers, segments and memory as the exact paths (with
     blocks on and off)."""
     from nitdbg.x86 import fastpath
-    monkeypatch.setattr(blocks, "HOT", 1)
+    _eager(monkeypatch)
     _memo_decoder(monkeypatch)
     fast_taken = [0, 0]
     d64, iq = fastpath.deliver64, fastpath.iretq

@@ -9,6 +9,7 @@ The machine layer copies `BootImage.memory` into guest RAM and loads each
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -131,10 +132,12 @@ def check_ram_size(ram_size: int) -> None:
         raise BadBootConfig(f"guest RAM size {ram_size:#x} is not a multiple of 4 KiB")
 
 
+@functools.cache
 def build_page_tables() -> bytes:
     """PML4, PDPTs and PDs for 0x1000-0x7fff: identity 0-4 GiB and KERNBASE+1 GiB -> 0.
 
-    2 MiB pages (PDE.PS), all present, writable, supervisor (AMD APM vol 2, 5.3).
+    2 MiB pages (PDE.PS), all present, writable, supervisor (AMD APM vol 2, 5.3). The same
+    bytes for every machine: built once per process.
     """
     tables = bytearray(0x8000 - PML4_ADDR)
 

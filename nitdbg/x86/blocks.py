@@ -48,7 +48,21 @@ if TYPE_CHECKING:
 Block = Callable[["Cpu", int], bool]
 
 MAX_INSNS = 64
-HOT = 4          # a start address is translated once the fast path has reached it this often
+HOT = 4          # a start address is first considered once the fast path has reached it this often
+
+# When to translate ("ski rental"): a block is translated once the work the per-instruction
+# path has spent on it (visits of its start x its length, in instructions) reaches what its
+# translation costs, so code that runs a few dozen times is never translated and the total
+# translation time stays within a small factor of the interpreted time it replaces.
+# Measured costs, in interpreted-instruction equivalents (one fast-path instruction ~0.35 us):
+# decode, code generation and compile() ~0.35 ms + 0.13 ms per instruction.
+XLATE_BASE = 900
+XLATE_PER_INSN = 380
+CACHED_COST = 48     # looking a block up in the process-wide cache (the run and its key)
+# A token bucket filled by retired instructions caps the translation work of any stretch
+# (a debugger step runs ~340 instructions: it never pays for a burst of translations).
+XLATE_BURST = 12_000
+EAGER = False        # translate at the HOT-th visit whatever it costs (the differential tests)
 M64 = MASK[8]
 M32 = MASK[4]
 NA = ~ARITH
@@ -268,7 +282,8 @@ class _Gen:
     # -------------------------------------------------------------- instructions
     def insn(self, d) -> str | None:
         """Emit one instruction into self.cur. Returns None for a straight-line instruction,
-        or the kind of terminal branch: 'jmp', 'jcc', 'call', 'ret'."""
+        or the kind of terminal branch: 'jmp', 'jcc', 'call', 'ret'. (An instruction id
+        handled here must be in _HANDLED_IDS, or build never offers it.)"""
         if d.prefix != b"\x00\x00\x00\x00" and any(p in (0xF0, 0xF2, 0xF3, 0x2E, 0x3E, 0x26,
                                                          0x36, 0x64, 0x65, 0x67)
                                                     for p in d.prefix):
@@ -473,6 +488,17 @@ class _Gen:
         raise _Unsupported
 
 
+# capstone ids _Gen.insn may translate; the ones that end a block
+_JUMP_IDS = frozenset({X.X86_INS_JMP, *_JCC_IDS})
+_BRANCH_IDS = frozenset({*_JUMP_IDS, X.X86_INS_CALL, X.X86_INS_RET})
+_HANDLED_IDS = frozenset({X.X86_INS_MOV, X.X86_INS_MOVABS, X.X86_INS_MOVZX, X.X86_INS_MOVSX,
+                          X.X86_INS_MOVSXD, X.X86_INS_LEA, *_BINOPS, X.X86_INS_INC,
+                          X.X86_INS_DEC, X.X86_INS_PUSH, X.X86_INS_POP, X.X86_INS_NOP,
+                          X.X86_INS_ENDBR64, *_BRANCH_IDS})
+# the ones a block may run through (the step loop does not look for a block after them)
+STRAIGHT_IDS = _HANDLED_IDS - _BRANCH_IDS
+
+
 def _canonical(a: int) -> bool:
     return a <= 0x7FFF_FFFF_FFFF or a >= 0xFFFF_8000_0000_0000
 
@@ -498,15 +524,10 @@ def retire_run(ring: array, mask: int, n: int, pat: array, length: int, count: i
         count -= k
 
 
-def build(cpu: Cpu, rip: int) -> Block | None:
-    """Translate the block starting at `rip` in the current mode, or None if its first
-    instruction is not one the translator handles (or the mode is neither 64-bit nor 32-bit
-    protected mode)."""
-    mode = cpu.mode
-    if mode != 64 and mode != 32:
-        return None
-    # Only instructions already fetched and decoded: building a block must not walk page
-    # tables, fetch or report an unsupported instruction the guest has not reached.
+def _decoded_run(cpu: Cpu, rip: int) -> list:
+    """The instructions from `rip` a block could hold. Only instructions already fetched and
+    decoded: building a block must not walk page tables, fetch or report an unsupported
+    instruction the guest has not reached."""
     page_end = (rip | 0xFFF) + 1
     icache = cpu.icache
     run: list = []
@@ -519,21 +540,70 @@ def build(cpu: Cpu, rip: int) -> Block | None:
         cur = insn.next
         if cur >= page_end:
             break
-    if not run:
-        return None
-    key = (mode, *((i.addr, i.code) for i in run))
-    fn = _COMPILED.get(key, False)
-    if fn is False:
-        fn = _translate(cpu, rip, run)
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.clear()
-        _COMPILED[key] = fn
+    return run
+
+
+def _usable(fn: Block | None) -> Block | None:
     if fn is not None and fn.length == 1 and not fn.loops:
         # One instruction that does not branch back to itself: the block's entry and exit
         # cost more than the per-instruction path (e.g. a #DB handler's first instruction
         # before its IRETQ).
         return None
     return fn
+
+
+def _translatable_prefix(run: list) -> int:
+    """How many instructions of `run` the translator could take, judged by capstone id alone
+    (operands may still stop it earlier): an upper bound, to price a translation and to give
+    up early on a start it would turn down."""
+    n = 0
+    for insn in run:
+        if insn.id not in _HANDLED_IDS:
+            break
+        n += 1
+        if insn.id in _BRANCH_IDS:
+            break
+    return n
+
+
+def build(cpu: Cpu, rip: int, hot: int | None = None) -> Block | None | int:
+    """The block starting at `rip` in the current mode, translated or from the process-wide
+    cache: None if there is none to have (its first instruction is not one the translator
+    handles, the block would be a single instruction that does not loop, or the mode is
+    neither 64-bit nor 32-bit protected mode); or, while the start has been reached only `hot`
+    times, the visit count at which to ask again (an int) when the block is not worth
+    translating yet (XLATE_BASE..., ski rental) or the translation budget is spent
+    (XLATE_BURST). `hot=None` translates now."""
+    mode = cpu.mode
+    if mode != 64 and mode != 32:
+        return None
+    run = _decoded_run(cpu, rip)
+    if not run:
+        return None
+    key = (mode, *((i.addr, i.code) for i in run))
+    fn = _COMPILED.get(key, False)
+    if fn is False:
+        n = _translatable_prefix(run)
+        if n == 0 or (n == 1 and run[0].id not in _JUMP_IDS):
+            fn = None           # (_translate would give None or a one-instruction block)
+        else:
+            if hot is not None and not EAGER:
+                cost = XLATE_BASE + XLATE_PER_INSN * n
+                if hot * n < cost:
+                    return -(-cost // n)
+                tokens = min(XLATE_BURST, cpu.xlate_tokens + max(0, cpu.icount - cpu.xlate_at))
+                cpu.xlate_at = cpu.icount
+                if tokens < cost:
+                    cpu.xlate_tokens = tokens
+                    return hot + max(HOT, hot >> 2)
+                cpu.xlate_tokens = tokens - cost
+            fn = _translate(cpu, rip, run)
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = fn
+    elif hot is not None and not EAGER and hot * len(run) < CACHED_COST:
+        return -(-CACHED_COST // len(run))
+    return _usable(fn)
 
 
 # Compiled blocks by their instructions (address and bytes), shared by every vCPU of the

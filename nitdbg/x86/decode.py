@@ -6,6 +6,7 @@ closure once per instruction address from a `Decoded` view of capstone's detail.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -130,22 +131,18 @@ class Decoded:
 
 
 class Decoder:
-    """capstone handles, one per mode. They hold no guest state, so copies of a machine
-    share them."""
+    """capstone handles, one per mode. They hold no guest state, so every vCPU of a thread
+    shares one set (making them costs more than a new vCPU's other state); a thread gets its
+    own, as capstone does not promise that two calls on one handle may run at once."""
 
     def __deepcopy__(self, memo: dict) -> Decoder:
         return self
 
-    def __init__(self) -> None:
-        self._cs: dict[int, capstone.Cs] = {}
-        for mode, cm in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32),
-                         (64, capstone.CS_MODE_64)):
-            md = capstone.Cs(capstone.CS_ARCH_X86, cm)
-            md.detail = True
-            self._cs[mode] = md
-
     def decode(self, code: bytes, addr: int, mode: int) -> capstone.CsInsn | None:
-        for ci in self._cs[mode].disasm(code, addr, 1):
+        cs = getattr(_THREAD, "cs", None)
+        if cs is None:
+            cs = _THREAD.cs = _handles()
+        for ci in cs[mode].disasm(code, addr, 1):
             return ci
         return None
 
@@ -164,6 +161,19 @@ class Decoder:
         d = Decoded(ci, mode)
         fn = tr(d)
         return Insn(addr, ci.size, fn, d.flags, ci.mnemonic, ci.op_str, raw, ci.id)
+
+
+_THREAD = threading.local()
+
+
+def _handles() -> dict[int, capstone.Cs]:
+    cs = {}
+    for mode, cm in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32),
+                     (64, capstone.CS_MODE_64)):
+        md = capstone.Cs(capstone.CS_ARCH_X86, cm)
+        md.detail = True
+        cs[mode] = md
+    return cs
 
 
 def _bad(addr: int, code: bytes) -> Insn:

@@ -18,6 +18,7 @@ from .state import CpuState
 # process: an Insn holds no CPU state, and every new machine decodes the same firmware.
 _DECODED: dict[tuple[bytes, int, int], tuple[Insn, object]] = {}
 _DECODED_MAX = 1 << 17
+_ONES = [b"\x01" * n for n in range(16)]    # code-page mask runs
 
 # Little-endian loads and stores of 1, 2, 4 and 8 bytes straight from/into a page: no slice
 # and no intermediate bytes object (other sizes take int.from_bytes / to_bytes). A value
@@ -190,8 +191,65 @@ class Mmu(CpuState):
 
     def fetch_insn(self, rip: int) -> Insn:
         """Fetch, decode and translate the instruction at linear `rip`, caching it."""
-        lin = rip if self.mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
+        mode = self.mode
+        lin = rip if mode == 64 else (rip + self.seg[CS].base) & 0xFFFF_FFFF
         hpa = self._fetch_hpa(lin)
+        off = lin & 0xFFF
+        page = self.mem.page(hpa >> 12) if off <= 4096 - 15 else None
+        if page is None:
+            return self._fetch_insn_slow(rip, lin, hpa)
+        # the common case: 15 bytes of RAM on one page
+        hppn = hpa >> 12
+        code = bytes(page[off:off + 15])
+        if hppn not in self.code_pages:
+            self._new_code_page(hppn)
+        insn = self._decode(code, rip, mode)
+        cache = self.icache
+        cache[rip] = insn
+        n = insn.length
+        self.code_pages[hppn][off:off + n] = _ONES[n]
+        self._code_rips[hppn].append((cache, rip))
+        return insn
+
+    def _decode(self, code: bytes, rip: int, mode: int) -> Insn:
+        """The translated instruction (the process-wide cache or capstone); unsupported and
+        translator bugs raise as the front ends expect."""
+        try:
+            key = (code, rip, mode)
+            hit = _DECODED.get(key)
+            # (the translator that built it must still be the registered one)
+            if hit is not None and TRANSLATORS.get(hit[0].id) is hit[1]:
+                insn = hit[0]
+            else:
+                insn = self.decoder.translate(code, rip, mode)
+                if len(_DECODED) >= _DECODED_MAX:
+                    _DECODED.clear()
+                _DECODED[key] = (insn, TRANSLATORS.get(insn.id))
+        except BUG_ERRORS as e:
+            # a translator bug: the run stops and the front end names the instruction
+            ci = self.decoder.decode(code, rip, mode)
+            n = ci.size if ci is not None else 1
+            text = f"{ci.mnemonic} {ci.op_str}".strip() if ci is not None else "(bad)"
+            raise InternalError(rip, code[:n], text, e) from None
+        if insn.fn is None:
+            text = unsupported_text(insn)
+            self.last_unsupported = (rip, insn.code, text)
+            self.hooks.unsupported(self, rip, insn.code, text)
+            raise Unsupported(text)
+        return insn
+
+    def _new_code_page(self, hppn: int) -> None:
+        """The first instruction cached from physical page `hppn`: writes to it must now be
+        checked against its mask (self-modifying code), so no TLB may hold it writable."""
+        self.code_pages[hppn] = bytearray(4096)
+        self._code_rips[hppn] = []
+        page = self.mem.pages.get(hppn)
+        for _r, w in self._tlbs.values():
+            for k in [k for k, v in w.items() if v is page]:
+                del w[k]
+
+    def _fetch_insn_slow(self, rip: int, lin: int, hpa: int) -> Insn:
+        """An instruction whose 15 bytes cross a page end, or not on RAM."""
         off = lin & 0xFFF
         first = min(15, 4096 - off)
         code = self.mem.read_bytes(hpa, first)
@@ -205,41 +263,16 @@ class Mmu(CpuState):
                 need = self.decoder.length(code, rip, self.mode)
                 if need is None or need > first:
                     raise
-        try:
-            key = (code, rip, self.mode)
-            hit = _DECODED.get(key)
-            # (the translator that built it must still be the registered one)
-            if hit is not None and TRANSLATORS.get(hit[0].id) is hit[1]:
-                insn = hit[0]
-            else:
-                insn = self.decoder.translate(code, rip, self.mode)
-                if len(_DECODED) >= _DECODED_MAX:
-                    _DECODED.clear()
-                _DECODED[key] = (insn, TRANSLATORS.get(insn.id))
-        except BUG_ERRORS as e:
-            # a translator bug: the run stops and the front end names the instruction
-            ci = self.decoder.decode(code, rip, self.mode)
-            n = ci.size if ci is not None else 1
-            text = f"{ci.mnemonic} {ci.op_str}".strip() if ci is not None else "(bad)"
-            raise InternalError(rip, code[:n], text, e) from None
-        if insn.fn is None:
-            text = unsupported_text(insn)
-            self.last_unsupported = (rip, insn.code, text)
-            self.hooks.unsupported(self, rip, insn.code, text)
-            raise Unsupported(text)
+        insn = self._decode(code, rip, self.mode)
         cache = self.icache
         cache[rip] = insn
         n = insn.length
         for hppn, start, avail in pages:
             take = min(n, avail)
-            mask = self.code_pages.get(hppn)
-            if mask is None:
-                mask = self.code_pages[hppn] = bytearray(4096)
-                for _r, w in self._tlbs.values():   # writes to it must now be checked
-                    for k in [k for k, v in w.items() if v is self.mem.pages.get(hppn)]:
-                        del w[k]
-            mask[start:start + take] = b"\x01" * take
-            self._code_rips.setdefault(hppn, []).append((cache, rip))
+            if hppn not in self.code_pages:
+                self._new_code_page(hppn)
+            self.code_pages[hppn][start:start + take] = _ONES[take]
+            self._code_rips[hppn].append((cache, rip))
             n -= take
             if n <= 0:
                 break

@@ -97,11 +97,14 @@ class Retired:
     time: int
 
 
+_ZERO = (0,)
+
+
 class RetireLog:
     def __init__(self, order: int = 18, ns_per_insn: int = 10, events: int = 65536):
         self.capacity = 1 << order
         self.mask = self.capacity - 1
-        self.rips = array("Q", bytes(8 * self.capacity))
+        self.rips = array("Q", _ZERO) * self.capacity     # (no temporary bytes object)
         self.events: deque[Event] = deque(maxlen=events)
         self.ns_per_insn = ns_per_insn
         self._mark_seq = [0]

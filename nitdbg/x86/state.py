@@ -90,6 +90,10 @@ class CpuState:
         self._bcaches: dict[tuple[int, int], dict[int, blocks.Block | None]] = {}
         self.bcache: dict[int, blocks.Block | None] = {}
         self.bhot: dict[int, int] = {}
+        self.bnext: dict[int, int] = {}       # visit count at which to consider it again
+        # the translation budget (blocks.XLATE_BURST), refilled by retired instructions
+        self.xlate_tokens = blocks.XLATE_BURST
+        self.xlate_at = 0
         # long-mode event delivery and IRETQ through their fast paths (fastpath.py)
         self.fast_events = fastpath.enabled_by_default()
         self.mode = 16
@@ -149,6 +153,7 @@ class CpuState:
         for bc in self._bcaches.values():
             bc.clear()
         self.bhot.clear()
+        self.bnext.clear()
 
     def update_debug(self) -> None:
         """Rebuild breakpoint lists from DR0-DR3/DR7 (SDM 17.2.4, APM 13.1.1.5)."""

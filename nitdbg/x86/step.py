@@ -63,6 +63,14 @@ class StepLoop(Events, Mmu):
         icache = self.icache
         bcache = self.bcache
         use_blocks = self.blocks_enabled and not self.data_bps
+        hot_min = blocks.HOT
+        bhot = self.bhot
+        # Blocks start where control arrives other than by falling through an instruction a
+        # block could have held (a branch target, the instruction after one the translator
+        # does not take, after a block or an event): only those starts are counted and looked
+        # up, not every instruction of a straight run (they would all come due at once).
+        straight = blocks.STRAIGHT_IDS
+        fall = -1
         while self.icount < end:
             if self.attention:
                 if self._slow_step() < 0:
@@ -70,18 +78,26 @@ class StepLoop(Events, Mmu):
                 icache = self.icache
                 bcache = self.bcache
                 use_blocks = self.blocks_enabled and not self.data_bps
+                fall = -1
                 continue
             rip = self.rip
-            if use_blocks:
+            if use_blocks and rip != fall:
                 blk = bcache.get(rip, 0)
                 if blk == 0:
-                    hot = self.bhot.get(rip, 0) + 1
-                    self.bhot[rip] = hot
-                    if hot >= blocks.HOT and rip in icache:   # decoded on an earlier pass
-                        blk = bcache[rip] = blocks.build(self, rip)
+                    hot = bhot.get(rip, 0) + 1
+                    bhot[rip] = hot
+                    # (decoded on an earlier pass; not turned down on an earlier visit)
+                    if hot >= hot_min and rip in icache and hot >= self.bnext.get(rip, 0):
+                        blk = blocks.build(self, rip, hot)
+                        if blk.__class__ is int:
+                            self.bnext[rip] = blk     # not worth translating yet
+                            blk = None
+                        else:
+                            bcache[rip] = blk
                 if blk:
                     try:
                         if blk(self, end - self.icount):
+                            fall = -1
                             continue
                     except Fault as f:
                         # the block left the state as at the start of the faulting instruction
@@ -89,6 +105,7 @@ class StepLoop(Events, Mmu):
                             return self.icount - start
                         icache = self.icache
                         bcache = self.bcache
+                        fall = -1
                         continue
                     except Intercepted:
                         self.stop_reason = "intercept"
@@ -109,6 +126,7 @@ class StepLoop(Events, Mmu):
                     return self.icount - start
                 icache = self.icache
                 bcache = self.bcache
+                fall = -1
                 continue
             except Intercepted:
                 self.rip = rip
@@ -122,6 +140,7 @@ class StepLoop(Events, Mmu):
             n = self.icount
             ring[n & mask] = rip
             self.icount = n + 1
+            fall = insn.next if insn.id in straight else -1
         self.stop_reason = "budget"
         return self.icount - start
 
