@@ -19,6 +19,7 @@ Everything else (HLT, I/O and MSR exits, their time) stays the vmm's.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -202,11 +203,15 @@ def differences_of(runs: list[tuple[str, Outcome]]) -> list[tuple[str, Differenc
     its outcome (`outcome.outcome(m, keep=True)`), so the machines that made them need not
     be alive; the references are built and compared one at a time."""
     out = []
-    for part, o in runs:
+    for i, (part, o) in enumerate(runs):
         tl = o.inputs
         if tl is None:
             raise ValueError(f"the run {part!r} was not recorded (reference.record)")
         ref = reference_run(tl)
-        for d in compare_outcomes(o, outcome(ref), tl.entries):
-            out.append((part, d))
+        out += [(part, d) for d in compare_outcomes(o, outcome(ref), tl.entries)]
+        del ref
+        if i + 1 < len(runs):
+            # the reference is garbage in reference cycles: free it before the next is
+            # built, or the knob matrix's 25 pile up until the collector runs
+            gc.collect()
     return out
