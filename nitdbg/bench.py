@@ -320,6 +320,8 @@ def run(argv_json: bool = False, runs: int = 5, seconds: float = 0.6,
     figs.update(machine_figures())
     figs.update(ddb_step_figures())
     figs.update(idle_figures())
+    figs["max_rss_mb_after_machine"] = _max_rss_mb()
+    release_freed_memory()           # the booted machines of the three parts above
     figs["machine_bytes_per_vcpu_retire_log"] = float(8 * (1 << 18))
     figs["retire_log_bytes_per_insn"] = 8.0     # one array('Q') slot per retired RIP
     for name, fn in (extra or {}).items():

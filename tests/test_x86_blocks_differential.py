@@ -638,16 +638,18 @@ def test_scenario_is_the_same_with_and_without_blocks(monkeypatch, scenario):
         monkeypatch.setenv("NITDBG_BLOCKS", on)
         monkeypatch.setenv("NITDBG_FAST_EVENTS", on)   # the exact run has both off
         seen: list = []
-        orig = base.Ctx.finish
+        orig = base.Ctx.release
 
-        def finish(self, seen=seen, orig=orig):
-            seen.extend(_machine_digest(m) for m in self.machines)
-            orig(self)
-        monkeypatch.setattr(base.Ctx, "finish", finish)
+        # every machine as its part ends (the scenario lets it go then)
+        def release(self, seen=seen, orig=orig):
+            if self.current is not None:
+                seen.append(_machine_digest(self.current))
+            return orig(self)
+        monkeypatch.setattr(base.Ctx, "release", release)
         lines: list[str] = []
         res = run_scenario(scenario, "iret-tracing", lines.append, None, False)
         runs.append((lines, [(c.text, c.passed) for c in res.checks], res.error, seen))
-        monkeypatch.setattr(base.Ctx, "finish", orig)
+        monkeypatch.setattr(base.Ctx, "release", orig)
     assert runs[0] == runs[1]
 
 

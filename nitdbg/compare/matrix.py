@@ -18,6 +18,7 @@ from typing import Any
 from ..machine import Machine, MachineError
 from ..reference import record
 from ..reference.hardware import differences_of
+from ..reference.outcome import outcome
 from ..scenarios.base import Ctx, Scenario, ScenarioError
 from ..scenarios.matrix import combinations, demonstrate_ist_overwrite, part_name, run_combination
 from ..scenarios.runner import list_scenarios
@@ -132,7 +133,7 @@ def run_cell(scenario: str | Scenario, policy: str) -> Cell:
     cell.checks_judged = any(m.vm.stats.get(i, k) for _p, m in recorded
                              for i in range(len(m.vm.vcpus)) for k in SEED_STATS)
     try:
-        diffs = differences_of(recorded)
+        diffs = differences_of([(part, outcome(m)) for part, m in recorded])
     except MachineError as e:
         cell.error = f"the hardware reference could not be built: {e}"
         return cell

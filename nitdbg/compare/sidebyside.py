@@ -12,6 +12,7 @@ from ..ddb.disasm import Disassembler
 from ..machine import Machine, MachineError
 from ..reference.diff import DELIVERED, Difference, Trace, compare_machines
 from ..reference.hardware import reference_run
+from ..reference.outcome import outcome
 from ..x86.regs import IF, RF, TF
 from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_IRET, EV_NMI, Event
 from .matrix import run_recorded
@@ -77,7 +78,7 @@ def _event_name(e: Event) -> str:
 
 
 def _side(label: str, m: Machine, vcpu: int, index: int, dis: Disassembler) -> Side:
-    t = Trace(m, vcpu)
+    t = Trace(outcome(m), vcpu)
     sym = m.symbols.format
     insns = []
     for s in range(max(t.start, index - WINDOW), min(t.end, index + WINDOW + 1)):

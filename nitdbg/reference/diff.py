@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..x86.regs import DR6_BS, RF, TF
 from ..x86.retire import EV_EXCEPTION, EV_INTR, EV_IRET, EV_NMI, EV_SOFTINT, Event
+from .outcome import Outcome, outcome
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -75,11 +76,11 @@ def _name(ev: Event) -> str:
 class Trace:
     """One vCPU's observable trace in a run."""
 
-    def __init__(self, m: Machine, vcpu: int):
-        self.m = m
-        cpu = m.vm.vcpus[vcpu].cpu
-        self.log = cpu.retire
-        self.end = cpu.icount
+    def __init__(self, o: Outcome, vcpu: int):
+        self.symbols = o.symbols
+        vo = o.vcpus[vcpu]
+        self.log = vo.log
+        self.end = vo.end
         self.start = max(0, self.end - self.log.capacity)
         evs = list(self.log.events)
         if len(evs) == self.log.events.maxlen and evs:
@@ -88,12 +89,11 @@ class Trace:
                        else Event(e.seq, EV_EXCEPTION, e.vector, e.error_code, e.rip, e.rflags,
                                   e.dr6, e.info) for e in evs if e.kind in DELIVERED]
         self.irets = {e.seq: e for e in evs if e.kind == EV_IRET}
-        v = m.vm.vcpus[vcpu]
-        # an NMI the hypervisor has accepted but not yet delivered when the run ends: its own
-        # pending flag, or one queued in the VMCB for the processor to deliver (AMD vNMI's
-        # V_NMI_PENDING, APM vol 2 15.21.10); the reference core's held NMI is never here
-        self.nmi_held = bool(getattr(v, "nmi_pending", False)
-                             or getattr(v.vmcb, "v_nmi_pending", 0))
+        self.nmi_held = vo.nmi_held
+
+    def where(self, rip: int) -> str:
+        """sym+off of `rip` in this run's firmware."""
+        return self.symbols.format(rip)
 
     def rip(self, seq: int) -> int:
         return self.log.rips[seq & self.log.mask]
@@ -140,18 +140,14 @@ def _find(evs: list[Event], start: int, like: Event) -> Event | None:
     return None
 
 
-def _where(m: Machine, rip: int) -> str:
-    return m.symbols.format(rip)
-
-
 def _event_diff(vcpu: int, p: Trace, r: Trace, j: int) -> Difference:
     ep = p.events[j] if j < len(p.events) else None
     er = r.events[j] if j < len(r.events) else None
-    sym = r.m.symbols
+    sym = r.symbols
     if ep is not None and er is not None and ep.seq == er.seq and ep.kind == er.kind \
             and ep.vector == er.vector:
         name = _name(er)
-        where = _where(r.m, er.rip)
+        where = r.where(er.rip)
         if er.rflags & TF and not ep.rflags & TF:
             # The hypervisor cleared the guest's own TF before this frame was pushed: the
             # frame's IRET returns without it, so the single-step #DB hardware delivers
@@ -193,7 +189,7 @@ def _event_diff(vcpu: int, p: Trace, r: Trace, j: int) -> Difference:
     assert x is not None
     match = _find(other.events, j, x)
     name = _name(x)
-    where = _where(r.m, x.rip)
+    where = r.where(x.rip)
     if hw:
         # hardware delivers x at x.seq; the policy later, or never
         if match is None and x.kind == EV_NMI and p.nmi_held:
@@ -251,23 +247,23 @@ def _open_iret(r: Trace, lo: int, hi: int) -> str | None:
     """The IRET hardware retires between lo and hi (the one that unblocked NMIs there)."""
     for s in range(lo, hi):
         if s in r.irets:
-            return _where(r.m, r.rip(s))
+            return r.where(r.rip(s))
     return None
 
 
 def _insn_diff(vcpu: int, p: Trace, r: Trace, d: int, hi: int) -> Difference:
     hw, pol = r.rip(d), p.rip(d)
-    where = _where(r.m, hw)
+    where = r.where(hw)
     prev = d - 1
     ip, ir = p.irets.get(prev), r.irets.get(prev)
     if ip is not None and ir is not None and ip.rip != ir.rip:
-        return Difference("frame_overwritten", vcpu, d, _where(r.m, r.rip(prev)),
-                          f"the IRET returned to {_where(p.m, ip.rip)}; on hardware its frame "
-                          f"still held {_where(r.m, ir.rip)}")
+        return Difference("frame_overwritten", vcpu, d, r.where(r.rip(prev)),
+                          f"the IRET returned to {p.where(ip.rip)}; on hardware its frame "
+                          f"still held {r.where(ir.rip)}")
     ahead_r = r.rips(d, min(r.end, d + LOOKAHEAD))
     if pol in ahead_r[1:]:
         k = ahead_r.index(pol)
-        left = ", ".join(_where(r.m, x) for x in ahead_r[:min(k, 3)])
+        left = ", ".join(r.where(x) for x in ahead_r[:min(k, 3)])
         return Difference("insn_skipped", vcpu, d, where,
                           f"{k} instruction{'s' * (k > 1)} hardware retires here never "
                           f"ran ({left}{', ...' if k > 3 else ''})")
@@ -277,15 +273,15 @@ def _insn_diff(vcpu: int, p: Trace, r: Trace, d: int, hi: int) -> Difference:
         extra = ahead_p[:k]
         back = set(p.rips(max(0, d - LOOKAHEAD), d))
         if all(x in back for x in extra):
-            return Difference("insn_repeated", vcpu, d, _where(p.m, pol),
-                              f"{_where(p.m, pol)} retired again ({k} extra instruction"
+            return Difference("insn_repeated", vcpu, d, p.where(pol),
+                              f"{p.where(pol)} retired again ({k} extra instruction"
                               f"{'s' * (k > 1)} before {where})")
     return Difference("control_flow", vcpu, d, where,
-                      f"the guest executed {_where(p.m, pol)} where hardware executes {where}")
+                      f"the guest executed {p.where(pol)} where hardware executes {where}")
 
 
-def compare_vcpu(pm: Machine, rm: Machine, vcpu: int) -> Difference | None:
-    p, r = Trace(pm, vcpu), Trace(rm, vcpu)
+def compare_vcpu(po: Outcome, ro: Outcome, vcpu: int) -> Difference | None:
+    p, r = Trace(po, vcpu), Trace(ro, vcpu)
     lo = max(p.start, r.start)
     hi = min(p.end, r.end)
     d = _first_insn_diff(p, r, lo, hi)
@@ -304,7 +300,7 @@ def compare_vcpu(pm: Machine, rm: Machine, vcpu: int) -> Difference | None:
     if d is not None:
         return _insn_diff(vcpu, p, r, d, hi)
     if p.end < r.end:
-        return Difference("stalled", vcpu, p.end, _where(rm, r.rip(p.end)),
+        return Difference("stalled", vcpu, p.end, r.where(r.rip(p.end)),
                           f"the guest stops after {p.end} instructions; on hardware it "
                           f"retires {r.end}")
     return None
@@ -321,10 +317,16 @@ def _position(entries: list[tuple], d: Difference) -> int:
 
 def compare_machines(pm: Machine, rm: Machine,
                      entries: list[tuple] | None = None) -> list[Difference]:
+    """`compare_outcomes` of two live machines (the policy's run and its reference)."""
+    return compare_outcomes(outcome(pm), outcome(rm), entries)
+
+
+def compare_outcomes(po: Outcome, ro: Outcome,
+                     entries: list[tuple] | None = None) -> list[Difference]:
     """Every vCPU's first divergence, then the console if nothing else differs. With the
     recording, a vCPU that diverges only after another one did is left out: the vCPUs share
     memory, so its difference may be a consequence of the first."""
-    out = [d for i in range(len(pm.vm.vcpus)) if (d := compare_vcpu(pm, rm, i)) is not None]
+    out = [d for i in range(len(po.vcpus)) if (d := compare_vcpu(po, ro, i)) is not None]
     if entries is not None and len(out) > 1:
         pos = {d.vcpu: _position(entries, d) for d in out}
         first = min(pos.values())
@@ -332,11 +334,11 @@ def compare_machines(pm: Machine, rm: Machine,
         out = [d for d in out if not any(entries[k][0] != "run"
                                          for k in range(first, pos[d.vcpu]))]
     if not out:
-        a, b = pm.console_output(), rm.console_output()
+        a, b = po.console, ro.console
         if a != b:
             n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
                      min(len(a), len(b)))
-            out.append(Difference("console", 0, pm.vm.vcpus[0].cpu.icount, "console",
+            out.append(Difference("console", 0, po.vcpus[0].end, "console",
                                   f"output differs from byte {n}: {a[n:n + 30]!r} "
                                   f"(hardware {b[n:n + 30]!r})"))
     return out

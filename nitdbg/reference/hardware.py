@@ -19,6 +19,7 @@ Everything else (HLT, I/O and MSR exits, their time) stays the vmm's.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,8 @@ from ..machine import Machine
 from ..vmm.vcpu import Vcpu
 from ..vmm.vlapic import Vlapic
 from ..x86.regs import IF
-from .diff import Difference, compare_machines
+from .diff import Difference, compare_outcomes
+from .outcome import Outcome, outcome
 from .recorder import STOP_KINDS, Recording
 
 MC_VECTOR = 18
@@ -196,12 +198,20 @@ def reference_run(tl: Recording) -> Machine:
     return replay(build(tl), tl)
 
 
-def differences_of(machines: list[tuple[str, Machine]]) -> list[tuple[str, Difference]]:
-    """The differences from hardware of recorded machines (part name, difference)."""
+def differences_of(runs: list[tuple[str, Outcome]]) -> list[tuple[str, Difference]]:
+    """The differences from hardware of recorded runs (part name, difference). Each run is
+    its outcome (`outcome.outcome(m, keep=True)`), so the machines that made them need not
+    be alive; the references are built and compared one at a time."""
     out = []
-    for part, m in machines:
-        tl = m.observed      # type: ignore[attr-defined]
+    for i, (part, o) in enumerate(runs):
+        tl = o.inputs
+        if tl is None:
+            raise ValueError(f"the run {part!r} was not recorded (reference.record)")
         ref = reference_run(tl)
-        for d in compare_machines(m, ref, tl.entries):
-            out.append((part, d))
+        out += [(part, d) for d in compare_outcomes(o, outcome(ref), tl.entries)]
+        del ref
+        if i + 1 < len(runs):
+            # the reference is garbage in reference cycles: free it before the next is
+            # built, or the knob matrix's 25 pile up until the collector runs
+            gc.collect()
     return out

@@ -4,6 +4,7 @@ machine produced."""
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,18 +81,32 @@ class Ctx:
         self.record_dir = record_dir
         self.verbose = verbose
         self.result = ScenarioResult(scenario.name, policy)
-        self.machines: list[Machine | RecordingMachine] = []
+        # the machine of the part running now (a scenario's machines run one after another)
+        self.current: Machine | RecordingMachine | None = None
+        self._current_raw: Machine | None = None
         self.part = ""
         # called with each new machine and its part name before it runs (nitdbg compare
         # records the machine's inputs for the hardware reference here)
         self.on_machine: Callable[[Machine, str], None] | None = None
+        # called with each machine and its part name when the part is over (the next
+        # machine is built, or the scenario ends): what is kept of it must be taken here
+        self.on_done: Callable[[Machine, str], None] | None = None
 
     # ------------------------------------------------------------------ machines
     def machine(self, part: str = "", **kw: Any) -> Machine:
         """A new machine under the scenario's policy; recorded into
-        <record_dir>/<scenario>[.<part>].nitrec when recording is on."""
+        <record_dir>/<scenario>[.<part>].nitrec when recording is on. It ends the previous
+        part (`release`)."""
+        if self.release():
+            # A machine is a web of reference cycles (vCPUs and their VM, devices, hooks),
+            # which only the cyclic collector frees, and it runs by object counts, not by
+            # size: the knob matrix's finished machines (4 MB each) piled up ten deep before
+            # it came. Collect them before the next one is built. (A scenario's last machine
+            # goes with the collector's own runs, as it did.)
+            gc.collect()
         self.part = part
         m = Machine(policy=self.policy, **kw)
+        self._current_raw = m
         if self.on_machine is not None:
             self.on_machine(m, part)
         if self.record_dir is not None:
@@ -99,16 +114,29 @@ class Ctx:
             m = RecordingMachine(m, self.record_dir / f"{stem}{SUFFIX}",
                                  tunables=kw.get("tunables") or {})
             self.result.sessions.append(m.path)
-        self.machines.append(m)
+        self.current = m
         if part:
             self.say(f"  -- {part}")
         return m  # type: ignore[return-value]
 
+    def release(self) -> bool:
+        """End the current part: count its instructions, close its session, hand it to
+        `on_done` and let the machine go. A scenario of many machines (the knob matrix
+        builds 25) so holds one at a time, not all of them until it ends. False if no
+        part was running."""
+        m, raw = self.current, self._current_raw
+        if m is None or raw is None:
+            return False
+        self.current = self._current_raw = None
+        self.result.retired += m.total_retired
+        if isinstance(m, RecordingMachine):
+            m.close()
+        if self.on_done is not None:
+            self.on_done(raw, self.part)
+        return True
+
     def finish(self) -> None:
-        for m in self.machines:
-            self.result.retired += m.total_retired
-            if isinstance(m, RecordingMachine):
-                m.close()
+        self.release()
 
     # ------------------------------------------------------------------ actions
     def say(self, text: str) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..machine import MachineError
+from ..machine import Machine, MachineError
 from ..session.format import SessionError
 from .base import POLICIES, Ctx, Scenario, ScenarioError, ScenarioResult
 from .matrix import knob_matrix
 from .policies import SCENARIOS as POLICY_SCENARIOS
 from .seed import SCENARIOS
+
+if TYPE_CHECKING:
+    from ..reference.outcome import Outcome
 
 ALL: list[Scenario] = [*SCENARIOS, Scenario(
     "knob-matrix", "Combining various test knobs", "amd64, 1 vCPU per combination: every "
@@ -40,13 +43,15 @@ def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], A
         raise ScenarioError(f"unknown policy '{policy}' (one of: {', '.join(POLICIES)})")
     sc = get_scenario(name)
     ctx = Ctx(sc, policy, out, Path(record_dir) if record_dir is not None else None, verbose)
-    recorded: list = []
+    from ..reference.audit import attach
+    from ..reference.outcome import outcome
+    runs: list[tuple[str, Outcome]] = []
 
-    def on_machine(m, part: str) -> None:
-        from ..reference.audit import attach
+    def on_machine(m: Machine, _part: str) -> None:
         attach(m)       # record the inputs; the step audit is judged against hardware
-        recorded.append((part, m))
     ctx.on_machine = on_machine
+    # what the comparison with hardware needs of each finished machine, not the machine
+    ctx.on_done = lambda m, part: runs.append((part, outcome(m, keep=True)))
     out(f"== {sc.name}: {sc.title}  [{sc.setup}; policy {policy}]")
     try:
         sc.fn(ctx)
@@ -57,16 +62,17 @@ def run_scenario(name: str, policy: str = "iret-tracing", out: Callable[[str], A
         ctx.finish()
     if ctx.result.failed or ctx.result.not_judged:
         # n/a checks (KTR lines this policy does not write) get the computed why too
-        explain_failures(ctx.result, recorded, out)
+        explain_failures(ctx.result, runs, out)
     return ctx.result
 
 
-def explain_failures(result: ScenarioResult, recorded: list, out: Callable[[str], Any]) -> None:
+def explain_failures(result: ScenarioResult, runs: list[tuple[str, Outcome]],
+                     out: Callable[[str], Any]) -> None:
     """The why of failed checks, computed: how the guest's run differs from the hardware
     reference of the same inputs (or that it does not, so the failures are about what the
     policy logs, not what the guest sees)."""
     from ..reference.hardware import differences_of
-    diffs = differences_of(recorded)
+    diffs = differences_of(runs)
     if diffs:
         why = "; ".join(f"{'[' + p + '] ' if p else ''}{d.line()}" for p, d in diffs)
     else:
