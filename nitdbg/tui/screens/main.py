@@ -17,7 +17,7 @@ from textual.widgets import TabbedContent, TabPane
 
 from ..messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
-from ..widgets.base import Pane
+from ..widgets.base import Pane, flush_refreshes
 from ..widgets.cmdline import CommandLine
 from ..widgets.console import ConsolePane
 from ..widgets.disasm import DisasmPane
@@ -254,6 +254,7 @@ class MainScreen(Screen):
         with self.app.batch_update():
             self._output_many(msg.outputs)
             self._show(snap)
+        flush_refreshes(self)
         self.updates += 1
         self._probe("update", snap.seq)
 
@@ -357,6 +358,7 @@ class MainScreen(Screen):
         if self.snap is not None:
             self.snap = self.snap.select(self.selected)
             self._show(self.snap)
+            flush_refreshes(self)
             self._probe("select", self.selected)
         self._submit(Request("select", num=self.selected))
 

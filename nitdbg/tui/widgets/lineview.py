@@ -242,8 +242,15 @@ class LineView(ScrollView, can_focus=True):
             if follow:
                 self.scroll_end(animate=False, immediate=True, x_axis=False)
         else:
+            # the scrollbars come or go: one layout pass. The bars are decided here, as
+            # the layout would decide them (Widget._refresh_scrollbars), so that the pass
+            # places them at once: left to the layout, showing a bar takes three passes
+            # (the bar's visibility, then its own size, each a layout of the whole screen)
+            # and a frame each, and then one more frame for the scroll to the end
             self.virtual_size = size
-            if follow:     # scrolling is refused until the layout has shown the scrollbar
+            self._refresh_scrollbars()
+            if follow:     # a view that shows its bar now scrolls now
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
                 self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
         # the content rows only: a bare refresh() would draw the border and its title again
         self.refresh(self.size.region)

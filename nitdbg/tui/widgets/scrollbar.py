@@ -47,6 +47,11 @@ class LineScrollBar(ScrollBar):
             self._rows_key, self._rows = key, rows
         return self._rows
 
+    def _size_updated(self, size, virtual_size, container_size, layout=True) -> bool:  # noqa: ANN001
+        # a bar lays out nothing inside it: its new size needs no layout pass of the whole
+        # screen (Widget._size_updated would set its virtual size as a layout reactive)
+        return super()._size_updated(size, virtual_size, container_size, layout=False)
+
     def render_lines(self, crop):  # noqa: ANN001, ANN201 - Region -> list[Strip]
         # the rows once a frame, and only if a row is drawn at all (a bar whose rows are
         # all cached is asked for none of them)
