@@ -3,12 +3,14 @@ the UI only through Messages, so the UI never blocks and never reads a running m
 
 Requests come in on a queue; after each one the worker posts the output text and a fresh
 `Snapshot`. A long run (`c`, a ddb command that resumes, a host-level run) goes in chunks of
-guest instructions, with a progress snapshot after each chunk, and stops at the next chunk
-boundary when the user interrupts (`p`). The front end sizes the chunks from the host's
-speed (about RUN_SLICE_S of wall time each, so the screen updates some 20 times a second
-and `p` takes effect within one chunk), but each chunk is a machine input counted in
-instructions (`run(max_insns=N)`, recorded as such): where a run stopped is an instruction
-count, and a replay stops at the same one whatever the host's speed.
+guest instructions, with a progress snapshot after each chunk. The front end sizes the
+chunks from the host's speed (about RUN_SLICE_S of wall time each, so the screen updates
+some 20 times a second), but each chunk is a machine input counted in instructions
+(`run(max_insns=N)`, recorded as such). `p` stops the chunk in progress at once, at the
+machine's next scheduling step (`Machine.request_interrupt`, as ^C in the console): the
+machine notes which step that was (`interrupted_at`), a recording keeps it in the input's
+checkpoint, and a replay stops that input at the same step, so at the same instruction
+count, whatever the host's speed.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ class MachineWorker(RecordingMixin, ReplayMixin):
     # ------------------------------------------------------------------ UI thread side
     def submit(self, req: Request) -> None:
         if req.kind == "pause":
+            m = self.m
+            if self.state.running and m is not None:
+                # stop the chunk in progress now, not at its end (up to RUN_SLICE_S later):
+                # the flag first, so that the worker, seeing `interrupt`, finds it set
+                m.request_interrupt()
             self.interrupt.set()
         with self._lock:
             self.state.submitted += 1
@@ -269,6 +276,9 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             return
         self._confirm_reset = False
         if k == "pause":
+            # a run that ended by itself before the flag was seen must not leave it to stop
+            # the next one
+            m.clear_interrupt()
             self.interrupt.clear()
             if self.state.running:
                 self.state.running = False
@@ -376,6 +386,8 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if ev.reason == "budget":
             self._snap(False, "running")
             return
+        if ev.reason == "interrupted":
+            return           # by `p`: its request, next in the queue, shows the stop
         self._stopped(ev)
         if m.surface == "ddb" or ev.reason != "kdb":
             self.state.running = False
