@@ -44,6 +44,16 @@ CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
 RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the clock)
+# The cyclic collector's full passes go through every object not frozen: tens of
+# milliseconds once the session has made some 100 000 objects (the panes' rendered lines,
+# the snapshots, the machine's state since boot), on whichever thread allocates at the time,
+# in the middle of a step's repaint or of p. So the worker does that pass itself when it has
+# been idle GC_IDLE_S after a stop (a user reads the result), and freezes what survives a
+# full pass (its own or the collector's, while the guest runs): the next pass goes only
+# through what is newer. Every FULL_GC_EVERY-th freeze, the pass looks at the frozen objects
+# too, so that what died among them is freed.
+GC_IDLE_S = 0.1
+FULL_GC_EVERY = 50
 # the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
@@ -139,7 +149,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                     self._run_chunk()
                     continue
             else:
-                req = self.q.get()
+                req = self._next_request()
             if req.kind == "quit":
                 if self.recorder is not None:
                     self.recorder.close()      # the end record: the session is complete
@@ -153,6 +163,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                 self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
             with self._lock:
                 self.state.completed += 1
+            self._gc_due = True
             if self.m is not self._frozen_for:
                 self._freeze_heap()
             if not self.state.running:
@@ -191,16 +202,55 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self._snap(True)
 
     _frozen_for: Machine | None = None
+    _gc_due = True
+    _freezes = 0
+    _gen2_seen = 0
+
+    def _next_request(self) -> Request:
+        """The next request, waiting as long as it takes; after a stop, the collector's
+        work is done first if none comes within GC_IDLE_S."""
+        if self._gc_due:
+            try:
+                return self.q.get(timeout=GC_IDLE_S)
+            except queue.Empty:
+                self._idle_gc()
+        return self.q.get()
+
+    def _idle_gc(self) -> None:
+        self._gc_due = False
+        self._collect(full=False)
+
+    def _collect(self, full: bool) -> None:
+        """A full pass (over the frozen objects too when `full` or every FULL_GC_EVERY-th
+        time), then freeze what survived."""
+        self._freezes += 1
+        if full or self._freezes >= FULL_GC_EVERY:
+            gc.unfreeze()
+            self._freezes = 0
+        gc.collect()
+        gc.freeze()
+        self._gen2_seen = gc.get_stats()[2]["collections"]
+
+    def _freeze_after_full_pass(self) -> None:
+        """The collector made a full pass of its own (on either thread): what survived it is
+        long-lived, frozen now so that the next pass leaves it alone."""
+        n = gc.get_stats()[2]["collections"]
+        if n != self._gen2_seen:
+            self._gen2_seen = n
+            self._freezes += 1
+            if self._freezes >= FULL_GC_EVERY:
+                self._collect(full=True)
+            else:
+                gc.freeze()
 
     def _freeze_heap(self) -> None:
-        """Move what exists now (the app, the booted machine) out of the collector's sight:
-        a full collection of it takes tens of milliseconds, on whichever thread happens to
-        trigger it, in the middle of a step's repaint. A machine that replaced another gets
-        the old one collected first (frozen, it would never be freed)."""
+        """Move what exists now (the app, the booted machine) out of the collector's sight
+        (GC_IDLE_S). A machine that replaced another gets the old one collected first
+        (frozen, it would never be freed)."""
         if self._frozen_for is not None:
-            gc.unfreeze()
-            gc.collect()
-        gc.freeze()
+            self._collect(full=True)
+        else:
+            gc.freeze()
         self._frozen_for = self.m
 
     def _out(self, text: str, source: str) -> None:
@@ -382,6 +432,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         assert m is not None
         if self.interrupt.is_set():
             return           # the pause request is in the queue
+        self._freeze_after_full_pass()
         ev = self._timed(lambda n: m.run(max_insns=n))
         if ev.reason == "budget":
             self._snap(False, "running")
