@@ -31,6 +31,7 @@ from .replaying import ReplayMixin
 
 if TYPE_CHECKING:          # the machine is imported on the worker thread, after first paint
     from ..machine import Machine, StopEvent
+    from .model import Snapshot
     from .snapshot import SnapshotBuilder
 
 # requests, recording and replay live in messages.py, recording.py and replaying.py
@@ -167,6 +168,15 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             if self.m is not self._frozen_for:
                 self._freeze_heap()
             if not self.state.running:
+                if req.kind == "select" and self._last is not None and not self._said:
+                    # v: the screen has already drawn the other vCPU from the snapshot at
+                    # hand (it has every vCPU); nothing ran, so that snapshot is still the
+                    # machine's: it is sent again as done, not built again while the
+                    # screen draws
+                    self.post(MachineUpdate(replace(self._last, seq=self.state.completed,
+                                                    selected=self.selected,
+                                                    new_stop=False), ()))
+                    continue
                 # a read (v, the audit, the exit list) shows the same stop again: the
                 # "retired since" and "changed since" marks stay those of the last stop
                 self._snap(True, new_stop=req.kind not in READS)
@@ -268,6 +278,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self._since_next = dict(enumerate(self.m.summary().icounts))
 
     _since_next: dict[int, int] = {}
+    _last: Snapshot | None = None       # the last stop's snapshot (sent again after v)
 
     def _new_builder(self) -> None:
         """A machine came (boot, recording, replay): nothing cached about the old one."""
@@ -294,6 +305,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                                   is_stop, self.state.running, status or self._status())
         if not new_stop:
             snap = replace(snap, new_stop=False)
+        self._last = snap if is_stop else None
         said, self._said = tuple(self._said), []
         self.post(MachineUpdate(snap, said))
 
