@@ -248,7 +248,12 @@ class LineView(ScrollView, can_focus=True):
             # (the bar's visibility, then its own size, each a layout of the whole screen)
             # and a frame each, and then one more frame for the scroll to the end
             self.virtual_size = size
-            self._refresh_scrollbars()
+            self._refresh_scrollbars()          # (from the virtual size)
+            if self.wrap and self._wrap_width != self._width():
+                # the bar takes columns: the rows as they will be drawn, now, not after
+                # the layout's Resize (a frame of its own)
+                self._rewrap()
+                self.virtual_size = Size(0, len(self.rows))
             if follow:     # a view that shows its bar now scrolls now
                 self.scroll_end(animate=False, immediate=True, x_axis=False)
                 self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
