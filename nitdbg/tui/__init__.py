@@ -2,7 +2,10 @@
 
 import os
 
-# Textual repaints on a timer (TEXTUAL_FPS, 60 by default): a key waits up to one period for
-# its frame. 120 halves that wait; frames are only drawn when something changed, so an idle
-# screen costs nothing more. Read by textual.constants at import, hence set here, first.
-os.environ.setdefault("TEXTUAL_FPS", "120")
+# Textual repaints on a timer (TEXTUAL_FPS, 60 by default): a frame asked for less than one
+# period after the previous one ended waits for the timer, and Textual's timer skips a tick
+# after a late one, so up to two periods: 33 ms at 60, 8 ms at 240 (a step asked for right
+# after the last one's frame waited so). Frames are only drawn when something changed (the
+# running guest's progress paints some 25 a second), so an idle screen costs nothing more.
+# Read by textual.constants at import, hence set here, first.
+os.environ.setdefault("TEXTUAL_FPS", "240")

@@ -25,6 +25,9 @@ def completion_words(symbols: list[str]) -> dict[str, list[str]]:
     return {"host": list(HOST_WORDS), "guest": list(GUEST_WORDS), "ddb": ddb + symbols}
 
 
+SWITCH_INTERVAL_S = 0.001      # sys.setswitchinterval while the app runs (run_app)
+
+
 class NitdbgApp(App):
     CSS_PATH = "nitdbg.tcss"
     TITLE = "nitdbg"
@@ -78,6 +81,10 @@ def run_app(machine_kwargs: dict | None = None, record: str | None = "",
     (`record` = a path to record there, None not to record). `on_machine` and `host_dir`:
     see MachineWorker (nitdbg --gdb; the host shell's files)."""
     app = NitdbgApp(machine_kwargs, record=record, on_machine=on_machine, host_dir=host_dir)
+    # the machine runs on a thread of its own, in Python: the thread that reads the keys
+    # and the one that draws get the interpreter only when it lets go, by default every
+    # 5 ms, and a key passes through both (p waited some 70 ms so behind a running guest)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app.run()
     if app.machine.state.error:
         print(f"nitdbg: {app.machine.state.error}", file=sys.stderr)

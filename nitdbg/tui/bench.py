@@ -35,6 +35,7 @@ How they are taken (`bench_figures()`):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import sys
@@ -42,6 +43,7 @@ import time
 
 BOOTING = b"booting the guest"
 RUNNING_S = 2.0          # how long the running guest's progress paints are counted
+PROBE_TIMEOUT_S = 2.0    # a paint not drawn by then is reported as it stands
 
 
 async def wait_idle(app, pilot, timeout: float = 30.0) -> None:  # noqa: ANN001
@@ -325,16 +327,19 @@ def _child(fd: int, argv: list[str]) -> int:
         snap = app.main_screen.snap
         line = (f"{kind} {arg} {snap.seq if snap else -1} {int(app.machine.idle)} "
                 f"{snap.surface if snap else '-'}")
-        tries, clean = [0], [0]
+        clean = [0]
         t_applied = time.perf_counter()      # a paint that drew nothing new ends here
+        loop = asyncio.get_running_loop()
 
         def check() -> None:
             # clean twice in a row: the callbacks queued beside this one (a scroll after
-            # the refresh) have run too and drawn nothing more
+            # the refresh) have run too and drawn nothing more. Between two looks the
+            # event loop runs the other tasks (each widget is one): a callback queued
+            # straight back would keep the screen's task busy and the widgets waiting,
+            # and no frame could be drawn while the probe waits for it
             clean[0] = clean[0] + 1 if painted(app) else 0
-            if clean[0] < 2 and tries[0] < 200:
-                tries[0] += 1
-                app.screen.call_after_refresh(check)
+            if clean[0] < 2 and time.perf_counter() - t_applied < PROBE_TIMEOUT_S:
+                loop.call_soon(app.screen.call_after_refresh, check)
                 return
             mark = _Mark("")
             mark.done = lambda t: out.write(                     # type: ignore[attr-defined]

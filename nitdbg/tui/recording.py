@@ -62,6 +62,7 @@ class RecordingMixin:
         from ..session import ops
         from ..session.checkpoint import first_difference, take
         from ..session.format import SessionError, read_session
+        from ..session.replay import interrupted_at
         old = self.m
         assert old is not None
         try:
@@ -70,8 +71,17 @@ class RecordingMixin:
             self._out(f"{e}\n", "error")
             return False
         rec = self._begin_recording(path, keep=True)
-        for inp in session.inputs:
-            ops.apply(rec, inp["op"], inp["args"])
+        inner = rec.machine
+        for i, r in enumerate(session.records):
+            if r["t"] != "in":
+                continue
+            # a run stopped by p stops at the same scheduling step (the recorder notes
+            # it in the new session's checkpoint as it did in the old one's)
+            inner.stop_at_step = interrupted_at(session.records, i)
+            try:
+                ops.apply(rec, r["op"], r["args"])
+            finally:
+                inner.stop_at_step = None
         diff = first_difference(take(rec.machine), take(old))
         if diff is not None:
             rec.close()

@@ -70,8 +70,15 @@ class _Replay:
     def apply_next(self) -> str:
         from ..session import checkpoint, ops
         inp = self.session.inputs[self.pos]
-        result = ops.apply(self.m, inp["op"], inp["args"])
         cks = [c for c in self.session.checkpoints if c.get("input") == inp.get("n")]
+        # a run the front end stopped (p, ^C) stops at the same scheduling step here
+        step = cks[0].get("interrupted_at") if cks else None
+        self.m.stop_at_step = step if type(step) is int else None
+        try:
+            result = ops.apply(self.m, inp["op"], inp["args"])
+        finally:
+            self.m.stop_at_step = None
+            self.m.interrupted_at = None
         self.pos += 1
         if self.pos % self.SAVE_EVERY == 0 and self.pos not in self.saved:
             self.saved[self.pos] = self.m.clone()

@@ -3,12 +3,14 @@ the UI only through Messages, so the UI never blocks and never reads a running m
 
 Requests come in on a queue; after each one the worker posts the output text and a fresh
 `Snapshot`. A long run (`c`, a ddb command that resumes, a host-level run) goes in chunks of
-guest instructions, with a progress snapshot after each chunk, and stops at the next chunk
-boundary when the user interrupts (`p`). The front end sizes the chunks from the host's
-speed (about RUN_SLICE_S of wall time each, so the screen updates some 20 times a second
-and `p` takes effect within one chunk), but each chunk is a machine input counted in
-instructions (`run(max_insns=N)`, recorded as such): where a run stopped is an instruction
-count, and a replay stops at the same one whatever the host's speed.
+guest instructions, with a progress snapshot after each chunk. The front end sizes the
+chunks from the host's speed (about RUN_SLICE_S of wall time each, so the screen updates
+some 20 times a second), but each chunk is a machine input counted in instructions
+(`run(max_insns=N)`, recorded as such). `p` stops the chunk in progress at once, at the
+machine's next scheduling step (`Machine.request_interrupt`, as ^C in the console): the
+machine notes which step that was (`interrupted_at`), a recording keeps it in the input's
+checkpoint, and a replay stops that input at the same step, so at the same instruction
+count, whatever the host's speed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .replaying import ReplayMixin
 
 if TYPE_CHECKING:          # the machine is imported on the worker thread, after first paint
     from ..machine import Machine, StopEvent
+    from .model import Snapshot
     from .snapshot import SnapshotBuilder
 
 # requests, recording and replay live in messages.py, recording.py and replaying.py
@@ -42,6 +45,16 @@ CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
 RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the clock)
+# The cyclic collector's full passes go through every object not frozen: tens of
+# milliseconds once the session has made some 100 000 objects (the panes' rendered lines,
+# the snapshots, the machine's state since boot), on whichever thread allocates at the time,
+# in the middle of a step's repaint or of p. So the worker does that pass itself when it has
+# been idle GC_IDLE_S after a stop (a user reads the result), and freezes what survives a
+# full pass (its own or the collector's, while the guest runs): the next pass goes only
+# through what is newer. Every FULL_GC_EVERY-th freeze, the pass looks at the frozen objects
+# too, so that what died among them is freed.
+GC_IDLE_S = 0.1
+FULL_GC_EVERY = 50
 # the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
@@ -98,6 +111,11 @@ class MachineWorker(RecordingMixin, ReplayMixin):
     # ------------------------------------------------------------------ UI thread side
     def submit(self, req: Request) -> None:
         if req.kind == "pause":
+            m = self.m
+            if self.state.running and m is not None:
+                # stop the chunk in progress now, not at its end (up to RUN_SLICE_S later):
+                # the flag first, so that the worker, seeing `interrupt`, finds it set
+                m.request_interrupt()
             self.interrupt.set()
         with self._lock:
             self.state.submitted += 1
@@ -132,7 +150,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                     self._run_chunk()
                     continue
             else:
-                req = self.q.get()
+                req = self._next_request()
             if req.kind == "quit":
                 if self.recorder is not None:
                     self.recorder.close()      # the end record: the session is complete
@@ -146,9 +164,19 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                 self._out(f"internal error: {type(e).__name__}: {e}\n", "error")
             with self._lock:
                 self.state.completed += 1
+            self._gc_due = True
             if self.m is not self._frozen_for:
                 self._freeze_heap()
             if not self.state.running:
+                if req.kind == "select" and self._last is not None and not self._said:
+                    # v: the screen has already drawn the other vCPU from the snapshot at
+                    # hand (it has every vCPU); nothing ran, so that snapshot is still the
+                    # machine's: it is sent again as done, not built again while the
+                    # screen draws
+                    self.post(MachineUpdate(replace(self._last, seq=self.state.completed,
+                                                    selected=self.selected,
+                                                    new_stop=False), ()))
+                    continue
                 # a read (v, the audit, the exit list) shows the same stop again: the
                 # "retired since" and "changed since" marks stay those of the last stop
                 self._snap(True, new_stop=req.kind not in READS)
@@ -184,16 +212,55 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self._snap(True)
 
     _frozen_for: Machine | None = None
+    _gc_due = True
+    _freezes = 0
+    _gen2_seen = 0
+
+    def _next_request(self) -> Request:
+        """The next request, waiting as long as it takes; after a stop, the collector's
+        work is done first if none comes within GC_IDLE_S."""
+        if self._gc_due:
+            try:
+                return self.q.get(timeout=GC_IDLE_S)
+            except queue.Empty:
+                self._idle_gc()
+        return self.q.get()
+
+    def _idle_gc(self) -> None:
+        self._gc_due = False
+        self._collect(full=False)
+
+    def _collect(self, full: bool) -> None:
+        """A full pass (over the frozen objects too when `full` or every FULL_GC_EVERY-th
+        time), then freeze what survived."""
+        self._freezes += 1
+        if full or self._freezes >= FULL_GC_EVERY:
+            gc.unfreeze()
+            self._freezes = 0
+        gc.collect()
+        gc.freeze()
+        self._gen2_seen = gc.get_stats()[2]["collections"]
+
+    def _freeze_after_full_pass(self) -> None:
+        """The collector made a full pass of its own (on either thread): what survived it is
+        long-lived, frozen now so that the next pass leaves it alone."""
+        n = gc.get_stats()[2]["collections"]
+        if n != self._gen2_seen:
+            self._gen2_seen = n
+            self._freezes += 1
+            if self._freezes >= FULL_GC_EVERY:
+                self._collect(full=True)
+            else:
+                gc.freeze()
 
     def _freeze_heap(self) -> None:
-        """Move what exists now (the app, the booted machine) out of the collector's sight:
-        a full collection of it takes tens of milliseconds, on whichever thread happens to
-        trigger it, in the middle of a step's repaint. A machine that replaced another gets
-        the old one collected first (frozen, it would never be freed)."""
+        """Move what exists now (the app, the booted machine) out of the collector's sight
+        (GC_IDLE_S). A machine that replaced another gets the old one collected first
+        (frozen, it would never be freed)."""
         if self._frozen_for is not None:
-            gc.unfreeze()
-            gc.collect()
-        gc.freeze()
+            self._collect(full=True)
+        else:
+            gc.freeze()
         self._frozen_for = self.m
 
     def _out(self, text: str, source: str) -> None:
@@ -211,6 +278,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self._since_next = dict(enumerate(self.m.summary().icounts))
 
     _since_next: dict[int, int] = {}
+    _last: Snapshot | None = None       # the last stop's snapshot (sent again after v)
 
     def _new_builder(self) -> None:
         """A machine came (boot, recording, replay): nothing cached about the old one."""
@@ -237,6 +305,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                                   is_stop, self.state.running, status or self._status())
         if not new_stop:
             snap = replace(snap, new_stop=False)
+        self._last = snap if is_stop else None
         said, self._said = tuple(self._said), []
         self.post(MachineUpdate(snap, said))
 
@@ -269,6 +338,9 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             return
         self._confirm_reset = False
         if k == "pause":
+            # a run that ended by itself before the flag was seen must not leave it to stop
+            # the next one
+            m.clear_interrupt()
             self.interrupt.clear()
             if self.state.running:
                 self.state.running = False
@@ -372,10 +444,13 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         assert m is not None
         if self.interrupt.is_set():
             return           # the pause request is in the queue
+        self._freeze_after_full_pass()
         ev = self._timed(lambda n: m.run(max_insns=n))
         if ev.reason == "budget":
             self._snap(False, "running")
             return
+        if ev.reason == "interrupted":
+            return           # by `p`: its request, next in the queue, shows the stop
         self._stopped(ev)
         if m.surface == "ddb" or ev.reason != "kdb":
             self.state.running = False

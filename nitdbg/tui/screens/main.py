@@ -6,6 +6,10 @@ holds no machine: it posts `RequestMachine` (the app forwards it to the worker) 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from textual import constants
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -17,7 +21,7 @@ from textual.widgets import TabbedContent, TabPane
 
 from ..messages import ExitHistory, MachineOutput, MachineUpdate, Request
 from ..model import Snapshot
-from ..widgets.base import Pane
+from ..widgets.base import Pane, flush_refreshes
 from ..widgets.cmdline import CommandLine
 from ..widgets.console import ConsolePane
 from ..widgets.disasm import DisasmPane
@@ -37,6 +41,7 @@ from ..widgets.vmcb import VmcbPane
 WIDE = (150, 40)       # from this terminal size on, every pane is visible at once
 COMPACT = (100, 30)    # below this, the small layout (80x24 and up)
 LAYOUTS = ("small", "compact", "wide")
+FRAME_S = 1 / constants.MAX_FPS       # (a front end may read the clock)
 BOOTING = "booting the guest…"
 
 
@@ -187,6 +192,39 @@ class MainScreen(Screen):
         for m in LAYOUTS:
             self.set_class(mode == m, f"-{m}")
 
+    # ------------------------------------------------------------------ frames
+    # Textual draws a screen on a timer of 1/TEXTUAL_FPS, resumed when something is dirty;
+    # after a frame that came late the timer skips to the tick after next (Timer._run
+    # counts one period too many), so a repaint asked for soon after a frame waited up to
+    # two periods. Here a repaint is drawn one period after the last frame ended (at once
+    # if that is past): the same cap on frames per second, without the extra period.
+    _frame_end = 0.0
+    _draw_at = None            # the asyncio handle of the draw to come
+
+    def _dirty(self) -> bool:
+        return (self.is_current and not self.app._batch_count
+                and not self._recompose_required
+                and bool(self._layout_required or self._scroll_required
+                         or self._repaint_required or self._dirty_widgets))
+
+    async def _on_idle(self, event) -> None:  # noqa: ANN001 - events.Idle
+        if self._draw_at is None and self._dirty():
+            wait = self._frame_end + FRAME_S - time.perf_counter()
+            if wait <= 0:
+                self._on_timer_update()
+            else:
+                self._draw_at = asyncio.get_running_loop().call_later(wait, self._draw_due)
+        await super()._on_idle(event)
+
+    def _draw_due(self) -> None:
+        self._draw_at = None
+        if self._dirty():
+            self._on_timer_update()
+
+    def _on_timer_update(self) -> None:
+        super()._on_timer_update()
+        self._frame_end = time.perf_counter()
+
     def on_mount(self) -> None:
         self._set_layout_class(self.layout_mode)
         if self.snap is None:
@@ -254,6 +292,7 @@ class MainScreen(Screen):
         with self.app.batch_update():
             self._output_many(msg.outputs)
             self._show(snap)
+        flush_refreshes(self)
         self.updates += 1
         self._probe("update", snap.seq)
 
@@ -357,6 +396,7 @@ class MainScreen(Screen):
         if self.snap is not None:
             self.snap = self.snap.select(self.selected)
             self._show(self.snap)
+            flush_refreshes(self)
             self._probe("select", self.selected)
         self._submit(Request("select", num=self.selected))
 

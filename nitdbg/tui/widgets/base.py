@@ -76,3 +76,22 @@ def _rows(widget) -> int | None:  # noqa: ANN001
     if not width:
         return None
     return widget.get_content_height(widget.size, widget.app.size, width)
+
+
+def flush_refreshes(screen) -> None:  # noqa: ANN001 - a Screen
+    """Hand the screen now every repaint its widgets were asked for, so that one frame
+    draws them all. Each widget is a task of its own that tells the screen of its repaint
+    only when it next goes idle; the screen draws as soon as it has one, so a snapshot's
+    repaint went out in two frames, the second a timer period (or two: Textual's timer
+    skips a tick after a late one) behind the first. `_check_refresh` is what the widget
+    runs when idle (Textual 8.2); where it is missing this does nothing and the widgets
+    report as before."""
+    for w in screen.walk_children(with_self=False):
+        # a view's scrollbars are its own tasks too, outside the DOM
+        for x in (w, getattr(w, "_vertical_scrollbar", None),
+                  getattr(w, "_horizontal_scrollbar", None)):
+            if x is not None and (x._repaint_required or x._layout_required
+                                  or x._scroll_required):
+                check = getattr(x, "_check_refresh", None)
+                if check is not None:
+                    check()

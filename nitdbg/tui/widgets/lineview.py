@@ -25,6 +25,8 @@ from textual.widget import Widget
 from .scrollbar import LineScrollBar
 
 Line = tuple[tuple[str, str], ...]       # (text, rich style) runs
+STRIPS_PER_ROW = 4       # rendered rows kept per row of the view ...
+STRIPS_MIN = 64          # ... and at least
 ELLIPSIS = "…"
 
 
@@ -242,13 +244,23 @@ class LineView(ScrollView, can_focus=True):
             if follow:
                 self.scroll_end(animate=False, immediate=True, x_axis=False)
         else:
+            # the scrollbars come or go: one layout pass. The bars are decided here, as
+            # the layout would decide them (Widget._refresh_scrollbars), so that the pass
+            # places them at once: left to the layout, showing a bar takes three passes
+            # (the bar's visibility, then its own size, each a layout of the whole screen)
+            # and a frame each, and then one more frame for the scroll to the end
             self.virtual_size = size
-            if follow:     # scrolling is refused until the layout has shown the scrollbar
+            self._refresh_scrollbars()          # (from the virtual size)
+            if self.wrap and self._wrap_width != self._width():
+                # the bar takes columns: the rows as they will be drawn, now, not after
+                # the layout's Resize (a frame of its own)
+                self._rewrap()
+                self.virtual_size = Size(0, len(self.rows))
+            if follow:     # a view that shows its bar now scrolls now
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
                 self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
         # the content rows only: a bare refresh() would draw the border and its title again
         self.refresh(self.size.region)
-        if len(self._strips) > 4 * self.max_lines:
-            self._strips.clear()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -284,12 +296,19 @@ class LineView(ScrollView, can_focus=True):
         if not 0 <= row < len(rows) or width <= 0:
             return Strip.blank(width, style)
         line = rows[row]
+        strips = self._strips
+        if len(strips) > max(STRIPS_MIN, STRIPS_PER_ROW * self.size.height):
+            # only the rows on screen need their strips from frame to frame: a few screens'
+            # worth are kept. A strip is some ten objects for the cyclic collector, and a
+            # running guest's KTR lines passed through here by the thousand, each pass of
+            # the collector going through all of them
+            strips.clear()
         if self.hscroll:
-            strip = self._strips.get((line, -1))
+            strip = strips.get((line, -1))
             if strip is None:
-                strip = self._strips[(line, -1)] = line_strip(line, style)
+                strip = strips[(line, -1)] = line_strip(line, style)
             return strip.crop(x, x + width).extend_cell_length(width, style)
-        strip = self._strips.get((line, width))
+        strip = strips.get((line, width))
         if strip is None:
             strip = line_strip(line, style)
             if strip.cell_length > width:

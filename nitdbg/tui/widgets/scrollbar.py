@@ -19,14 +19,34 @@ class LineScrollBar(ScrollBar):
         self._rows_key: tuple | None = None
         self._rows: list[Strip] = []
 
-    def _strips(self) -> list[Strip]:
-        bar = self.render()          # the renderer, its style resolved (hover, grab)
+    def _key(self):  # noqa: ANN202 - (renderer, key) or (None, None)
+        """What the rows are drawn from: the renderer (its style resolved: hover, grab), the
+        size, the thumb, the style under the bar."""
+        bar = self.render()
         width, height = self.size
         if not isinstance(bar, self.renderer) or not width or not height:
-            return []
+            return None, None
         base = self.visual_style.rich_style      # under the bar, as Textual renders it
-        key = (width, height, bar.virtual_size, bar.window_size, bar.position,
-               bar.thickness, bar.vertical, bar.style, base)
+        return bar, (width, height, bar.virtual_size, bar.window_size, bar.position,
+                     bar.thickness, bar.vertical, bar.style, base)
+
+    def refresh(self, *regions, repaint=True, layout=False, recompose=False):  # noqa: ANN001, ANN201
+        # Textual asks every scrollbar of a view the layout touched to repaint (after the
+        # frame: one more frame of its own); a bar whose rows would come out the same has
+        # nothing to draw
+        if (not regions and repaint and not layout and not recompose
+                and self._rows_key is not None and self.is_mounted
+                and self._key()[1] == self._rows_key):
+            return self
+        return super().refresh(*regions, repaint=repaint, layout=layout,
+                               recompose=recompose)
+
+    def _strips(self) -> list[Strip]:
+        bar, key = self._key()
+        if key is None:
+            return []
+        width, height = self.size
+        base = key[-1]
         if key != self._rows_key:
             style = bar.style
             back = style.bgcolor or Color.parse("#555555")     # as ScrollBarRender does
@@ -47,6 +67,11 @@ class LineScrollBar(ScrollBar):
             self._rows_key, self._rows = key, rows
         return self._rows
 
+    def _size_updated(self, size, virtual_size, container_size, layout=True) -> bool:  # noqa: ANN001
+        # a bar lays out nothing inside it: its new size needs no layout pass of the whole
+        # screen (Widget._size_updated would set its virtual size as a layout reactive)
+        return super()._size_updated(size, virtual_size, container_size, layout=False)
+
     def render_lines(self, crop):  # noqa: ANN001, ANN201 - Region -> list[Strip]
         # the rows once a frame, and only if a row is drawn at all (a bar whose rows are
         # all cached is asked for none of them)
@@ -55,6 +80,11 @@ class LineScrollBar(ScrollBar):
             return super().render_lines(crop)
         finally:
             self._in_frame, self._frame_rows = False, None
+            if crop == self.size.region:
+                # every row drawn now, from the bar as it is: a repaint asked for before
+                # (the layout pass sets a new bar's window as it places it) is done, not
+                # one more frame after this one
+                self._repaint_required = False
 
     _in_frame = False
     _frame_rows: list[Strip] | None = None
