@@ -210,3 +210,67 @@ def test_snapshot_excludes_source_positions_and_tracks_contents():
     assert k.snapshot()["entries"][0] == (0, 0, 0, 1500, "vm vm2[0]: Injecting vNMI")
     k.log(0, 1, "more")
     assert k.digest() != d
+
+
+def _digest_of_every_record(k: Ktr) -> str:
+    """The digest's definition: the ring position, then every filled slot's record (format
+    and parameters) in slot order, hashed from scratch."""
+    import hashlib
+    h = hashlib.sha256(f"{k._idx}:{k._seq}".encode())
+    h.update("".join(repr(rec[:5]) for rec in k._buf if rec is not None).encode())
+    return h.hexdigest()
+
+
+def test_digest_kept_between_checkpoints_equals_the_digest_of_every_record():
+    # The ring keeps each record's part of the digest until the slot is written again; a
+    # digest after any mix of writes, wraps (several between two digests), clears and a
+    # take-over must be the hash of the whole ring computed from scratch.
+    import random
+    rnd = random.Random(11)
+    k = Ktr(entries=8)
+    for step in range(600):
+        op = rnd.random()
+        if op < 0.7:
+            for _ in range(rnd.choice((1, 2, 3, 9, 17))):
+                k.vcpu_log("vm2", rnd.randrange(2), step, "handled %s vmexit at %#lx/%d",
+                           "inout", rnd.randrange(1 << 64), rnd.randrange(4))
+        elif op < 0.75:
+            k.clear()
+        elif op < 0.78:
+            other = Ktr(entries=8)
+            for i in range(rnd.randrange(20)):
+                other.log(0, i, f"other {i}")
+            k.take_over(other)
+        assert k.digest() == _digest_of_every_record(k), step
+
+
+def test_ktrdump_file_column_names_the_vmm_line_that_logged_not_its_log_helper():
+    # VCPU_CTRn records __FILE__/__LINE__ where the trace call is written (sys/sys/ktr.h):
+    # for the vmm that is the line calling Vcpu.log, not Vcpu.log itself.
+    from nitdbg.machine import Machine
+    m = Machine(vcpus=1)
+    v = m.vm.vcpus[0]
+    line = sys._getframe().f_lineno + 1
+    v.log("probe %d", 7)
+    assert m.vm.ktr.tail(1)[0].file == "test_vmm_ktr.py" and m.vm.ktr.tail(1)[0].line == line
+    v.set_intr_shadow(1)
+    e = m.vm.ktr.tail(1)[0]
+    assert e.message == "vm vm2[0]: Setting intr_shadow to 1"
+    import inspect
+
+    from nitdbg.vmm.vcpu import Vcpu
+    src, first = inspect.getsourcelines(Vcpu.set_intr_shadow)
+    assert e.file == "nitdbg/vmm/vcpu.py"
+    assert src[e.line - first].strip().startswith('self.log("Setting intr_shadow')
+
+
+def test_rendered_messages_are_rendered_again_after_the_slot_is_reused():
+    k = Ktr(entries=2)
+    k.log(0, 1, "a")
+    k.log(0, 2, "b")
+    assert k.messages() == ["a", "b"]
+    k.log(0, 3, "c")
+    assert k.messages() == ["b", "c"]
+    k.clear()
+    k.log(0, 4, "d")
+    assert k.messages() == ["d"]
