@@ -236,6 +236,11 @@ class Svm(Hooks):
             self._virq_setup()
         except Intercepted:
             return self._finish_exit()
+        # The state is loaded and EVENTINJ delivered: the vCPU's own test of whether the
+        # next boundary needs its exact path (an event pending, TF/RF, a shadow, an
+        # instruction breakpoint, a host stop...), rather than the slow path for every
+        # first instruction after a VMRUN.
+        c._recompute_attention()
         return self.resume(budget)
 
     def resume(self, budget: int) -> Exit | None:
