@@ -337,12 +337,16 @@ class Vcpu:
 
     def _limit(self, left: int) -> int:
         """Run no further than the next timer deadline, where the host would interrupt."""
-        self.vm.current_vcpu = self.id
-        deadline = self.vm.next_deadline(self)
+        vm = self.vm
+        vm.current_vcpu = self.id
+        deadline = vm.next_deadline(self)
         if deadline is None:
             return left
-        per = self.cpu.retire.ns_per_insn
-        return max(1, min(left, (deadline - self.cpu.now() + per - 1) // per))
+        cpu = self.cpu
+        per = cpu.retire.ns_per_insn
+        n = (deadline - cpu.now() + per - 1) // per
+        n = left if left <= n else n                     # max(1, min(left, n))
+        return n if n > 1 else 1
 
     def exit_after_injection(self) -> None:
         """Exit again right after VMRUN has delivered EVENTINJ, before the first guest
