@@ -274,3 +274,16 @@ def test_rendered_messages_are_rendered_again_after_the_slot_is_reused():
     k.clear()
     k.log(0, 4, "d")
     assert k.messages() == ["d"]
+
+
+def test_a_site_recorded_as_code_and_offset_reads_back_as_the_line_f_lineno_gives():
+    from nitdbg.vmm.ktr import site
+
+    def where() -> tuple:
+        f = sys._getframe(1)
+        return f.f_code, f.f_lasti, f.f_lineno
+
+    got = [where(), (where(
+    )), [where() for _ in range(1)][0]]
+    for code, lasti, lineno in got:
+        assert site(code, lasti) == ("test_vmm_ktr.py", lineno)

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import CodeType
 
 from .ktr_printf import KtrError, c_format, parse_format
 from .ktrdump import (
@@ -44,8 +45,9 @@ class KtrEntry:
     thread: int
 
 
-# slot layout: (seq, cpu, timestamp, fmt, args, file, line, thread)
-_Slot = tuple[int, int, int, str, tuple, str, int, int]
+# slot layout: (seq, cpu, timestamp, fmt, args, file, line, thread); file and line are the
+# logging frame's code object and f_lasti until read (site())
+_Slot = tuple[int, int, int, str, tuple, CodeType | str, int, int]
 
 
 # The repository root (the folder holding the nitdbg package), whatever the clone is named.
@@ -70,17 +72,38 @@ def source_name(path: str) -> str:
     return name
 
 
-def _caller_site() -> tuple[str, int]:
-    """File and line of the code that logged (KTR records __FILE__/__LINE__ for ktrdump -f).
-    The file is the code object's path; source_name() turns it into the column's name when
-    the ring is read."""
+def _caller_site() -> tuple[CodeType | str, int]:
+    """Where the code that logged is (KTR records __FILE__/__LINE__ for ktrdump -f): its
+    frame's code object and instruction offset (f_lasti), which site() turns into the file
+    and line when the ring is read (cheaper than f_lineno on every log call)."""
     f = sys._getframe(2)
     here = __file__
     while f is not None and f.f_code.co_filename == here:
         f = f.f_back
     if f is None:  # pragma: no cover - there is always a caller
         return ("(null)", 0)
-    return (f.f_code.co_filename, f.f_lineno)
+    return (f.f_code, f.f_lasti)
+
+
+_lines: dict[tuple[CodeType, int], int] = {}
+
+
+def site(where: CodeType | str, at: int) -> tuple[str, int]:
+    """The file column's name and line of a recorded site: a (code object, f_lasti) pair
+    gives the line f_lineno would have given at that instruction (the code's line table,
+    as PyCode_Addr2Line reads it); a (name, line) pair is already one."""
+    if not isinstance(where, CodeType):
+        return where, at
+    line = _lines.get((where, at))
+    if line is None:
+        line = 0
+        for start, end, ln in where.co_lines():
+            if start <= at < end:
+                line = ln if ln is not None else 0
+                break
+        if len(_lines) < 65536:
+            _lines[(where, at)] = line
+    return source_name(where.co_filename), line
 
 
 # Formats already checked by _put: format -> its parameter count (parse_format raises for a
@@ -122,7 +145,7 @@ class Ktr:
     # -- writing ---------------------------------------------------------------------------------
 
     def _put(self, cpu: int, timestamp: int, fmt: str, args: tuple, thread: int,
-             site: tuple[str, int] | None = None) -> None:
+             where: tuple[CodeType | str, int] | None = None) -> None:
         if len(args) > KTR_PARMS:
             raise KtrError(f"ktr: {len(args)} parameters, KTR takes at most {KTR_PARMS}")
         if args or "%" in fmt:
@@ -132,7 +155,7 @@ class Ktr:
                                f"got {len(args)}")
         if timestamp < 0:
             raise KtrError(f"ktr: negative timestamp {timestamp}")
-        file, line = site or _caller_site()
+        file, line = where or _caller_site()
         idx = self._idx
         self._buf[idx] = (self._seq, cpu, timestamp, fmt, args, file, line, thread)
         self._idx = (idx + 1) % self.entries
@@ -158,10 +181,10 @@ class Ktr:
                   (vmname, vcpu, *args), 0)
 
     def vcpu_log_at(self, vmname: str, vcpu: int, timestamp: int, fmt: str, args: tuple,
-                    file: str, line: int) -> None:
-        """vcpu_log() from a caller that names the logging site itself (the code object's
-        file and the line, as sys._getframe gives them): the vmm's per-exit trace calls,
-        without vcpu_log's walk up the stack. The same checks, the same record."""
+                    code: CodeType, lasti: int) -> None:
+        """vcpu_log() from a caller that names the logging site itself (the logging frame's
+        f_code and f_lasti, see site()): the vmm's per-exit trace calls, without
+        vcpu_log's walk up the stack. The same checks, the same record."""
         if len(args) > KTR_PARMS - 2:
             raise KtrError(f"ktr: VCPU_CTR takes at most {KTR_PARMS - 2} parameters, "
                            f"got {len(args)}")
@@ -174,11 +197,11 @@ class Ktr:
         full, nargs = known
         if nargs != len(args) + 2 or timestamp < 0:
             # a call KTR refuses: _put says why, in its words
-            self._put(vcpu, timestamp, full, (vmname, vcpu, *args), 0, (file, line))
+            self._put(vcpu, timestamp, full, (vmname, vcpu, *args), 0, (code, lasti))
             return
         idx = self._idx
-        self._buf[idx] = (self._seq, vcpu, timestamp, full, (vmname, vcpu, *args), file,
-                          line, 0)
+        self._buf[idx] = (self._seq, vcpu, timestamp, full, (vmname, vcpu, *args), code,
+                          lasti, 0)
         self._idx = (idx + 1) % self.entries
         self._seq += 1
 
@@ -216,7 +239,8 @@ class Ktr:
         else:
             text = c_format(fmt, args)
             self._texts[slot] = (s, text)
-        return KtrEntry(slot, seq, cpu, ts, text, source_name(file), line, thread)
+        file, line = site(file, line)
+        return KtrEntry(slot, seq, cpu, ts, text, file, line, thread)
 
     def _slots_newest_first(self) -> Iterator[int]:
         n = self.entries

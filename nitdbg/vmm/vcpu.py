@@ -135,8 +135,7 @@ class Vcpu:
         # VCPU_CTRn records the __FILE__ and __LINE__ of the trace call: the caller's
         f = sys._getframe(1)
         vm = self.vm
-        vm.ktr.vcpu_log_at(vm.name, self.id, self.cpu.now(), fmt, args, f.f_code.co_filename,
-                           f.f_lineno)
+        vm.ktr.vcpu_log_at(vm.name, self.id, self.cpu.now(), fmt, args, f.f_code, f.f_lasti)
 
     def stat(self, key: str, n: int = 1, index: int = 0) -> None:
         self.vm.stats.incr(self.id, key, n, index)
