@@ -90,8 +90,18 @@ _SH_V_IRQ = _shift_in_vintr_ctl(Vmcb.v_irq)
 _SH_V_IGN_TPR = _shift_in_vintr_ctl(Vmcb.v_ign_tpr)
 _SH_V_INTR_PRIO = _shift_in_vintr_ctl(Vmcb.v_intr_prio)
 assert Vmcb.v_tpr.offset == _OFF_VINTR_CTL and Vmcb.v_tpr.lo == 0
-_IOIO_WORD, _IOIO_BIT = INTERCEPTS["IOIO_PROT"]
-_OFF_IOIO_PROT, _BIT_IOIO_PROT = _IOIO_WORD + (_IOIO_BIT >> 3), 1 << (_IOIO_BIT & 7)
+
+
+def _intercept_bit(name: str) -> tuple[int, int]:
+    """The byte of the VMCB holding intercept `name` and its bit in that byte."""
+    word, bit = INTERCEPTS[name]
+    return word + (bit >> 3), 1 << (bit & 7)
+
+
+_OFF_IOIO_PROT, _BIT_IOIO_PROT = _intercept_bit("IOIO_PROT")
+# instruction name -> (byte, bit, exit code) of its intercept
+_INSN_INTERCEPT_BITS = {name: (*_intercept_bit(icpt), code)
+                        for name, (icpt, code) in _INSN_INTERCEPTS.items()}
 # Single bits of the control area read on every VMRUN and #VMEXIT, by byte and mask.
 _OFF_SHADOW, _BIT_SHADOW = Vmcb.interrupt_shadow.offset, 1 << Vmcb.interrupt_shadow.lo
 _OFF_VNMI_EN = Vmcb.v_nmi_enable.offset
@@ -388,11 +398,12 @@ class Svm(Hooks):
             self._intercept(ec.VMEXIT_SHUTDOWN)
 
     def insn(self, cpu: Cpu, name: str, next_rip: int) -> None:
-        if name == "iret" and self.vmcb.v_nmi_enable:
+        buf = self.vmcb.buf
+        if name == "iret" and buf[_OFF_VNMI_EN] & _BIT_VNMI_EN:
             self._vnmi_iret = (cpu.icount, bool(cpu.nmi_blocked))
-        ent = _INSN_INTERCEPTS.get(name)
-        if ent is not None and self.vmcb.intercepted(ent[0]):
-            self._intercept(ent[1], 0, 0, next_rip)
+        ent = _INSN_INTERCEPT_BITS.get(name)
+        if ent is not None and buf[ent[0]] & ent[1]:
+            self._intercept(ent[2], 0, 0, next_rip)
 
     def cr_write(self, cpu: Cpu, n: int, value: int, gpr: int, next_rip: int,
                  mov: bool = True) -> None:

@@ -264,7 +264,7 @@ class Vcpu:
     def run(self, budget: int) -> UserExit:
         """Run the vCPU for at most `budget` guest instructions or until userspace is
         needed. A vCPU whose budget runs out stays in guest mode (see Svm.vmrun)."""
-        cpu = self.cpu
+        cpu, svm, vm = self.cpu, self.svm, self.vm
         start = cpu.icount
         restarts0 = self.restarts
         while True:
@@ -274,22 +274,22 @@ class Vcpu:
                 # a bug in nitdbg stopped the vCPU: userspace tells the person, nothing runs
                 return UserExit("internal", self.id, cpu.internal_error.info())
             left = budget - (cpu.icount - start)
-            if self.svm.in_guest:
-                deadline = self.vm.next_deadline(self)
+            if svm.in_guest:
+                deadline = vm.next_deadline(self)
                 if self.kicked or (deadline is not None and deadline <= cpu.now()):
                     self.kicked = False
-                    exit_ = self.svm.kick()
+                    exit_ = svm.kick()
                 elif left <= 0:
                     return UserExit("quantum", self.id)
                 else:
-                    exit_ = self.svm.resume(self._limit(left))
+                    exit_ = svm.resume(self._limit(left))
                     if exit_ is None:
                         if cpu.stop_reason == "host":      # the gdb stub's stop
                             return UserExit("gdb", self.id)
                         continue
             else:
                 self.kicked = False
-                self.vm.fire_timers(self)
+                vm.fire_timers(self)
                 if self.halted:
                     if not self.wake_pending():
                         return UserExit("hlt", self.id)
@@ -303,10 +303,10 @@ class Vcpu:
                 if left <= 0:
                     return UserExit("quantum", self.id)
                 self.inj_interrupts()
-                if self.policy.before_vmrun(self):
+                if vm.policy.before_vmrun(self):
                     self.exit_after_injection()
-                self.vm.current_vcpu = self.id
-                exit_ = self.svm.vmrun(0 if self.kicked else self._limit(left))
+                vm.current_vcpu = self.id
+                exit_ = svm.vmrun(0 if self.kicked else self._limit(left))
                 if exit_ is None:
                     if cpu.stop_reason == "host":
                         return UserExit("gdb", self.id)
@@ -318,20 +318,20 @@ class Vcpu:
             # A #VMEXIT and the VMRUN after it take time on real hardware; spin loops that
             # exit on every PAUSE advance their clock by it, so the vCPU they wait for runs.
             cpu.advance_time(EXIT_COST_NS)
-            self.stat("VMEXIT_COUNT")
+            vm.stats.incr(self.id, "VMEXIT_COUNT")
             if buf[_OFF_EXITINTINFO + 3] & 0x80:          # EXITINTINFO.V, bit 31
                 self.exitintinfo = self.vmcb.exitintinfo
                 self.stat("VCPU_EXITINTINFO")
-            self.vm.policy.after_vmexit(self, exit_)
+            vm.policy.after_vmexit(self, exit_)
             ux = self.vmexit(exit_)
             if ux is not None:
                 return ux
             if self.kassert_pending is not None:
                 msg, self.kassert_pending = self.kassert_pending, None
                 return UserExit("kassert", self.id, {"message": msg, "rip": exit_.rip})
-            if self.vm.resched:
+            if vm.resched:
                 # another vCPU was woken: let the scheduler interleave again
-                self.vm.resched = False
+                vm.resched = False
                 return UserExit("quantum", self.id)
 
     def _limit(self, left: int) -> int:
