@@ -287,3 +287,36 @@ def test_a_site_recorded_as_code_and_offset_reads_back_as_the_line_f_lineno_give
     )), [where() for _ in range(1)][0]]
     for code, lasti, lineno in got:
         assert site(code, lasti) == ("test_vmm_ktr.py", lineno)
+
+
+def test_c_format_compiled_per_format_gives_the_generic_interpretation_s_text():
+    # c_format compiles each format once (the common conversions inline); for any format,
+    # argument types and values its text and its refusals are the spec-by-spec reading's.
+    import random
+
+    from nitdbg.vmm.ktr_printf import _c_format_generic
+    rnd = random.Random(3)
+    convs = "diouxXcsp"
+    values = [0, 1, -1, 7, 255, 1 << 31, (1 << 32) - 1, 1 << 63, (1 << 64) - 1, -(1 << 40),
+              True, "ab", "", None, 3.0]
+    for _ in range(3000):
+        n = rnd.randrange(4)
+        fmt, args = rnd.choice(("", "x ", "%% ")), []
+        for _ in range(n):
+            flags = "".join(rnd.sample("-+ #0", rnd.randrange(3)))
+            width = rnd.choice(("", "", "3", "12", "*"))
+            prec = rnd.choice(("", "", ".0", ".2", ".", ".*"))
+            length = rnd.choice(("", "", "l", "h", "hh", "ll", "j", "z"))
+            fmt += f"%{flags}{width}{prec}{length}{rnd.choice(convs)} ["
+            args += [rnd.randrange(-20, 20)] * (width == "*") + [rnd.randrange(-5, 5)] * (
+                prec == ".*") + [rnd.choice(values)]
+        args = tuple(args)
+        try:
+            want: object = _c_format_generic(fmt, args)
+        except Exception as e:  # noqa: BLE001 - the refusal itself is compared
+            want = (type(e), str(e))
+        try:
+            got: object = c_format(fmt, args)
+        except Exception as e:  # noqa: BLE001
+            got = (type(e), str(e))
+        assert got == want, (fmt, args)
