@@ -22,6 +22,7 @@ from ..x86.cpu import Cpu
 from ..x86.regs import DR6_BS, HAS_ERRCODE, IF, TF
 from .hypercall import HYPERCALL_PORT
 from .inout_str import emulate_inout_str
+from .vlapic import ApicGP
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -473,7 +474,6 @@ class Vcpu:
         self.stat("VMEXIT_WRMSR" if write else "VMEXIT_RDMSR")
         ecx = self.cpu.regs[1] & 0xFFFF_FFFF
         vlapic = self.vm.vlapics[self.id]
-        from .vlapic import ApicGP
         try:
             if not vlapic.handles_msr(ecx):
                 raise ApicGP(f"msr {ecx:#x}")
