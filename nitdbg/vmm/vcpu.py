@@ -456,15 +456,15 @@ class Vcpu:
         if io.port == HYPERCALL_PORT and not io.is_in:
             return vm.hypercall(self)
         buf = self.vmcb.buf
-        rax = _Q.unpack_from(buf, _OFF_RAX)[0]
         mask = (1 << (8 * io.size)) - 1
         if io.is_in:
             value = vm.iobus.read(io.port, io.size, self.id)
+            rax = _Q.unpack_from(buf, _OFF_RAX)[0]
             # IN to EAX zero-extends into RAX in 64-bit mode; AL/AX merge.
             _Q.pack_into(buf, _OFF_RAX,
                          value & mask if io.size == 4 else (rax & ~mask) | (value & mask))
         else:
-            vm.iobus.write(io.port, io.size, rax & mask, self.id)
+            vm.iobus.write(io.port, io.size, _Q.unpack_from(buf, _OFF_RAX)[0] & mask, self.id)
             if vm.debug_exit.exit_status is not None:
                 return UserExit("debug_exit", self.id, {"status": vm.debug_exit.exit_status})
         return None
