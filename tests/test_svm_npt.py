@@ -235,3 +235,21 @@ def test_unmap_all_keeps_the_other_bits_of_non_present_entries():
     assert npt.unmap_all() == 3
     assert npt.hostmem.read_u64(pt + 8 * 100) == 0xABC0
     assert npt.hostmem.read_u64(pt) == 0
+
+
+def test_unmap_all_zeroes_exactly_the_present_leaves_of_a_page_table_and_keeps_the_rest():
+    # A PT's entries with P=1 become 0; a not-present entry keeps its bits (software may
+    # keep information there), as clearing them one by one would.
+    import random
+    from array import array
+    npt = npt_with_ram(0x200000)            # 512 pages: one full PT
+    npt.translate(0)
+    pt = npt.walk_steps(0)[-1].entry_hpa & ~0xFFF
+    rnd = random.Random(7)
+    ents = [rnd.choice((0, rnd.randrange(1 << 64) | PTE_P, rnd.randrange(1 << 64) & ~PTE_P))
+            for _ in range(512)]
+    npt.hostmem.pages[pt >> 12][:] = array("Q", ents).tobytes()
+    assert npt.unmap_all() == sum(e & PTE_P for e in ents)
+    assert array("Q", bytes(npt.hostmem.pages[pt >> 12])).tolist() == [
+        0 if e & PTE_P else e for e in ents]
+    assert npt.leaf_count() == 0

@@ -210,3 +210,113 @@ def test_snapshot_excludes_source_positions_and_tracks_contents():
     assert k.snapshot()["entries"][0] == (0, 0, 0, 1500, "vm vm2[0]: Injecting vNMI")
     k.log(0, 1, "more")
     assert k.digest() != d
+
+
+def _digest_of_every_record(k: Ktr) -> str:
+    """The digest's definition: the ring position, then every filled slot's record (format
+    and parameters) in slot order, hashed from scratch."""
+    import hashlib
+    h = hashlib.sha256(f"{k._idx}:{k._seq}".encode())
+    h.update("".join(repr(rec[:5]) for rec in k._buf if rec is not None).encode())
+    return h.hexdigest()
+
+
+def test_digest_kept_between_checkpoints_equals_the_digest_of_every_record():
+    # The ring keeps each record's part of the digest until the slot is written again; a
+    # digest after any mix of writes, wraps (several between two digests), clears and a
+    # take-over must be the hash of the whole ring computed from scratch.
+    import random
+    rnd = random.Random(11)
+    k = Ktr(entries=8)
+    for step in range(600):
+        op = rnd.random()
+        if op < 0.7:
+            for _ in range(rnd.choice((1, 2, 3, 9, 17))):
+                k.vcpu_log("vm2", rnd.randrange(2), step, "handled %s vmexit at %#lx/%d",
+                           "inout", rnd.randrange(1 << 64), rnd.randrange(4))
+        elif op < 0.75:
+            k.clear()
+        elif op < 0.78:
+            other = Ktr(entries=8)
+            for i in range(rnd.randrange(20)):
+                other.log(0, i, f"other {i}")
+            k.take_over(other)
+        assert k.digest() == _digest_of_every_record(k), step
+
+
+def test_ktrdump_file_column_names_the_vmm_line_that_logged_not_its_log_helper():
+    # VCPU_CTRn records __FILE__/__LINE__ where the trace call is written (sys/sys/ktr.h):
+    # for the vmm that is the line calling Vcpu.log, not Vcpu.log itself.
+    from nitdbg.machine import Machine
+    m = Machine(vcpus=1)
+    v = m.vm.vcpus[0]
+    line = sys._getframe().f_lineno + 1
+    v.log("probe %d", 7)
+    assert m.vm.ktr.tail(1)[0].file == "test_vmm_ktr.py" and m.vm.ktr.tail(1)[0].line == line
+    v.set_intr_shadow(1)
+    e = m.vm.ktr.tail(1)[0]
+    assert e.message == "vm vm2[0]: Setting intr_shadow to 1"
+    import inspect
+
+    from nitdbg.vmm.vcpu import Vcpu
+    src, first = inspect.getsourcelines(Vcpu.set_intr_shadow)
+    assert e.file == "nitdbg/vmm/vcpu.py"
+    assert src[e.line - first].strip().startswith('self.log("Setting intr_shadow')
+
+
+def test_rendered_messages_are_rendered_again_after_the_slot_is_reused():
+    k = Ktr(entries=2)
+    k.log(0, 1, "a")
+    k.log(0, 2, "b")
+    assert k.messages() == ["a", "b"]
+    k.log(0, 3, "c")
+    assert k.messages() == ["b", "c"]
+    k.clear()
+    k.log(0, 4, "d")
+    assert k.messages() == ["d"]
+
+
+def test_a_site_recorded_as_code_and_offset_reads_back_as_the_line_f_lineno_gives():
+    from nitdbg.vmm.ktr import site
+
+    def where() -> tuple:
+        f = sys._getframe(1)
+        return f.f_code, f.f_lasti, f.f_lineno
+
+    got = [where(), (where(
+    )), [where() for _ in range(1)][0]]
+    for code, lasti, lineno in got:
+        assert site(code, lasti) == ("test_vmm_ktr.py", lineno)
+
+
+def test_c_format_compiled_per_format_gives_the_generic_interpretation_s_text():
+    # c_format compiles each format once (the common conversions inline); for any format,
+    # argument types and values its text and its refusals are the spec-by-spec reading's.
+    import random
+
+    from nitdbg.vmm.ktr_printf import _c_format_generic
+    rnd = random.Random(3)
+    convs = "diouxXcsp"
+    values = [0, 1, -1, 7, 255, 1 << 31, (1 << 32) - 1, 1 << 63, (1 << 64) - 1, -(1 << 40),
+              True, "ab", "", None, 3.0]
+    for _ in range(3000):
+        n = rnd.randrange(4)
+        fmt, args = rnd.choice(("", "x ", "%% ")), []
+        for _ in range(n):
+            flags = "".join(rnd.sample("-+ #0", rnd.randrange(3)))
+            width = rnd.choice(("", "", "3", "12", "*"))
+            prec = rnd.choice(("", "", ".0", ".2", ".", ".*"))
+            length = rnd.choice(("", "", "l", "h", "hh", "ll", "j", "z"))
+            fmt += f"%{flags}{width}{prec}{length}{rnd.choice(convs)} ["
+            args += [rnd.randrange(-20, 20)] * (width == "*") + [rnd.randrange(-5, 5)] * (
+                prec == ".*") + [rnd.choice(values)]
+        args = tuple(args)
+        try:
+            want: object = _c_format_generic(fmt, args)
+        except Exception as e:  # noqa: BLE001 - the refusal itself is compared
+            want = (type(e), str(e))
+        try:
+            got: object = c_format(fmt, args)
+        except Exception as e:  # noqa: BLE001
+            got = (type(e), str(e))
+        assert got == want, (fmt, args)

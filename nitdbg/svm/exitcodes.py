@@ -234,6 +234,32 @@ class IoioInfo:
         return f"{rep}{op} port {self.port:#x} size {self.size}"
 
 
+_ioio_decoded: dict[int, IoioInfo] = {}
+_ioio_encoded: dict[tuple[int, int, bool], int] = {}
+
+
+def ioio_decode(info1: int) -> IoioInfo:
+    """IoioInfo.decode, remembered: a guest does its port I/O on a few ports, one exit per
+    access (IoioInfo is frozen, so one object serves every exit with the same EXITINFO1)."""
+    io = _ioio_decoded.get(info1)
+    if io is None:
+        io = IoioInfo.decode(info1)
+        if len(_ioio_decoded) < 4096:
+            _ioio_decoded[info1] = io
+    return io
+
+
+def ioio_encode(port: int, size: int, is_in: bool) -> int:
+    """EXITINFO1 of a plain IN or OUT (IoioInfo(port, size, is_in).encode()), remembered."""
+    key = (port, size, is_in)
+    v = _ioio_encoded.get(key)
+    if v is None:
+        v = IoioInfo(port=port, size=size, is_in=is_in).encode()
+        if len(_ioio_encoded) < 4096:
+            _ioio_encoded[key] = v
+    return v
+
+
 # --- nested page fault EXITINFO1 (APM vol 2 15.25.6) -----------------------------------------
 
 NPF_P = 1 << 0       # 1: protection violation, 0: entry not present

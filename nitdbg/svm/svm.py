@@ -20,7 +20,7 @@ from ..x86.retire import EV_INJECT, EV_VMEXIT, EV_VMRUN
 from . import exitcodes as ec
 from .intinfo import TYPE_EXCEPTION, TYPE_INTR, TYPE_NMI, TYPE_SOFT_INT, IntInfo
 from .npt import NestedPageFault, NestedPageTable
-from .vmcb import SEGMENT_OFFSETS, Iopm, Msrpm, Vmcb
+from .vmcb import INTERCEPTS, SEGMENT_OFFSETS, Iopm, Msrpm, Vmcb
 
 _INSN_INTERCEPTS = {
     "iret": ("IRET", ec.VMEXIT_IRET), "hlt": ("HLT", ec.VMEXIT_HLT),
@@ -57,16 +57,68 @@ assert _consecutive(Vmcb.rax, Vmcb.star, Vmcb.lstar, Vmcb.cstar, Vmcb.sfmask,
 assert _consecutive(Vmcb.exitcode, Vmcb.exitinfo1, Vmcb.exitinfo2, Vmcb.exitintinfo)
 assert list(SEGMENT_OFFSETS.values()) == list(range(_OFF_SEGS, _OFF_SEGS + 0xA0, 0x10))
 _SEG_ALL = struct.Struct("<" + "HHIQ" * 10)
+
+
+def _save_area_struct() -> struct.Struct:
+    """One struct reading every field load_guest takes, in offset order, skipping the bytes
+    between them (reading only: a pack through it would zero the fields it skips)."""
+    spans = [(_OFF_SEGS, "HHIQ" * 10, 0xA0), (_OFF_CPL, "B", 1), (_OFF_EFER, "Q", 8),
+             (_OFF_CTRL, "7Q", 56), (_OFF_RSP, "Q", 8), (_OFF_GPR, "6Q", 48),
+             (_OFF_CR2, "Q", 8)]
+    fmt, pos = "<", _OFF_SEGS
+    for off, f, size in spans:
+        assert off >= pos
+        fmt += (f"{off - pos}x" if off > pos else "") + f
+        pos = off + size
+    st = struct.Struct(fmt)
+    assert st.size == pos - _OFF_SEGS
+    return st
+
+
+_SAVE_AREA = _save_area_struct()
+_OFF_EXITINTINFO = Vmcb.exitintinfo.offset
+_OFF_EVENTINJ = Vmcb.eventinj.offset
+# the virtual interrupt control word: V_TPR 7:0, V_IRQ 8, V_INTR_PRIO 19:16, V_IGN_TPR 20
+_OFF_VINTR_CTL = Vmcb.v_intr_control.offset
+
+
+def _shift_in_vintr_ctl(f: object) -> int:
+    return (f.offset - _OFF_VINTR_CTL) * 8 + f.lo  # type: ignore[attr-defined]
+
+
+_SH_V_IRQ = _shift_in_vintr_ctl(Vmcb.v_irq)
+_SH_V_IGN_TPR = _shift_in_vintr_ctl(Vmcb.v_ign_tpr)
+_SH_V_INTR_PRIO = _shift_in_vintr_ctl(Vmcb.v_intr_prio)
+assert Vmcb.v_tpr.offset == _OFF_VINTR_CTL and Vmcb.v_tpr.lo == 0
+
+
+def _intercept_bit(name: str) -> tuple[int, int]:
+    """The byte of the VMCB holding intercept `name` and its bit in that byte."""
+    word, bit = INTERCEPTS[name]
+    return word + (bit >> 3), 1 << (bit & 7)
+
+
+_OFF_IOIO_PROT, _BIT_IOIO_PROT = _intercept_bit("IOIO_PROT")
+# instruction name -> (byte, bit, exit code) of its intercept
+_INSN_INTERCEPT_BITS = {name: (*_intercept_bit(icpt), code)
+                        for name, (icpt, code) in _INSN_INTERCEPTS.items()}
+# Single bits of the control area read on every VMRUN and #VMEXIT, by byte and mask.
+_OFF_SHADOW, _BIT_SHADOW = Vmcb.interrupt_shadow.offset, 1 << Vmcb.interrupt_shadow.lo
+_OFF_VNMI_EN = Vmcb.v_nmi_enable.offset
+_BIT_VNMI_EN = 1 << Vmcb.v_nmi_enable.lo
+assert Vmcb.interrupt_shadow.width == 1 and Vmcb.interrupt_shadow.lo < 8
+assert Vmcb.v_nmi_enable.width == 1 and Vmcb.v_nmi_enable.lo < 8
 _CTRL = struct.Struct("<7Q")
 _GPR = struct.Struct("<6Q")
 _Q = struct.Struct("<Q")
 _EXIT = struct.Struct("<4Q")
 _M64 = 0xFFFF_FFFF_FFFF_FFFF
+_M32 = 0xFFFF_FFFF
 _TYPE_KIND = {TYPE_INTR: "intr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception",
               TYPE_SOFT_INT: "soft"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Exit:
     """What the last #VMEXIT reported (also in the VMCB; this is a convenience copy)."""
 
@@ -98,32 +150,31 @@ class Svm(Hooks):
         """VMRUN: load the guest state from the save area (APM 15.5.1)."""
         v, c = self.vmcb, self.cpu
         buf = v.buf
-        segs = _SEG_ALL.unpack_from(buf, _OFF_SEGS)
-        for i, seg in enumerate((*c.seg, None, c.ldtr, None, c.tr)):
-            sel, attrib, limit, base = segs[4 * i:4 * i + 4]
-            if seg is None:
-                tbl = c.gdtr if i == 6 else c.idtr
-                tbl.base, tbl.limit = base, limit
-            else:
-                seg.sel, seg.attrib, seg.limit, seg.base = sel, attrib, limit, base
-        cpl = buf[_OFF_CPL]
-        efer, = _Q.unpack_from(buf, _OFF_EFER)
-        cr4, cr3, cr0, dr7, dr6, rflags, rip = _CTRL.unpack_from(buf, _OFF_CTRL)
-        rsp, = _Q.unpack_from(buf, _OFF_RSP)
-        rax, c.star, c.lstar, c.cstar, c.sfmask, c.kernel_gs_base = _GPR.unpack_from(
-            buf, _OFF_GPR)
-        c.cr2, = _Q.unpack_from(buf, _OFF_CR2)
-        paging_changed = (c.cr0, c.cr3, c.cr4, c.efer) != (cr0, cr3, cr4, efer)
+        es, cs, ss, ds, fs, gs = c.seg
+        gdtr, ldtr, idtr, tr = c.gdtr, c.ldtr, c.idtr, c.tr
+        # One unpack of the whole save area, straight into the vCPU's registers (the
+        # selector and attribute words of GDTR and IDTR are reserved: dropped).
+        (es.sel, es.attrib, es.limit, es.base, cs.sel, cs.attrib, cs.limit, cs.base,
+         ss.sel, ss.attrib, ss.limit, ss.base, ds.sel, ds.attrib, ds.limit, ds.base,
+         fs.sel, fs.attrib, fs.limit, fs.base, gs.sel, gs.attrib, gs.limit, gs.base,
+         _, _, gdtr.limit, gdtr.base, ldtr.sel, ldtr.attrib, ldtr.limit, ldtr.base,
+         _, _, idtr.limit, idtr.base, tr.sel, tr.attrib, tr.limit, tr.base,
+         cpl, efer, cr4, cr3, cr0, dr7, dr6, rflags, rip, rsp,
+         rax, c.star, c.lstar, c.cstar, c.sfmask, c.kernel_gs_base,
+         c.cr2) = _SAVE_AREA.unpack_from(buf, _OFF_SEGS)
+        paging_changed = (c.cr0 != cr0 or c.cr3 != cr3 or c.cr4 != cr4 or c.efer != efer)
         c.cr0, c.cr3, c.cr4, c.efer = cr0, cr3, cr4, efer
-        debug_changed = c.dr[7] != dr7
-        c.dr[6], c.dr[7] = dr6, dr7
+        dr = c.dr
+        debug_changed = dr[7] != dr7
+        dr[6], dr[7] = dr6, dr7
         c.rflags = rflags | 0x2
         c.rip = rip
-        c.regs[RSP] = rsp
-        c.regs[RAX] = rax
+        regs = c.regs
+        regs[RSP] = rsp
+        regs[RAX] = rax
         c.cpl = cpl
-        c.shadow = SHADOW_STI if v.interrupt_shadow else 0
-        if v.v_nmi_enable:
+        c.shadow = SHADOW_STI if buf[_OFF_SHADOW] & _BIT_SHADOW else 0
+        if buf[_OFF_VNMI_EN] & _BIT_VNMI_EN:
             # Virtual NMI (APM vol 2 15.21.x): the guest's NMI state is in int_ctl; the CPU
             # takes V_NMI_PENDING when NMIs are not blocked, as it would a real NMI.
             c.nmi_pending = bool(v.v_nmi_pending)
@@ -138,27 +189,35 @@ class Svm(Hooks):
         """#VMEXIT: store the guest state into the save area (APM 15.6)."""
         v, c = self.vmcb, self.cpu
         buf = v.buf
-        vals: list[int] = []
-        for s in c.seg:
-            vals += (s.sel, s.attrib, s.limit & 0xFFFF_FFFF, s.base)
-        vals += (0, 0, c.gdtr.limit, c.gdtr.base)
-        vals += (c.ldtr.sel, c.ldtr.attrib, c.ldtr.limit & 0xFFFF_FFFF, c.ldtr.base)
-        vals += (0, 0, c.idtr.limit, c.idtr.base)
-        vals += (c.tr.sel, c.tr.attrib, c.tr.limit & 0xFFFF_FFFF, c.tr.base)
-        _SEG_ALL.pack_into(buf, _OFF_SEGS, *vals)
+        es, cs, ss, ds, fs, gs = c.seg
+        gdtr, ldtr, idtr, tr = c.gdtr, c.ldtr, c.idtr, c.tr
+        _SEG_ALL.pack_into(
+            buf, _OFF_SEGS,
+            es.sel, es.attrib, es.limit & _M32, es.base, cs.sel, cs.attrib, cs.limit & _M32,
+            cs.base, ss.sel, ss.attrib, ss.limit & _M32, ss.base, ds.sel, ds.attrib,
+            ds.limit & _M32, ds.base, fs.sel, fs.attrib, fs.limit & _M32, fs.base,
+            gs.sel, gs.attrib, gs.limit & _M32, gs.base,
+            0, 0, gdtr.limit, gdtr.base,
+            ldtr.sel, ldtr.attrib, ldtr.limit & _M32, ldtr.base,
+            0, 0, idtr.limit, idtr.base,
+            tr.sel, tr.attrib, tr.limit & _M32, tr.base)
         buf[_OFF_CPL] = c.cpl
         _Q.pack_into(buf, _OFF_EFER, c.efer)
-        _CTRL.pack_into(buf, _OFF_CTRL, c.cr4, c.cr3, c.cr0, c.dr[7], c.dr[6],
-                        c.rflags, c.rip)
-        _Q.pack_into(buf, _OFF_RSP, c.regs[RSP])
-        _GPR.pack_into(buf, _OFF_GPR, c.regs[RAX], c.star, c.lstar, c.cstar,
+        dr = c.dr
+        _CTRL.pack_into(buf, _OFF_CTRL, c.cr4, c.cr3, c.cr0, dr[7], dr[6], c.rflags, c.rip)
+        regs = c.regs
+        _Q.pack_into(buf, _OFF_RSP, regs[RSP])
+        _GPR.pack_into(buf, _OFF_GPR, regs[RAX], c.star, c.lstar, c.cstar,
                        c.sfmask, c.kernel_gs_base)
         _Q.pack_into(buf, _OFF_CR2, c.cr2)
         # INTERRUPT_SHADOW reflects the guest's shadow state at #VMEXIT (APM vol 2 15.21.5,
         # table B-1 offset 68h): an instruction that has not completed (a #NPF on it) leaves
         # the shadow VMRUN loaded in force.
-        v.interrupt_shadow = 1 if c.shadow else 0
-        if v.v_nmi_enable:
+        if c.shadow:
+            buf[_OFF_SHADOW] |= _BIT_SHADOW
+        else:
+            buf[_OFF_SHADOW] &= ~_BIT_SHADOW & 0xFF
+        if buf[_OFF_VNMI_EN] & _BIT_VNMI_EN:
             mark = self._vnmi_iret
             if mark is not None and c.icount == mark[0]:
                 # An IRET that exits before it completes has not unblocked virtual NMIs:
@@ -176,7 +235,7 @@ class Svm(Hooks):
         pausing the simulation of one is not an architectural event. `resume()` goes on."""
         c = self.cpu
         self.load_guest()
-        self.vmcb.exitintinfo = 0
+        _Q.pack_into(self.vmcb.buf, _OFF_EXITINTINFO, 0)
         self._pending = None
         self._rip_override = None
         self._vnmi_iret = None
@@ -187,6 +246,11 @@ class Svm(Hooks):
             self._virq_setup()
         except Intercepted:
             return self._finish_exit()
+        # The state is loaded and EVENTINJ delivered: the vCPU's own test of whether the
+        # next boundary needs its exact path (an event pending, TF/RF, a shadow, an
+        # instruction breakpoint, a host stop...), rather than the slow path for every
+        # first instruction after a VMRUN.
+        c._recompute_attention()
         return self.resume(budget)
 
     def resume(self, budget: int) -> Exit | None:
@@ -212,9 +276,9 @@ class Svm(Hooks):
         """Deliver EVENTINJ before the first guest instruction (APM 15.20). An intercepted
         exception during delivery exits with EXITINTINFO = the event being injected."""
         v, c = self.vmcb, self.cpu
-        raw = v.eventinj
-        if not raw & (1 << 31):
+        if not v.buf[_OFF_EVENTINJ + 3] & 0x80:          # EVENTINJ.V, bit 31
             return
+        raw = v.eventinj
         v.eventinj = 0
         info = IntInfo.decode(raw)
         kind = _TYPE_KIND.get(info.type)
@@ -236,12 +300,13 @@ class Svm(Hooks):
     _injecting = 0
 
     def _virq_setup(self) -> None:
-        v, c = self.vmcb, self.cpu
+        c = self.cpu
         # V_IRQ: a virtual interrupt the guest takes when RFLAGS.IF=1 outside a shadow and
         # above V_TPR (APM 15.21.4). bhyve only uses it with the VINTR intercept to learn
         # when the window opens, so taking it without the intercept is modelled simply.
-        c.intr_pending = bool(v.v_irq) and (
-            bool(v.v_ign_tpr) or v.v_intr_prio > (v.v_tpr & 0xF))
+        ctl = _Q.unpack_from(self.vmcb.buf, _OFF_VINTR_CTL)[0]
+        c.intr_pending = bool(ctl >> _SH_V_IRQ & 1) and (
+            bool(ctl >> _SH_V_IGN_TPR & 1) or (ctl >> _SH_V_INTR_PRIO & 0xF) > (ctl & 0xF))
         c.intr_ack = self._virq_ack
         c.attention = True
 
@@ -274,13 +339,14 @@ class Svm(Hooks):
         if self._rip_override is not None:
             c.rip = self._rip_override
         self.save_guest()
-        if v.v_nmi_enable and intinfo & (1 << 31) and (intinfo >> 8) & 7 == TYPE_NMI:
+        if (v.buf[_OFF_VNMI_EN] & _BIT_VNMI_EN and intinfo & (1 << 31)
+                and (intinfo >> 8) & 7 == TYPE_NMI):
             # "Hardware clears V_NMI_BLOCKING ... if a VM-Exit occurs while delivering the
             # virtual NMI"; the NMI is in EXITINTINFO for the hypervisor to re-inject.
             v.v_nmi_blocking = 0
         nrip = nrip if nrip is not None else 0
         # EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO are consecutive (APM table B-1)
-        _EXIT.pack_into(v.buf, _OFF_EXIT, ec.exitcode_to_u64(code), info1 & _M64, info2 & _M64,
+        _EXIT.pack_into(v.buf, _OFF_EXIT, code & _M64, info1 & _M64, info2 & _M64,  # u64 code
                         intinfo)
         _Q.pack_into(v.buf, _OFF_NRIP, nrip)
         self.exit = Exit(code, info1, info2, intinfo, nrip, c.rip)
@@ -332,11 +398,12 @@ class Svm(Hooks):
             self._intercept(ec.VMEXIT_SHUTDOWN)
 
     def insn(self, cpu: Cpu, name: str, next_rip: int) -> None:
-        if name == "iret" and self.vmcb.v_nmi_enable:
+        buf = self.vmcb.buf
+        if name == "iret" and buf[_OFF_VNMI_EN] & _BIT_VNMI_EN:
             self._vnmi_iret = (cpu.icount, bool(cpu.nmi_blocked))
-        ent = _INSN_INTERCEPTS.get(name)
-        if ent is not None and self.vmcb.intercepted(ent[0]):
-            self._intercept(ent[1], 0, 0, next_rip)
+        ent = _INSN_INTERCEPT_BITS.get(name)
+        if ent is not None and buf[ent[0]] & ent[1]:
+            self._intercept(ent[2], 0, 0, next_rip)
 
     def cr_write(self, cpu: Cpu, n: int, value: int, gpr: int, next_rip: int,
                  mov: bool = True) -> None:
@@ -367,9 +434,10 @@ class Svm(Hooks):
             self._intercept(ec.VMEXIT_IOIO, info.encode(), next_rip, next_rip)
 
     def _io(self, port: int, size: int, is_in: bool, next_rip: int) -> None:
-        if self.vmcb.intercepted("IOIO_PROT") and self.iopm.io_intercepted(port, size):
-            info = ec.IoioInfo(port=port, size=size, is_in=is_in)
-            self._intercept(ec.VMEXIT_IOIO, info.encode(), next_rip, next_rip)
+        if self.vmcb.buf[_OFF_IOIO_PROT] & _BIT_IOIO_PROT and self.iopm.io_intercepted(port,
+                                                                                     size):
+            self._intercept(ec.VMEXIT_IOIO, ec.ioio_encode(port, size, is_in), next_rip,
+                            next_rip)
 
     def rdmsr(self, cpu: Cpu, msr: int, next_rip: int) -> int | None:
         if self.vmcb.intercepted("MSR_PROT") and self.msrpm.msr_intercepted(msr, False):

@@ -456,8 +456,10 @@ class Iopm:
         self.buf[:] = bytes([fill]) * IOPM_SIZE
 
     def io_intercepted(self, port: int, size: int = 1) -> bool:
-        self._check(port, size)
         buf = self.buf
+        if size == 1 and 0 <= port <= 0xFFFF:       # one bit: the common IN/OUT of a byte
+            return bool(buf[port >> 3] >> (port & 7) & 1)
+        self._check(port, size)
         return any(buf[p >> 3] >> (p & 7) & 1 for p in range(port, port + size))
 
     def digest(self) -> str:

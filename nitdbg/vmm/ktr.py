@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import CodeType
 
 from .ktr_printf import KtrError, c_format, parse_format
 from .ktrdump import (
@@ -44,8 +45,9 @@ class KtrEntry:
     thread: int
 
 
-# slot layout: (seq, cpu, timestamp, fmt, args, file, line, thread)
-_Slot = tuple[int, int, int, str, tuple, str, int, int]
+# slot layout: (seq, cpu, timestamp, fmt, args, file, line, thread); file and line are the
+# logging frame's code object and f_lasti until read (site())
+_Slot = tuple[int, int, int, str, tuple, CodeType | str, int, int]
 
 
 # The repository root (the folder holding the nitdbg package), whatever the clone is named.
@@ -70,15 +72,54 @@ def source_name(path: str) -> str:
     return name
 
 
-def _caller_site() -> tuple[str, int]:
-    """File and line of the code that logged (KTR records __FILE__/__LINE__ for ktrdump -f)."""
+def _caller_site() -> tuple[CodeType | str, int]:
+    """Where the code that logged is (KTR records __FILE__/__LINE__ for ktrdump -f): its
+    frame's code object and instruction offset (f_lasti), which site() turns into the file
+    and line when the ring is read (cheaper than f_lineno on every log call)."""
     f = sys._getframe(2)
     here = __file__
     while f is not None and f.f_code.co_filename == here:
         f = f.f_back
     if f is None:  # pragma: no cover - there is always a caller
         return ("(null)", 0)
-    return (source_name(f.f_code.co_filename), f.f_lineno)
+    return (f.f_code, f.f_lasti)
+
+
+_lines: dict[tuple[CodeType, int], int] = {}
+
+
+def site(where: CodeType | str, at: int) -> tuple[str, int]:
+    """The file column's name and line of a recorded site: a (code object, f_lasti) pair
+    gives the line f_lineno would have given at that instruction (the code's line table,
+    as PyCode_Addr2Line reads it); a (name, line) pair is already one."""
+    if not isinstance(where, CodeType):
+        return where, at
+    line = _lines.get((where, at))
+    if line is None:
+        line = 0
+        for start, end, ln in where.co_lines():
+            if start <= at < end:
+                line = ln if ln is not None else 0
+                break
+        if len(_lines) < 65536:
+            _lines[(where, at)] = line
+    return source_name(where.co_filename), line
+
+
+# Formats already checked by _put: format -> its parameter count (parse_format raises for a
+# format KTR would not take, so only good ones get here).
+_nargs_of: dict[str, int] = {}
+# VCPU_CTRn formats: the message's format -> ("vm %s[%d]: " + format, its parameter count)
+_vcpu_fmts: dict[str, tuple[str, int]] = {}
+
+
+def _nargs(fmt: str) -> int:
+    n = _nargs_of.get(fmt)
+    if n is None:
+        n = parse_format(fmt)[1]
+        if len(_nargs_of) < 4096:
+            _nargs_of[fmt] = n
+    return n
 
 
 class Ktr:
@@ -89,24 +130,35 @@ class Ktr:
             raise KtrError(f"ktr: ring size {entries} must be positive")
         self.entries = entries
         self._buf: list[_Slot | None] = [None] * entries
-        self._idx = 0       # next slot to write (ktr_idx)
+        self._idx = 0       # next slot to write (ktr_idx); always _seq % entries
         self._seq = 0       # entries logged since the last clear
+        self._read_caches_reset()
+
+    def _read_caches_reset(self) -> None:
+        # What reading costs, kept across reads: the digest's repr of each filled slot (up
+        # to date for the entries logged before _dseq) and each slot's formatted message
+        # (slot -> (the slot's record, its text); the record's identity says it is current).
+        self._reprs: list[str] = []
+        self._dseq = 0
+        self._texts: dict[int, tuple[_Slot, str]] = {}
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _put(self, cpu: int, timestamp: int, fmt: str, args: tuple, thread: int) -> None:
+    def _put(self, cpu: int, timestamp: int, fmt: str, args: tuple, thread: int,
+             where: tuple[CodeType | str, int] | None = None) -> None:
         if len(args) > KTR_PARMS:
             raise KtrError(f"ktr: {len(args)} parameters, KTR takes at most {KTR_PARMS}")
         if args or "%" in fmt:
-            nargs = parse_format(fmt)[1]
+            nargs = _nargs(fmt)
             if nargs != len(args):
                 raise KtrError(f"ktr: format {fmt!r} takes {nargs} parameters, "
                                f"got {len(args)}")
         if timestamp < 0:
             raise KtrError(f"ktr: negative timestamp {timestamp}")
-        file, line = _caller_site()
-        self._buf[self._idx] = (self._seq, cpu, timestamp, fmt, args, file, line, thread)
-        self._idx = (self._idx + 1) % self.entries
+        file, line = where or _caller_site()
+        idx = self._idx
+        self._buf[idx] = (self._seq, cpu, timestamp, fmt, args, file, line, thread)
+        self._idx = (idx + 1) % self.entries
         self._seq += 1
 
     def log(self, cpu: int, timestamp: int, message: str, thread: int = 0) -> None:
@@ -128,18 +180,45 @@ class Ktr:
         self._put(vcpu if cpu is None else cpu, timestamp, "vm %s[%d]: " + fmt,
                   (vmname, vcpu, *args), 0)
 
+    def vcpu_log_at(self, vmname: str, vcpu: int, timestamp: int, fmt: str, args: tuple,
+                    code: CodeType, lasti: int) -> None:
+        """vcpu_log() from a caller that names the logging site itself (the logging frame's
+        f_code and f_lasti, see site()): the vmm's per-exit trace calls, without
+        vcpu_log's walk up the stack. The same checks, the same record."""
+        if len(args) > KTR_PARMS - 2:
+            raise KtrError(f"ktr: VCPU_CTR takes at most {KTR_PARMS - 2} parameters, "
+                           f"got {len(args)}")
+        known = _vcpu_fmts.get(fmt)
+        if known is None:
+            full = "vm %s[%d]: " + fmt
+            known = (full, _nargs(full))
+            if len(_vcpu_fmts) < 4096:
+                _vcpu_fmts[fmt] = known
+        full, nargs = known
+        if nargs != len(args) + 2 or timestamp < 0:
+            # a call KTR refuses: _put says why, in its words
+            self._put(vcpu, timestamp, full, (vmname, vcpu, *args), 0, (code, lasti))
+            return
+        idx = self._idx
+        self._buf[idx] = (self._seq, vcpu, timestamp, full, (vmname, vcpu, *args), code,
+                          lasti, 0)
+        self._idx = (idx + 1) % self.entries
+        self._seq += 1
+
     def take_over(self, other: Ktr) -> None:
         """Continue another ring (the host's trace survives a VM reset)."""
         self.entries = other.entries
         self._buf = list(other._buf)
         self._idx = other._idx
         self._seq = other._seq
+        self._read_caches_reset()
 
     def clear(self) -> None:
         """debug.ktr.clear=1: ktr_idx = 0 and every slot zeroed."""
         self._buf = [None] * self.entries
         self._idx = 0
         self._seq = 0
+        self._read_caches_reset()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -154,7 +233,14 @@ class Ktr:
         s = self._buf[slot]
         assert s is not None
         seq, cpu, ts, fmt, args, file, line, thread = s
-        return KtrEntry(slot, seq, cpu, ts, c_format(fmt, args), file, line, thread)
+        cached = self._texts.get(slot)
+        if cached is not None and cached[0] is s:
+            text = cached[1]
+        else:
+            text = c_format(fmt, args)
+            self._texts[slot] = (s, text)
+        file, line = site(file, line)
+        return KtrEntry(slot, seq, cpu, ts, text, file, line, thread)
 
     def _slots_newest_first(self) -> Iterator[int]:
         n = self.entries
@@ -207,8 +293,25 @@ class Ktr:
         """A hash of the ring's contents: the raw records (format and parameters, not the
         formatted text), which identify the messages just as well and cost far less."""
         h = hashlib.sha256(f"{self._idx}:{self._seq}".encode())
-        # one update of the records' reprs joined: the same bytes as one update per record
-        h.update("".join([repr(rec[:5]) for rec in self._buf if rec is not None]).encode())
+        # one update of the records' reprs joined, in slot order: the same bytes as one
+        # update per record. The filled slots are the first min(seq, entries); each one's
+        # repr is kept from the last digest until the slot is written again.
+        n, seq, buf, reprs = self.entries, self._seq, self._buf, self._reprs
+        filled = min(seq, n)
+        if (self._idx != seq % n or len(reprs) != min(self._dseq, n)
+                or (filled and buf[filled - 1] is None)
+                or (filled < n and buf[filled] is not None)):
+            reprs[:] = []       # not the ring's usual shape: recompute every record
+            self._dseq = 0
+            h.update("".join([repr(rec[:5]) for rec in buf if rec is not None]).encode())
+            return h.hexdigest()
+        if len(reprs) < filled:
+            reprs.extend([""] * (filled - len(reprs)))    # every one is set below
+        for s in range(max(self._dseq, seq - n), seq):
+            i = s % n
+            reprs[i] = repr(buf[i][:5])       # type: ignore[index]
+        self._dseq = seq
+        h.update("".join(reprs).encode())
         return h.hexdigest()
 
 

@@ -119,8 +119,11 @@ class PcPlatform:
         vm.ktr.logf(vm.current_vcpu, self._now(), "vm %s: " + fmt, vm.name, *args)
 
     def next_deadline(self) -> int | None:
-        ds = [d for d in (self.pit.next_deadline(), self.rtc.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        """The earlier of the PIT's and the RTC's next deadlines (None: neither has one)."""
+        pit, rtc = self.pit.next_deadline(), self.rtc.next_deadline()
+        if pit is None or rtc is None:
+            return rtc if pit is None else pit
+        return pit if pit <= rtc else rtc
 
     def fire(self, now: int) -> None:
         self.pit.fire(now)

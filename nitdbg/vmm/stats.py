@@ -77,6 +77,8 @@ for _t in STAT_TYPES:
 del _t
 
 NUM_COUNTERS = len(_DESCS)
+# key -> counter index of its element 0 (every stat has one): incr's check-free lookup
+_FIRST: dict[str, int] = {key: first for key, (first, _n) in _INDEX.items()}
 
 
 class StatsError(ValueError):
@@ -118,7 +120,9 @@ class VmmStats:
 
     def incr(self, vcpu: int, key: str, n: int = 1, index: int = 0) -> None:
         """vmm_stat_incr() / vmm_stat_array_incr()."""
-        slot = self._slot(vcpu, key, index)   # validates vcpu before indexing
+        slot = _FIRST.get(key) if index == 0 else None
+        if slot is None or not 0 <= vcpu < self.ncpus:
+            slot = self._slot(vcpu, key, index)   # validates vcpu before indexing
         self._counts[vcpu][slot] += n
 
     def set(self, vcpu: int, key: str, value: int, index: int = 0) -> None:

@@ -8,6 +8,8 @@ vCPU with nothing to wake it, a triple fault, the end of the scheduling quantum.
 
 from __future__ import annotations
 
+import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,11 +22,25 @@ from ..x86.cpu import Cpu
 from ..x86.regs import DR6_BS, HAS_ERRCODE, IF, TF
 from .hypercall import HYPERCALL_PORT
 from .inout_str import emulate_inout_str
+from .vlapic import ApicGP
 
 if TYPE_CHECKING:
     from .vm import Vm
 
 EXIT_COST_NS = 500     # one #VMEXIT + VMRUN round trip, roughly what SVM hardware takes
+# The VMCB words the exit path reads and writes on every round trip, by offset (the Vmcb's
+# fields are their one source): the same bytes the named fields read, without a descriptor
+# call per access.
+_Q = struct.Struct("<Q")
+_OFF_RIP = Vmcb.rip.offset
+_OFF_RFLAGS = Vmcb.rflags.offset
+_OFF_RAX = Vmcb.rax.offset
+_OFF_EXITINTINFO = Vmcb.exitintinfo.offset
+_OFF_EVENTINJ = Vmcb.eventinj.offset
+_OFF_SHADOW = Vmcb.interrupt_shadow.offset      # bit 0
+_OFF_V_TPR = Vmcb.v_tpr.offset                  # the whole byte
+_OFF_V_IRQ, _BIT_V_IRQ = Vmcb.v_irq.offset, 1 << Vmcb.v_irq.lo
+assert Vmcb.interrupt_shadow.lo == 0 and Vmcb.v_tpr.width == 8 and Vmcb.v_irq.width == 1
 INTR_TYPE_NAMES = {TYPE_INTR: "hwintr", TYPE_NMI: "nmi", TYPE_EXCEPTION: "exception", 4: "swintr"}
 
 
@@ -117,7 +133,10 @@ class Vcpu:
         return self.cpu.now()
 
     def log(self, fmt: str, *args: object) -> None:
-        self.vm.ktr.vcpu_log(self.vm.name, self.id, self.now(), fmt, *args)
+        # VCPU_CTRn records the __FILE__ and __LINE__ of the trace call: the caller's
+        f = sys._getframe(1)
+        vm = self.vm
+        vm.ktr.vcpu_log_at(vm.name, self.id, self.cpu.now(), fmt, args, f.f_code, f.f_lasti)
 
     def stat(self, key: str, n: int = 1, index: int = 0) -> None:
         self.vm.stats.incr(self.id, key, n, index)
@@ -183,8 +202,9 @@ class Vcpu:
     def inj_interrupts(self) -> None:
         """svm_inj_interrupts: what to put in EVENTINJ / V_IRQ before the next VMRUN."""
         vmcb = self.vmcb
+        buf = vmcb.buf
         need_window = False
-        if self.nextrip != vmcb.rip and vmcb.interrupt_shadow:
+        if buf[_OFF_SHADOW] & 1 and self.nextrip != _Q.unpack_from(buf, _OFF_RIP)[0]:
             vmcb.interrupt_shadow = 0
             self.log("Guest interrupt blocking cleared due to rip change: %#lx/%#lx",
                      self.nextrip, vmcb.rip)
@@ -199,8 +219,9 @@ class Vcpu:
             info = self.exception_pending
             self.exception_pending = None
             self.eventinject(info)
-        allowed = self.policy.intr_allowed(self)
-        if self.nmi_pending and self.policy.inj_nmi(self):
+        policy = self.vm.policy
+        allowed = policy.intr_allowed(self)
+        if self.nmi_pending and policy.inj_nmi(self):
             need_window = True
         vlapic = self.vm.vlapics[self.id]
         vector = vlapic.pending_intr()
@@ -220,10 +241,10 @@ class Vcpu:
                 self.eventinject(IntInfo.interrupt(vector))
                 vlapic.intr_accepted(vector)
                 need_window = True
-        vmcb.v_tpr = vlapic.cr8
+        buf[_OFF_V_TPR] = vlapic.cr8
         if need_window:
             self._enable_intr_window()
-        else:
+        elif buf[_OFF_V_IRQ] & _BIT_V_IRQ:
             self._disable_intr_window()
 
     def _enable_intr_window(self) -> None:
@@ -244,7 +265,7 @@ class Vcpu:
     def run(self, budget: int) -> UserExit:
         """Run the vCPU for at most `budget` guest instructions or until userspace is
         needed. A vCPU whose budget runs out stays in guest mode (see Svm.vmrun)."""
-        cpu = self.cpu
+        cpu, svm, vm = self.cpu, self.svm, self.vm
         start = cpu.icount
         restarts0 = self.restarts
         while True:
@@ -254,22 +275,22 @@ class Vcpu:
                 # a bug in nitdbg stopped the vCPU: userspace tells the person, nothing runs
                 return UserExit("internal", self.id, cpu.internal_error.info())
             left = budget - (cpu.icount - start)
-            if self.svm.in_guest:
-                deadline = self.vm.next_deadline(self)
+            if svm.in_guest:
+                deadline = vm.next_deadline(self)
                 if self.kicked or (deadline is not None and deadline <= cpu.now()):
                     self.kicked = False
-                    exit_ = self.svm.kick()
+                    exit_ = svm.kick()
                 elif left <= 0:
                     return UserExit("quantum", self.id)
                 else:
-                    exit_ = self.svm.resume(self._limit(left))
+                    exit_ = svm.resume(self._limit(left))
                     if exit_ is None:
                         if cpu.stop_reason == "host":      # the gdb stub's stop
                             return UserExit("gdb", self.id)
                         continue
             else:
                 self.kicked = False
-                self.vm.fire_timers(self)
+                vm.fire_timers(self)
                 if self.halted:
                     if not self.wake_pending():
                         return UserExit("hlt", self.id)
@@ -283,44 +304,49 @@ class Vcpu:
                 if left <= 0:
                     return UserExit("quantum", self.id)
                 self.inj_interrupts()
-                if self.policy.before_vmrun(self):
+                if vm.policy.before_vmrun(self):
                     self.exit_after_injection()
-                self.vm.current_vcpu = self.id
-                exit_ = self.svm.vmrun(0 if self.kicked else self._limit(left))
+                vm.current_vcpu = self.id
+                exit_ = svm.vmrun(0 if self.kicked else self._limit(left))
                 if exit_ is None:
                     if cpu.stop_reason == "host":
                         return UserExit("gdb", self.id)
                     continue
             self.last_exit = exit_
-            self.nextrip = self.vmcb.rip
+            buf = self.vmcb.buf
+            self.nextrip = _Q.unpack_from(buf, _OFF_RIP)[0]
             self.exit_count += 1
             # A #VMEXIT and the VMRUN after it take time on real hardware; spin loops that
             # exit on every PAUSE advance their clock by it, so the vCPU they wait for runs.
             cpu.advance_time(EXIT_COST_NS)
-            self.stat("VMEXIT_COUNT")
-            if self.vmcb.exitintinfo & (1 << 31):
+            vm.stats.incr(self.id, "VMEXIT_COUNT")
+            if buf[_OFF_EXITINTINFO + 3] & 0x80:          # EXITINTINFO.V, bit 31
                 self.exitintinfo = self.vmcb.exitintinfo
                 self.stat("VCPU_EXITINTINFO")
-            self.policy.after_vmexit(self, exit_)
+            vm.policy.after_vmexit(self, exit_)
             ux = self.vmexit(exit_)
             if ux is not None:
                 return ux
             if self.kassert_pending is not None:
                 msg, self.kassert_pending = self.kassert_pending, None
                 return UserExit("kassert", self.id, {"message": msg, "rip": exit_.rip})
-            if self.vm.resched:
+            if vm.resched:
                 # another vCPU was woken: let the scheduler interleave again
-                self.vm.resched = False
+                vm.resched = False
                 return UserExit("quantum", self.id)
 
     def _limit(self, left: int) -> int:
         """Run no further than the next timer deadline, where the host would interrupt."""
-        self.vm.current_vcpu = self.id
-        deadline = self.vm.next_deadline(self)
+        vm = self.vm
+        vm.current_vcpu = self.id
+        deadline = vm.next_deadline(self)
         if deadline is None:
             return left
-        per = self.cpu.retire.ns_per_insn
-        return max(1, min(left, (deadline - self.cpu.now() + per - 1) // per))
+        cpu = self.cpu
+        per = cpu.retire.ns_per_insn
+        n = (deadline - cpu.now() + per - 1) // per
+        n = left if left <= n else n                     # max(1, min(left, n))
+        return n if n > 1 else 1
 
     def exit_after_injection(self) -> None:
         """Exit again right after VMRUN has delivered EVENTINJ, before the first guest
@@ -337,19 +363,22 @@ class Vcpu:
         code = e.code
         for cb in self.exit_listeners:
             cb(self, e)
-        inst_length = (e.nrip - e.rip) if e.nrip else 0
-        if code in EMULATED_EXITS and e.nrip:
+        nrip = e.nrip
+        emulated = code in EMULATED_EXITS
+        inst_length = (nrip - e.rip) if nrip and emulated else 0
+        if emulated and nrip:
             # The intercepted instruction is completed here: resume after it. It started
             # with the guest's RFLAGS.TF, so it owes the guest a single-step #DB (SDM
             # 17.3.1.4), as KVM's skip_emulated_instruction delivers; a HLT owes it after
             # wake-up, with the pushed RIP after the HLT.
-            self.vmcb.rip = e.nrip
-            if self.vmcb.rflags & TF:
+            buf = self.vmcb.buf
+            _Q.pack_into(buf, _OFF_RIP, nrip)             # vmcb.rip = nRIP
+            if _Q.unpack_from(buf, _OFF_RFLAGS)[0] & TF:
                 if code == ec.VMEXIT_HLT:
                     self.sstep_after_hlt = True
                 else:
                     self.single_step_trap()
-        if ec.is_exception_exit(code):
+        if _EXCP_FIRST <= code <= _EXCP_LAST:
             ux = self._exit_exception(e)
         else:
             handler = self.handlers.get(code)
@@ -358,8 +387,6 @@ class Vcpu:
                 ux = UserExit("unhandled", self.id, {"exitcode": code, "rip": e.rip})
             else:
                 ux = handler(e)
-        if code not in EMULATED_EXITS:
-            inst_length = 0
         handled = ux is None or ux.kind in ("hlt", "quantum")
         self.log("%s %s vmexit at %#lx/%d", "handled" if handled else "unhandled",
                  ec.ktr_name(code), e.rip, inst_length)
@@ -421,22 +448,23 @@ class Vcpu:
 
     def _exit_inout(self, e: Exit) -> UserExit | None:
         self.stat("VMEXIT_INOUT")
-        io = ec.IoioInfo.decode(e.info1)
+        io = ec.ioio_decode(e.info1)
         vm = self.vm
         if io.string:
             emulate_inout_str(self, io, e)
             return None
         if io.port == HYPERCALL_PORT and not io.is_in:
             return vm.hypercall(self)
+        buf = self.vmcb.buf
+        mask = (1 << (8 * io.size)) - 1
         if io.is_in:
             value = vm.iobus.read(io.port, io.size, self.id)
-            mask = (1 << (8 * io.size)) - 1
-            rax = self.vmcb.rax
+            rax = _Q.unpack_from(buf, _OFF_RAX)[0]
             # IN to EAX zero-extends into RAX in 64-bit mode; AL/AX merge.
-            self.vmcb.rax = value & mask if io.size == 4 else (rax & ~mask) | (value & mask)
+            _Q.pack_into(buf, _OFF_RAX,
+                         value & mask if io.size == 4 else (rax & ~mask) | (value & mask))
         else:
-            value = self.vmcb.rax & ((1 << (8 * io.size)) - 1)
-            vm.iobus.write(io.port, io.size, value, self.id)
+            vm.iobus.write(io.port, io.size, _Q.unpack_from(buf, _OFF_RAX)[0] & mask, self.id)
             if vm.debug_exit.exit_status is not None:
                 return UserExit("debug_exit", self.id, {"status": vm.debug_exit.exit_status})
         return None
@@ -446,7 +474,6 @@ class Vcpu:
         self.stat("VMEXIT_WRMSR" if write else "VMEXIT_RDMSR")
         ecx = self.cpu.regs[1] & 0xFFFF_FFFF
         vlapic = self.vm.vlapics[self.id]
-        from .vlapic import ApicGP
         try:
             if not vlapic.handles_msr(ecx):
                 raise ApicGP(f"msr {ecx:#x}")
@@ -488,6 +515,7 @@ class Vcpu:
         return None
 
 
+_EXCP_FIRST, _EXCP_LAST = ec.VMEXIT_EXCP_BASE, ec.VMEXIT_EXCP_BASE + 31   # is_exception_exit
 # Exits for instructions the hypervisor completes itself: the guest resumes at nRIP.
 EMULATED_EXITS = frozenset({ec.VMEXIT_HLT, ec.VMEXIT_PAUSE, ec.VMEXIT_IOIO, ec.VMEXIT_MSR,
                       ec.VMEXIT_CPUID})

@@ -177,7 +177,7 @@ class Vm:
 
     def fire_timers(self, v: Vcpu) -> None:
         vl = self.vlapics[v.id]
-        now = v.now()
+        now = v.cpu.now()
         if v.id == 0:
             self.pc.fire(now)
         d = vl.next_deadline()

@@ -168,8 +168,10 @@ class Rtc:
         return 0
 
     def next_deadline(self) -> int | None:
-        ds = [d for d in (self.next_pf, self.next_uf) if d is not None]
-        return min(ds) if ds else None
+        pf, uf = self.next_pf, self.next_uf
+        if pf is None or uf is None:
+            return uf if pf is None else pf
+        return pf if pf <= uf else uf
 
     def fire(self, now: int) -> bool:
         d = self.next_deadline()
