@@ -36,7 +36,29 @@ def mov(d: Decoded):
         def mov_r_r(c):
             c.regs[dst] = c.regs[src]
         return mov_r_r
-    rd, wr = d.reader(1, d.size(0)), d.writer(0)
+    size = d.size(0)
+    # The common memory forms in one closure each: the accessor calls of the general form
+    # (reader, writer, then the MMU) are a large part of an interpreted MOV's cost.
+    if d.is_mem(0) and d.is_imm(1):
+        ea, v = d.ea(0), d.imm(1, size)
+
+        def mov_m_i(c):
+            c.wr(ea(c), size, v)
+        return mov_m_i
+    if d.is_mem(0) and d.is_reg(1) and size == 8:
+        ea, src = d.ea(0), REGMAP[d.ops[1].reg][0]
+
+        def mov_m_r(c):
+            c.wr(ea(c), 8, c.regs[src])
+        return mov_m_r
+    if d.is_reg(0) and d.is_mem(1) and size in (4, 8) and not REGMAP[d.ops[0].reg][2]:
+        # (a 4-byte load is below 2**32: stored as is, it zero-extends as reg_writer does)
+        dst, ea = REGMAP[d.ops[0].reg][0], d.ea(1)
+
+        def mov_r_m(c):
+            c.regs[dst] = c.rd(ea(c), size)
+        return mov_r_m
+    rd, wr = d.reader(1, size), d.writer(0)
 
     def mov_(c):
         wr(c, rd(c))
