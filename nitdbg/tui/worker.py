@@ -45,6 +45,12 @@ CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
 RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the clock)
+# A progress snapshot of a run is built only once the screen has applied the previous one:
+# on a loaded host the screen would otherwise fall behind, paint snapshots already stale
+# and make garbage for the collector, and `p`'s stop would wait in the queue behind them.
+# A consumer that never says it applied one (a test's list) still gets one every
+# PROGRESS_STALE_S.
+PROGRESS_STALE_S = 0.5
 # The cyclic collector's full passes go through every object not frozen: tens of
 # milliseconds once the session has made some 100 000 objects (the panes' rendered lines,
 # the snapshots, the machine's state since boot), on whichever thread allocates at the time,
@@ -307,7 +313,10 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             snap = replace(snap, new_stop=False)
         self._last = snap if is_stop else None
         said, self._said = tuple(self._said), []
-        self.post(MachineUpdate(snap, said))
+        msg = MachineUpdate(snap, said)
+        if not is_stop:
+            self._progress, self._progress_at = msg, time.perf_counter()
+        self.post(msg)
 
     def _status(self) -> str:
         m = self.m
@@ -447,7 +456,8 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self._freeze_after_full_pass()
         ev = self._timed(lambda n: m.run(max_insns=n))
         if ev.reason == "budget":
-            self._snap(False, "running")
+            if self._progress_due():
+                self._snap(False, "running")
             return
         if ev.reason == "interrupted":
             return           # by `p`: its request, next in the queue, shows the stop
@@ -455,6 +465,18 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if m.surface == "ddb" or ev.reason != "kdb":
             self.state.running = False
             self._snap(True)
+
+    _progress: MachineUpdate | None = None     # the last progress update posted
+    _progress_at = 0.0
+
+    def _progress_due(self) -> bool:
+        """A progress snapshot now: not while `p` waits (its stop comes next), nor while the
+        screen has not applied the previous one (see PROGRESS_STALE_S)."""
+        if self.interrupt.is_set():
+            return False
+        prev = self._progress
+        return (prev is None or prev.applied
+                or time.perf_counter() - self._progress_at >= PROGRESS_STALE_S)
 
     def _force_reset(self) -> None:
         """The way out of a deadlock: bhyvectl --force-reset through the host shell (an
