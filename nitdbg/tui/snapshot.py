@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import fields as dataclass_fields
+from itertools import islice
 
 from ..ddb.disasm import Disassembler, DisInsn
 from ..ddb.errors import DdbError
@@ -121,12 +122,12 @@ class SnapshotBuilder:
                 # explanations at stops only: a progress snapshot keeps the last ones
                 events = tail.since(start)
                 if events is None:
-                    events = m.recent_events(i, start, limit=EXPLAIN_EVENTS)
+                    events = tail.newest(EXPLAIN_EVENTS)
                 facts = self._facts(m, i, st, events[-EXPLAIN_EVENTS:], here)
                 self._explained[i] = tuple(explain(facts, m.symbols.format))
             key = (st.events_total, st.nmi.blocked)
             if self._iret.get(i, (None,))[0] != key:
-                self._iret[i] = (key, _iret_window(list(tail.events)[-IRET_SCAN:], st.nmi,
+                self._iret[i] = (key, _iret_window(tail.newest(IRET_SCAN), st.nmi,
                                                    st.icount))
             win = self._iret[i][1]
             timeline = tuple(tail.timeline)
@@ -318,6 +319,13 @@ class EventTail:
         self.timeline.extend(t for t in map(timeline_event, got) if t is not None)
         self.total = total
         return True
+
+    def newest(self, n: int) -> tuple:
+        """The newest `n` events. When `since(seq)` is None, every event held is newer than
+        `seq`, so these are the newest `n` since `seq` as the machine would give them (the
+        tail holds the log's newest events without a gap): no need to ask it again."""
+        ev = self.events
+        return tuple(islice(ev, max(0, len(ev) - n), None))
 
     def since(self, seq: int) -> tuple | None:
         """The events with seq >= `seq`, or None when the tail does not reach back so far."""
