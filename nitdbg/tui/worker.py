@@ -61,6 +61,14 @@ PROGRESS_STALE_S = 0.5
 # too, so that what died among them is freed.
 GC_IDLE_S = 0.1
 FULL_GC_EVERY = 50
+# While the guest runs, the collector's automatic full passes are put off (one lands on
+# whichever thread allocates, in the middle of a paint or of p, and the one due when the
+# usual thresholds come back lands in the stop's paint): the worker makes one between two
+# chunks every RUN_FULL_GC_S (the screen's rendered lines die in cycles, Textual's Strips
+# caching themselves, some 15 000 objects a second: the pass stays some 30 ms), and the
+# idle pass after the stop sets the usual thresholds again.
+GC_RUNNING_THRESHOLD2 = 1_000_000
+RUN_FULL_GC_S = 1.5
 # the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
@@ -137,6 +145,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         try:
             self._loop()
         finally:
+            self._gc_thresholds_back()
             self.finished.set()
 
     def _loop(self) -> None:
@@ -149,6 +158,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self.post(MachineOutput(f"nitdbg: {e}\n", "error"))
             return
         while True:
+            self._gc_for(self.state.running)
             if self.state.running:
                 try:
                     req = self.q.get_nowait()
@@ -232,9 +242,31 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                 self._idle_gc()
         return self.q.get()
 
+    _gc_idle_thresholds: tuple[int, ...] | None = None    # set while the guest runs
+    _gc_run_pass = 0.0
+
+    def _gc_for(self, running: bool) -> None:
+        """No automatic full pass while the guest runs (GC_RUNNING_THRESHOLD2) and until the
+        idle pass after the stop, which sets the usual thresholds again."""
+        if running and self._gc_idle_thresholds is None:
+            self._gc_idle_thresholds = t = gc.get_threshold()
+            gc.set_threshold(t[0], t[1], GC_RUNNING_THRESHOLD2)
+            self._gc_run_pass = time.perf_counter()
+        elif running and time.perf_counter() - self._gc_run_pass >= RUN_FULL_GC_S:
+            self._collect(full=False)
+            self._gc_run_pass = time.perf_counter()
+
+    def _gc_thresholds_back(self) -> None:
+        """The usual thresholds again: only once the full pass put off while running has
+        been done (else the collector makes it at the first chance, in the stop's paint)."""
+        if self._gc_idle_thresholds is not None:
+            gc.set_threshold(*self._gc_idle_thresholds)
+            self._gc_idle_thresholds = None
+
     def _idle_gc(self) -> None:
         self._gc_due = False
         self._collect(full=False)
+        self._gc_thresholds_back()
 
     def _collect(self, full: bool) -> None:
         """A full pass (over the frozen objects too when `full` or every FULL_GC_EVERY-th
