@@ -31,6 +31,9 @@ class MachineUpdate(Message):
         super().__init__()
         self.snapshot = snapshot
         self.outputs = outputs
+        # set by the screen once it has applied this update (read by the worker, which
+        # builds the next progress snapshot of a run only then: see MachineWorker)
+        self.applied = False
 
 
 class ExitHistory(Message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import fields as dataclass_fields
+from itertools import islice
 
 from ..ddb.disasm import Disassembler, DisInsn
 from ..ddb.errors import DdbError
@@ -29,6 +30,7 @@ RETIRED_SCAN = 1 << 14     # retirements looked at for the dimmed "retired since
 IRET_SCAN = 512            # newest events searched for the IRET exit of the window
 CONSOLE_TAIL = 8000        # bytes of serial output carried
 DECODE_CACHE = 8192        # decoded instructions kept (guest code is small)
+SYMBOL_CACHE = 8192        # addresses kept formatted as sym+off
 
 EXPLAIN_EVENTS = 1024      # newest events of the window the explanation looks at
 KtrRow = tuple[int, int, int, str]
@@ -85,6 +87,7 @@ class SnapshotBuilder:
         self.dis = dis
         self.ktr = KtrTail()
         self._decoded: dict[tuple[int, bytes], DisInsn] = {}
+        self._named: dict[int, str] = {}
         self._explained: dict[int, tuple] = {}
         self._tails: dict[int, EventTail] = {}
         self._iret: dict[int, tuple] = {}
@@ -97,6 +100,17 @@ class SnapshotBuilder:
                 self._decoded.clear()
             d = self._decoded[key] = self.dis.decode(code, addr)
         return d
+
+    def sym(self, addr: int) -> str:
+        """`addr` as sym+off, formatted once (the explanations name every event's address,
+        the disassembly every row's, on every snapshot; the symbol table never changes:
+        the builder is its machine's)."""
+        name = self._named.get(addr)
+        if name is None:
+            if len(self._named) >= SYMBOL_CACHE:
+                self._named.clear()
+            name = self._named[addr] = self.dis.symbols.format(addr)
+        return name
 
     def build(self, m, selected: int, since: dict[int, int], seq: int, is_stop: bool,  # noqa: ANN001
               running: bool, status: str = "") -> Snapshot:
@@ -121,12 +135,12 @@ class SnapshotBuilder:
                 # explanations at stops only: a progress snapshot keeps the last ones
                 events = tail.since(start)
                 if events is None:
-                    events = m.recent_events(i, start, limit=EXPLAIN_EVENTS)
+                    events = tail.newest(EXPLAIN_EVENTS)
                 facts = self._facts(m, i, st, events[-EXPLAIN_EVENTS:], here)
-                self._explained[i] = tuple(explain(facts, m.symbols.format))
+                self._explained[i] = tuple(explain(facts, self.sym))
             key = (st.events_total, st.nmi.blocked)
             if self._iret.get(i, (None,))[0] != key:
-                self._iret[i] = (key, _iret_window(list(tail.events)[-IRET_SCAN:], st.nmi,
+                self._iret[i] = (key, _iret_window(tail.newest(IRET_SCAN), st.nmi,
                                                    st.icount))
             win = self._iret[i][1]
             timeline = tuple(tail.timeline)
@@ -182,7 +196,7 @@ class SnapshotBuilder:
                 break
             code = b""
         if not code:
-            return (DisLine(rip, m.symbols.format(rip), "*** unreadable ***", current=True),)
+            return (DisLine(rip, self.sym(rip), "*** unreadable ***", current=True),)
         insns = []
         addr = start
         while addr - start < len(code) - 15 or (addr <= rip):
@@ -204,7 +218,7 @@ class SnapshotBuilder:
         retired = retired_among(m, vcpu, since, icount, shown) if since < icount else set()
         iret = (retired_among(m, vcpu, max(win[0], win[1] - RETIRED_SCAN), win[1], shown)
                 if win else set())
-        return tuple(DisLine(d.addr, m.symbols.format(d.addr), d.text, d.addr == rip,
+        return tuple(DisLine(d.addr, self.sym(d.addr), d.text, d.addr == rip,
                              d.addr in bps, d.addr in retired, d.addr in iret)
                      for d in window)
 
@@ -318,6 +332,13 @@ class EventTail:
         self.timeline.extend(t for t in map(timeline_event, got) if t is not None)
         self.total = total
         return True
+
+    def newest(self, n: int) -> tuple:
+        """The newest `n` events. When `since(seq)` is None, every event held is newer than
+        `seq`, so these are the newest `n` since `seq` as the machine would give them (the
+        tail holds the log's newest events without a gap): no need to ask it again."""
+        ev = self.events
+        return tuple(islice(ev, max(0, len(ev) - n), None))
 
     def since(self, seq: int) -> tuple | None:
         """The events with seq >= `seq`, or None when the tail does not reach back so far."""

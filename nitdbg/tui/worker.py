@@ -45,6 +45,12 @@ CHUNK = 250_000        # guest instructions at most in one chunk of a run
 CHUNK_MIN = 2_000      # ... and at least
 FIRST_CHUNK = 20_000   # before the host's speed is known
 RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the clock)
+# A progress snapshot of a run is built only once the screen has applied the previous one:
+# on a loaded host the screen would otherwise fall behind, paint snapshots already stale
+# and make garbage for the collector, and `p`'s stop would wait in the queue behind them.
+# A consumer that never says it applied one (a test's list) still gets one every
+# PROGRESS_STALE_S.
+PROGRESS_STALE_S = 0.5
 # The cyclic collector's full passes go through every object not frozen: tens of
 # milliseconds once the session has made some 100 000 objects (the panes' rendered lines,
 # the snapshots, the machine's state since boot), on whichever thread allocates at the time,
@@ -55,6 +61,14 @@ RUN_SLICE_S = 0.03     # wall time a chunk should take (a front end may read the
 # too, so that what died among them is freed.
 GC_IDLE_S = 0.1
 FULL_GC_EVERY = 50
+# While the guest runs, the collector's automatic full passes are put off (one lands on
+# whichever thread allocates, in the middle of a paint or of p, and the one due when the
+# usual thresholds come back lands in the stop's paint): the worker makes one between two
+# chunks every RUN_FULL_GC_S (the screen's rendered lines die in cycles, Textual's Strips
+# caching themselves, some 15 000 objects a second: the pass stays some 30 ms), and the
+# idle pass after the stop sets the usual thresholds again.
+GC_RUNNING_THRESHOLD2 = 1_000_000
+RUN_FULL_GC_S = 1.5
 # the test plan's note on a broadcast NMI (seed, "Single step guest kernel", step 4)
 BROADCAST_NOTE = ("The test plan: a broadcast NMI (--cpu=-1) does not work with "
                   "kdb_on_nmi=1; every vCPU tries to enter the debugger and they deadlock "
@@ -131,6 +145,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         try:
             self._loop()
         finally:
+            self._gc_thresholds_back()
             self.finished.set()
 
     def _loop(self) -> None:
@@ -143,6 +158,7 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             self.post(MachineOutput(f"nitdbg: {e}\n", "error"))
             return
         while True:
+            self._gc_for(self.state.running)
             if self.state.running:
                 try:
                     req = self.q.get_nowait()
@@ -226,9 +242,31 @@ class MachineWorker(RecordingMixin, ReplayMixin):
                 self._idle_gc()
         return self.q.get()
 
+    _gc_idle_thresholds: tuple[int, ...] | None = None    # set while the guest runs
+    _gc_run_pass = 0.0
+
+    def _gc_for(self, running: bool) -> None:
+        """No automatic full pass while the guest runs (GC_RUNNING_THRESHOLD2) and until the
+        idle pass after the stop, which sets the usual thresholds again."""
+        if running and self._gc_idle_thresholds is None:
+            self._gc_idle_thresholds = t = gc.get_threshold()
+            gc.set_threshold(t[0], t[1], GC_RUNNING_THRESHOLD2)
+            self._gc_run_pass = time.perf_counter()
+        elif running and time.perf_counter() - self._gc_run_pass >= RUN_FULL_GC_S:
+            self._collect(full=False)
+            self._gc_run_pass = time.perf_counter()
+
+    def _gc_thresholds_back(self) -> None:
+        """The usual thresholds again: only once the full pass put off while running has
+        been done (else the collector makes it at the first chance, in the stop's paint)."""
+        if self._gc_idle_thresholds is not None:
+            gc.set_threshold(*self._gc_idle_thresholds)
+            self._gc_idle_thresholds = None
+
     def _idle_gc(self) -> None:
         self._gc_due = False
         self._collect(full=False)
+        self._gc_thresholds_back()
 
     def _collect(self, full: bool) -> None:
         """A full pass (over the frozen objects too when `full` or every FULL_GC_EVERY-th
@@ -307,7 +345,10 @@ class MachineWorker(RecordingMixin, ReplayMixin):
             snap = replace(snap, new_stop=False)
         self._last = snap if is_stop else None
         said, self._said = tuple(self._said), []
-        self.post(MachineUpdate(snap, said))
+        msg = MachineUpdate(snap, said)
+        if not is_stop:
+            self._progress, self._progress_at = msg, time.perf_counter()
+        self.post(msg)
 
     def _status(self) -> str:
         m = self.m
@@ -447,7 +488,8 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         self._freeze_after_full_pass()
         ev = self._timed(lambda n: m.run(max_insns=n))
         if ev.reason == "budget":
-            self._snap(False, "running")
+            if self._progress_due():
+                self._snap(False, "running")
             return
         if ev.reason == "interrupted":
             return           # by `p`: its request, next in the queue, shows the stop
@@ -455,6 +497,18 @@ class MachineWorker(RecordingMixin, ReplayMixin):
         if m.surface == "ddb" or ev.reason != "kdb":
             self.state.running = False
             self._snap(True)
+
+    _progress: MachineUpdate | None = None     # the last progress update posted
+    _progress_at = 0.0
+
+    def _progress_due(self) -> bool:
+        """A progress snapshot now: not while `p` waits (its stop comes next), nor while the
+        screen has not applied the previous one (see PROGRESS_STALE_S)."""
+        if self.interrupt.is_set():
+            return False
+        prev = self._progress
+        return (prev is None or prev.applied
+                or time.perf_counter() - self._progress_at >= PROGRESS_STALE_S)
 
     def _force_reset(self) -> None:
         """The way out of a deadlock: bhyvectl --force-reset through the host shell (an

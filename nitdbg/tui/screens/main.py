@@ -293,6 +293,7 @@ class MainScreen(Screen):
             self._output_many(msg.outputs)
             self._show(snap)
         flush_refreshes(self)
+        msg.applied = True
         self.updates += 1
         self._probe("update", snap.seq)
 
