@@ -230,13 +230,17 @@ class Timeline:
         the inputs recorded after op i while the vCPU stood there (console input, an NMI, a
         sysctl) came before its next instruction, so the position is in the later op that
         runs the vCPU on, and the history is cut there (the fuzzer found a step back that
-        dropped a console input typed between two steps)."""
+        dropped a console input typed between two steps). A later op in which the seek
+        fires but which also ended there (a step of this vCPU cut where it began, by an
+        earlier step back) is passed over the same way: the position lasts until the op in
+        which the vCPU goes on from it (the fuzzer found a step back that also undid another
+        vCPU's step recorded after such an op)."""
         self.replaying = True
         try:
             for j in range(i + 1, len(self.ops)):
                 fired.clear()
                 self._repeat(self.ops[j], overlay)
-                if fired:
+                if fired and self.ops[j].end != self._positions():
                     return j
         finally:
             self.replaying = False

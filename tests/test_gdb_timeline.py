@@ -61,6 +61,23 @@ def test_an_nmi_from_the_host_is_part_of_the_history(booted):
         assert take(m) == want
 
 
+def test_step_back_keeps_another_vcpus_step_made_after_an_earlier_step_back(booted):
+    """A step back ends in the op where the vCPU went on from the position, not in an
+    earlier op that only stood there (a step of it cut where it began by an earlier step
+    back): vCPU 0's step made between stays (found by the timeline fuzzer)."""
+    m = _fresh(booted, spacing=10**9)
+    m.hold("gdb")
+    for _ in range(2):                       # a step of vCPU 1 and back: it stands at t
+        _step(m, 1, run=(1,))
+        m.step_back(1)
+    _step(m, 0, run=(0,))                    # vCPU 0 goes on one instruction
+    want = take(m)
+    _step(m, 1, run=(1,))
+    ev = m.step_back(1)
+    assert ev.reason == "gdb"
+    assert take(m) == want
+
+
 def test_back_to_stop_returns_to_the_previous_breakpoint_hit(booted):
     m = _fresh(booted)
     idle = m.symbols.address("cpu_idle_acpi")
