@@ -250,7 +250,7 @@ class Svm(Hooks):
         # next boundary needs its exact path (an event pending, TF/RF, a shadow, an
         # instruction breakpoint, a host stop...), rather than the slow path for every
         # first instruction after a VMRUN.
-        c._recompute_attention()
+        c.recompute_attention()
         return self.resume(budget)
 
     def resume(self, budget: int) -> Exit | None:

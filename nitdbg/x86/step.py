@@ -174,7 +174,7 @@ class StepLoop(Events, Mmu):
             # Delivered. The handler's first instruction takes the exact path only if
             # something still needs it (delivery cleared TF and RF): so a single-stepped
             # guest's #DB handler runs on the fast path and in blocks.
-            self._recompute_attention()
+            self.recompute_attention()
             return 0
         if hs is not None and hs.before_fetch(self):
             self.stop_reason = "host"
@@ -233,7 +233,7 @@ class StepLoop(Events, Mmu):
             self.pending_db |= DR6_BS
         self.retire.rips[self.icount & self.retire.mask] = rip
         self.icount += 1
-        self._recompute_attention()
+        self.recompute_attention()
         return 1
 
     def wake_event(self) -> bool:
@@ -285,7 +285,7 @@ class StepLoop(Events, Mmu):
             return -1
         return 0
 
-    def _recompute_attention(self) -> None:
+    def recompute_attention(self) -> None:
         self.attention = bool(
             self.rflags & (TF | RF) or self.pending_db or self.shadow or self.nmi_pending
             or (self.intr_pending and self.rflags & IF) or self.exec_bps or self.halted

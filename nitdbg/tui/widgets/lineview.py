@@ -178,25 +178,25 @@ class LineView(ScrollView, can_focus=True):
 
     # the scrollbars drawn through the Line API (widgets/scrollbar.py); created as
     # Widget.vertical_scrollbar / horizontal_scrollbar create Textual's own
+    def _new_bar(self, vertical: bool) -> LineScrollBar:
+        """A hidden bar, kept before it is started (as Widget's own properties do)."""
+        name = "vertical" if vertical else "horizontal"
+        bar = LineScrollBar(vertical=vertical, name=name,
+                            thickness=getattr(self, f"scrollbar_size_{name}"))
+        bar.display = False
+        setattr(self, f"_{name}_scrollbar", bar)
+        self.app._start_widget(self, bar)
+        return bar
+
     @property
     def vertical_scrollbar(self) -> LineScrollBar:
-        if self._vertical_scrollbar is None:
-            bar = LineScrollBar(vertical=True, name="vertical",
-                                thickness=self.scrollbar_size_vertical)
-            bar.display = False
-            self._vertical_scrollbar = bar
-            self.app._start_widget(self, bar)
-        return self._vertical_scrollbar
+        bar = self._vertical_scrollbar
+        return bar if bar is not None else self._new_bar(True)
 
     @property
     def horizontal_scrollbar(self) -> LineScrollBar:
-        if self._horizontal_scrollbar is None:
-            bar = LineScrollBar(vertical=False, name="horizontal",
-                                thickness=self.scrollbar_size_horizontal)
-            bar.display = False
-            self._horizontal_scrollbar = bar
-            self.app._start_widget(self, bar)
-        return self._horizontal_scrollbar
+        bar = self._horizontal_scrollbar
+        return bar if bar is not None else self._new_bar(False)
 
     def _bars_for(self, virtual: Size) -> tuple[bool, bool]:
         """The scrollbars Textual shows for `virtual` (its rule, Widget._refresh_scrollbars):
