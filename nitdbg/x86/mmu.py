@@ -190,8 +190,9 @@ class Mmu(CpuState):
             # every block, registered its pages here): nothing to drop. A host-side write
             # (ddb's trapframe) then keeps the translated blocks of the whole guest.
             return
-        for cache, rip in rips:
-            cache.pop(rip, None)
+        for cache, some in rips:
+            for rip in some:
+                cache.pop(rip, None)
         # A translated block may hold any of them: drop all blocks, and make a block that is
         # running stop at the next instruction boundary (self-modifying code).
         self.drop_blocks()
@@ -233,7 +234,7 @@ class Mmu(CpuState):
         cache[rip] = insn
         n = insn.length
         self.code_pages[hppn][off:off + n] = _ONES[n]
-        self._code_rips[hppn].append((cache, rip))
+        self._code_rips[hppn].append((cache, (rip,)))
         # offer it to the machines that will fetch from the same page image
         if shared is None:
             if len(_PAGES) >= _PAGES_MAX:
@@ -260,7 +261,7 @@ class Mmu(CpuState):
                 return False
         cache.update(insns)
         self.code_pages[hppn] = bytearray(shared.mask)
-        self._code_rips[hppn].extend([(cache, r) for r in insns])
+        self._code_rips[hppn].append((cache, tuple(insns)))
         return True
 
     def _decode(self, code: bytes, rip: int, mode: int) -> Insn:
@@ -324,7 +325,7 @@ class Mmu(CpuState):
             if hppn not in self.code_pages:
                 self._new_code_page(hppn)
             self.code_pages[hppn][start:start + take] = _ONES[take]
-            self._code_rips[hppn].append((cache, rip))
+            self._code_rips[hppn].append((cache, (rip,)))
             n -= take
             if n <= 0:
                 break

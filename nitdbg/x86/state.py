@@ -75,7 +75,8 @@ class CpuState:
         self._tlbs: dict[int, tuple[dict[int, bytearray], dict[int, bytearray]]] = {}
         self._icaches: dict[tuple[int, int], dict[int, Insn]] = {}
         self.code_pages: dict[int, bytearray] = {}     # hppn -> mask of cached code bytes
-        self._code_rips: dict[int, list[tuple[dict[int, Insn], int]]] = {}
+        # hppn -> the addresses cached from it, by decode cache
+        self._code_rips: dict[int, list[tuple[dict[int, Insn], tuple[int, ...]]]] = {}
         self.tlb_r: dict[int, bytearray] = {}
         self.tlb_w: dict[int, bytearray] = {}
         self._sup_r, self._sup_w = self._tlbs.setdefault(0, ({}, {}))
