@@ -637,9 +637,10 @@ class Vlapic:
         ext = self._extint_vector()
         if ext is not None:
             return ext
-        if not self.enabled or not self.irr:
+        irr = self.irr
+        if not irr or not self.enabled:       # (an empty IRR first: the common answer)
             return None
-        vector = self.irr.bit_length() - 1
+        vector = irr.bit_length() - 1
         return vector if (vector >> 4) > (self.ppr >> 4) else None
 
     def intr_accepted(self, vector: int) -> int:

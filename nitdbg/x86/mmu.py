@@ -20,6 +20,26 @@ _DECODED: dict[tuple[bytes, int, int], tuple[Insn, object]] = {}
 _DECODED_MAX = 1 << 17
 _ONES = [b"\x01" * n for n in range(16)]    # code-page mask runs
 
+
+class _SharedPage:
+    """The instructions decoded, by any machine of the process, from one image of a page at
+    one linear page in one mode: a new machine that fetches from a page with the same bytes
+    takes them all at its first fetch there, instead of fetching each one again (every
+    machine runs the same firmware)."""
+
+    __slots__ = ("image", "insns", "mask", "translators")
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.insns: dict[int, Insn] = {}         # rip -> instruction
+        self.mask = bytearray(4096)              # the code-page mask they make
+        self.translators: dict[int, object] = {}  # capstone id -> translator that built them
+
+
+# (mode, linear page, CS base outside 64-bit mode) -> _SharedPage
+_PAGES: dict[tuple[int, int, int], _SharedPage] = {}
+_PAGES_MAX = 1 << 10
+
 # Little-endian loads and stores of 1, 2, 4 and 8 bytes straight from/into a page: no slice
 # and no intermediate bytes object (other sizes take int.from_bytes / to_bytes). A value
 # that does not fit takes to_bytes too, so it fails as it always did (OverflowError).
@@ -170,8 +190,9 @@ class Mmu(CpuState):
             # every block, registered its pages here): nothing to drop. A host-side write
             # (ddb's trapframe) then keeps the translated blocks of the whole guest.
             return
-        for cache, rip in rips:
-            cache.pop(rip, None)
+        for cache, some in rips:
+            for rip in some:
+                cache.pop(rip, None)
         # A translated block may hold any of them: drop all blocks, and make a block that is
         # running stop at the next instruction boundary (self-modifying code).
         self.drop_blocks()
@@ -200,16 +221,48 @@ class Mmu(CpuState):
             return self._fetch_insn_slow(rip, lin, hpa)
         # the common case: 15 bytes of RAM on one page
         hppn = hpa >> 12
-        code = bytes(page[off:off + 15])
+        cache = self.icache
+        pkey = (mode, lin >> 12, 0 if mode == 64 else self.seg[CS].base)
+        shared = _PAGES.get(pkey)
         if hppn not in self.code_pages:
             self._new_code_page(hppn)
-        insn = self._decode(code, rip, mode)
-        cache = self.icache
+            if shared is not None and page == shared.image and self._prefill(hppn, shared):
+                insn = cache.get(rip)
+                if insn is not None:
+                    return insn
+        insn = self._decode(bytes(page[off:off + 15]), rip, mode)
         cache[rip] = insn
         n = insn.length
         self.code_pages[hppn][off:off + n] = _ONES[n]
-        self._code_rips[hppn].append((cache, rip))
+        self._code_rips[hppn].append((cache, (rip,)))
+        # offer it to the machines that will fetch from the same page image
+        if shared is None:
+            if len(_PAGES) >= _PAGES_MAX:
+                _PAGES.clear()
+            shared = _PAGES[pkey] = _SharedPage(bytes(page))
+        if page == shared.image:
+            shared.insns[rip] = insn
+            shared.mask[off:off + n] = _ONES[n]
+            shared.translators[insn.id] = TRANSLATORS.get(insn.id)
         return insn
+
+    def _prefill(self, hppn: int, shared: _SharedPage) -> bool:
+        """Cache every instruction another machine decoded from this page image, as if each
+        had been fetched: the first fetch from the page has walked the tables, and the ones
+        after it would not walk again before a flush (the instruction TLB), which drops them
+        all. Their bytes are in the page's mask, so a write to any of them drops them
+        (self-modifying code)."""
+        cache = self.icache
+        insns = shared.insns
+        if not cache.keys().isdisjoint(insns):
+            return False      # (the same addresses cached from another page: keep those)
+        for i, t in shared.translators.items():
+            if TRANSLATORS.get(i) is not t:       # a translator was replaced (tests)
+                return False
+        cache.update(insns)
+        self.code_pages[hppn] = bytearray(shared.mask)
+        self._code_rips[hppn].append((cache, tuple(insns)))
+        return True
 
     def _decode(self, code: bytes, rip: int, mode: int) -> Insn:
         """The translated instruction (the process-wide cache or capstone); unsupported and
@@ -272,7 +325,7 @@ class Mmu(CpuState):
             if hppn not in self.code_pages:
                 self._new_code_page(hppn)
             self.code_pages[hppn][start:start + take] = _ONES[take]
-            self._code_rips[hppn].append((cache, rip))
+            self._code_rips[hppn].append((cache, (rip,)))
             n -= take
             if n <= 0:
                 break

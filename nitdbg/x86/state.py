@@ -75,7 +75,8 @@ class CpuState:
         self._tlbs: dict[int, tuple[dict[int, bytearray], dict[int, bytearray]]] = {}
         self._icaches: dict[tuple[int, int], dict[int, Insn]] = {}
         self.code_pages: dict[int, bytearray] = {}     # hppn -> mask of cached code bytes
-        self._code_rips: dict[int, list[tuple[dict[int, Insn], int]]] = {}
+        # hppn -> the addresses cached from it, by decode cache
+        self._code_rips: dict[int, list[tuple[dict[int, Insn], tuple[int, ...]]]] = {}
         self.tlb_r: dict[int, bytearray] = {}
         self.tlb_w: dict[int, bytearray] = {}
         self._sup_r, self._sup_w = self._tlbs.setdefault(0, ({}, {}))
@@ -97,6 +98,7 @@ class CpuState:
         # long-mode event delivery and IRETQ through their fast paths (fastpath.py)
         self.fast_events = fastpath.enabled_by_default()
         self.mode = 16
+        self._mode_key: tuple[int, int, int, int] | None = None   # update_mode's last inputs
         self.data_bps: list[tuple[int, int, int, int]] = []   # (lo, hi, rw, index)
         self.exec_bps: list[tuple[int, int]] = []             # (addr, index)
         self.host_stop: HostStop | None = None    # the gdb stub's conditions (hoststop.py)
@@ -106,6 +108,13 @@ class CpuState:
     def update_mode(self) -> None:
         """Recompute code size and CPL-dependent caches after CS, CR0, EFER changes."""
         cs = self.seg[CS]
+        cr0 = self.cr0
+        # Every VMRUN calls this; the outcome depends only on these bits (the cache dicts
+        # are cleared in place, never replaced), so an unchanged key changes nothing.
+        key = (cr0 & CR0_PE, self.efer & EFER_LMA, cs.attrib & (ATTR_L | ATTR_DB), self.cpl)
+        if key == self._mode_key:
+            self.attention = True
+            return
         if not self.cr0 & CR0_PE:
             self.mode = 16
         elif self.efer & EFER_LMA and cs.attrib & ATTR_L:
@@ -127,6 +136,8 @@ class CpuState:
         if bc is None:
             bc = self._bcaches[key] = {}
         self.bcache = bc
+        self._mode_key = (cr0 & CR0_PE, self.efer & EFER_LMA, cs.attrib & (ATTR_L | ATTR_DB),
+                          self.cpl)
         self.attention = True
 
     def set_cpl(self, cpl: int) -> None:
