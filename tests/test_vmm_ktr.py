@@ -244,6 +244,53 @@ def test_digest_kept_between_checkpoints_equals_the_digest_of_every_record():
         assert k.digest() == _digest_of_every_record(k), step
 
 
+def _ktrdump_entry_by_entry(k: Ktr, cpu_col: bool, time_col: bool, quiet: bool,
+                            newest_first: bool, file_col: bool, thread_col: bool,
+                            relative: bool) -> str:
+    """ktrdump.c's loop written out over iter_entries(): the definition format_dump's
+    row tuples must reproduce."""
+    out = []
+    if not quiet:
+        head, dash = "index  ", "------ "
+        for on, h, d in ((cpu_col, "cpu ", "--- "),
+                         (time_col, "timestamp".ljust(17), "-" * 16 + " "),
+                         (file_col, "file and line".ljust(41), "-" * 40 + " "),
+                         (thread_col, "tid".ljust(19), "-" * 18 + " ")):
+            if on:
+                head, dash = head + h, dash + d
+        out += [head + "trace\n", dash + "----- \n"]
+    tlast = None
+    for e in k.iter_entries(newest_first=newest_first):
+        row = f"{e.index:6d} "
+        if cpu_col:
+            row += f"{e.cpu:3d} "
+        if time_col:
+            t = e.timestamp
+            if relative:
+                tlast = t if tlast is None else tlast
+                t, tlast = (tlast - t) % (1 << 64), t
+            row += f"{t:16d} "
+        if file_col:
+            row += f"{e.file + ':' + str(e.line):<40} "
+        if thread_col:
+            row += f"{e.thread:#x} "
+        out.append(row + e.message + "\n")
+    return "".join(out)
+
+
+def test_ktrdump_of_every_column_set_matches_the_entries_one_by_one():
+    # format_dump reads the ring's rows without an entry object each; for every option set
+    # (including a wrapped ring and -r both ways) its text is the entry-by-entry loop's.
+    import itertools
+    k = Ktr(entries=8)
+    for i in range(13):
+        k.vcpu_log("vm2", i % 3, 1000 + 37 * i * i, "handled %s vmexit at %#lx/%d", "inout",
+                   0xFFFFFFFF80200000 + i, i % 4)
+    k.logf(2, 99999, "%d usecs", 800000, thread=0x1234)
+    for flags in itertools.product((False, True), repeat=7):
+        assert k.ktrdump(*flags) == _ktrdump_entry_by_entry(k, *flags), flags
+
+
 def test_ktrdump_file_column_names_the_vmm_line_that_logged_not_its_log_helper():
     # VCPU_CTRn records __FILE__/__LINE__ where the trace call is written (sys/sys/ktr.h):
     # for the vmm that is the line calling Vcpu.log, not Vcpu.log itself.

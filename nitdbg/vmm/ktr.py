@@ -258,6 +258,31 @@ class Ktr:
         for i in slots:
             yield self._entry(i)
 
+    def rows(self, newest_first: bool = True, sites: bool = False
+             ) -> list[tuple[int, int, int, str, CodeType | str, int, int]]:
+        """(slot, cpu, timestamp, message, where, at, thread) of every entry, oldest or
+        newest first, for ktrdump: what iter_entries() gives without a KtrEntry per entry;
+        with `sites` (ktrdump -f) where and at are the file and line (site()), else the
+        recorded code object and offset."""
+        buf, texts = self._buf, self._texts
+        slots = list(self._slots_newest_first())
+        if not newest_first:
+            slots.reverse()
+        out = []
+        for i in slots:
+            s = buf[i]
+            cached = texts.get(i)
+            if cached is not None and cached[0] is s:
+                text = cached[1]
+            else:
+                text = c_format(s[3], s[4])      # type: ignore[index]
+                texts[i] = (s, text)             # type: ignore[assignment]
+            if sites:
+                out.append((i, s[1], s[2], text, *site(s[5], s[6]), s[7]))  # type: ignore
+            else:
+                out.append((i, s[1], s[2], text, s[5], s[6], s[7]))   # type: ignore[index]
+        return out
+
     def messages(self) -> list[str]:
         """Messages oldest to newest (for scenario checks)."""
         return [e.message for e in self.iter_entries()]
