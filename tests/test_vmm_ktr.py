@@ -244,6 +244,30 @@ def test_digest_kept_between_checkpoints_equals_the_digest_of_every_record():
         assert k.digest() == _digest_of_every_record(k), step
 
 
+def test_digest_repeated_without_a_log_is_kept_and_any_write_since_renews_it():
+    # the digest is kept while nothing is logged; a clear or a take-over that leaves the
+    # ring at the same record count with other records must not return the kept one
+    k = Ktr(entries=4)
+    for i in range(3):
+        k.log(0, i, f"a{i}")
+    d = k.digest()
+    assert k.digest() == d == _digest_of_every_record(k)
+    k.clear()
+    assert k.digest() == _digest_of_every_record(k) != d     # empty: seq 0 again
+    for i in range(3):
+        k.log(0, i, f"b{i}")          # seq and idx as before, other records
+    assert k.digest() == _digest_of_every_record(k) != d
+    other = Ktr(entries=4)
+    for i in range(3):
+        other.log(1, i, f"c{i}")
+    k.take_over(other)
+    assert k.digest() == _digest_of_every_record(k)
+    for _ in range(5):                 # wraps
+        k.log(0, 9, "w")
+        assert k.digest() == _digest_of_every_record(k)
+        assert k.digest() == _digest_of_every_record(k)
+
+
 def _ktrdump_entry_by_entry(k: Ktr, cpu_col: bool, time_col: bool, quiet: bool,
                             newest_first: bool, file_col: bool, thread_col: bool,
                             relative: bool) -> str:

@@ -141,6 +141,10 @@ class Ktr:
         self._reprs: list[str] = []
         self._dseq = 0
         self._texts: dict[int, tuple[_Slot, str]] = {}
+        # the last digest, for the ring as it was at _dseq: every write to _buf either
+        # advances _seq (_put, vcpu_log_at) or comes through here (clear, take_over), so
+        # while _seq == _dseq the ring is the one that digest hashed
+        self._dhex: str | None = None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -328,8 +332,11 @@ class Ktr:
                 or (filled < n and buf[filled] is not None)):
             reprs[:] = []       # not the ring's usual shape: recompute every record
             self._dseq = 0
+            self._dhex = None
             h.update("".join([repr(rec[:5]) for rec in buf if rec is not None]).encode())
             return h.hexdigest()
+        if seq == self._dseq and self._dhex is not None:
+            return self._dhex                  # nothing logged since the last digest
         if len(reprs) < filled:
             reprs.extend([""] * (filled - len(reprs)))    # every one is set below
         for s in range(max(self._dseq, seq - n), seq):
@@ -337,7 +344,8 @@ class Ktr:
             reprs[i] = repr(buf[i][:5])       # type: ignore[index]
         self._dseq = seq
         h.update("".join(reprs).encode())
-        return h.hexdigest()
+        self._dhex = h.hexdigest()
+        return self._dhex
 
 
 # --- sysctls the ring owns ------------------------------------------------------------------
