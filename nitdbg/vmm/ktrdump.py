@@ -39,8 +39,9 @@ def format_dump(ktr: Ktr, cpu_col: bool = False, time_col: bool = False,
     head = "".join(line + "\n" for line in lines)
     rows = ktr.rows(newest_first, sites=file_col)
     if cpu_col and time_col and not (file_col or thread_col or relative):
-        # -ct, the test plan's columns: one format per row
-        return head + "".join([f"{i:6d} {cpu:3d} {ts & _U64:16d} {text}\n"
+        # -ct, the test plan's columns: ktrdump.c's "%6d " "%3d " "%16ju " and the message,
+        # one printf-style format per row (the cheapest way Python has to build it)
+        return head + "".join(["%6d %3d %16d %s\n" % (i, cpu, ts & _U64, text)  # noqa: UP031
                                for i, cpu, ts, text, _where, _at, _tid in rows])
     out: list[str] = [head]
     tlast: int | None = None
