@@ -69,3 +69,19 @@ def test_replay_show_prints_the_transcript_and_verify_says_ok(capsys):
     assert "host$ sudo bhyvectl --vm=vm2 --cpu=0 --assert-lapic-lvt=1" in out
     assert "vNMI unblocked precisely" in out
     assert out.splitlines()[-1].startswith("OK ")
+
+
+def test_a_checkpoint_digest_is_the_sha256_of_json_dumps_sorted_with_repr_for_the_rest():
+    # the recorded format: sha256 of json.dumps(obj, sort_keys=True, default=repr); the
+    # checkpoint keeps one encoder for every digest, which must give those bytes
+    import dataclasses
+    import hashlib
+
+    from nitdbg.machine import Machine
+    from nitdbg.session import checkpoint
+    obj = {"b": [1, (2, 3)], "a": {"z": None, "y": True, "x": 1.5}, "c": b"\x00", "d": "é"}
+    want = hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()
+    assert checkpoint._sha(obj) == want
+    knobs = Machine(vcpus=1).vm.knobs
+    knobs.delay_usecs = 7
+    assert checkpoint._knobs(knobs) == dataclasses.asdict(knobs)

@@ -268,6 +268,25 @@ def test_digest_repeated_without_a_log_is_kept_and_any_write_since_renews_it():
         assert k.digest() == _digest_of_every_record(k)
 
 
+def test_digest_of_records_with_odd_types_is_every_record_s_repr():
+    # the digest puts a record's repr together itself for plain ints and formats; a cpu,
+    # timestamp or format of another type (a bool, an int or str subclass with its own
+    # repr) must still hash as repr(record)
+    class Tick(int):
+        def __repr__(self) -> str:
+            return f"Tick({int(self)})"
+
+    class Fmt(str):
+        def __repr__(self) -> str:
+            return "Fmt!"
+
+    k = Ktr(entries=8)
+    for i, (cpu, ts, fmt) in enumerate([(0, 5, "%s"), (True, 6, "%s"), (1, Tick(7), "%s"),
+                                        (2, 8, Fmt("%s")), (0, 9, "%s"), (False, 10, "x%s")]):
+        k.logf(cpu, ts, fmt, f"m{i}")
+        assert k.digest() == _digest_of_every_record(k), i
+
+
 def _ktrdump_entry_by_entry(k: Ktr, cpu_col: bool, time_col: bool, quiet: bool,
                             newest_first: bool, file_col: bool, thread_col: bool,
                             relative: bool) -> str:

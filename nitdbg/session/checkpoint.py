@@ -36,10 +36,25 @@ def vcpu_regs(m: Machine, i: int) -> dict[str, int]:
     return d
 
 
+# json.dumps(obj, sort_keys=True, default=repr) without a new encoder per call
+_JSON = json.JSONEncoder(sort_keys=True, default=repr)
+
+
 def _sha(obj: object) -> str:
     if isinstance(obj, bytes | bytearray):
         return hashlib.sha256(obj).hexdigest()
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()
+    return hashlib.sha256(_JSON.encode(obj).encode()).hexdigest()
+
+
+_knob_names: dict[type, tuple[str, ...]] = {}
+
+
+def _knobs(knobs: object) -> dict[str, object]:
+    """The knobs as a dict of their fields, in field order (the names kept per type)."""
+    names = _knob_names.get(type(knobs))
+    if names is None:
+        names = _knob_names[type(knobs)] = tuple(f.name for f in dataclasses.fields(knobs))
+    return {name: getattr(knobs, name) for name in names}
 
 
 def take(m: Machine) -> dict:
@@ -49,7 +64,7 @@ def take(m: Machine) -> dict:
     vcpus = [{"icount": v.cpu.icount, "now": v.now(), "nmi_state": v.nmi_state,
               "nmi_pending": bool(v.nmi_pending), "last_unblock": v.last_unblock,
               "halted": bool(v.halted)} for v in vm.vcpus]
-    knobs = {f.name: getattr(vm.knobs, f.name) for f in dataclasses.fields(vm.knobs)}
+    knobs = _knobs(vm.knobs)
     arch = _sha([[_full_arch(v.cpu)] for v in vm.vcpus])
     digests = {
         "arch": arch,

@@ -113,6 +113,10 @@ _nargs_of: dict[str, int] = {}
 _vcpu_fmts: dict[str, tuple[str, int]] = {}
 
 
+# the digest's repr of each format seen (a few dozen formats make every record)
+_fmt_reprs: dict[str, str] = {}
+
+
 def _nargs(fmt: str) -> int:
     n = _nargs_of.get(fmt)
     if n is None:
@@ -339,9 +343,19 @@ class Ktr:
             return self._dhex                  # nothing logged since the last digest
         if len(reprs) < filled:
             reprs.extend([""] * (filled - len(reprs)))    # every one is set below
+        fmt_repr = _fmt_reprs.get
         for s in range(max(self._dseq, seq - n), seq):
             i = s % n
-            reprs[i] = repr(buf[i][:5])       # type: ignore[index]
+            rseq, cpu, ts, fmt, args, _where, _at, _tid = buf[i]    # type: ignore[misc]
+            r = fmt_repr(fmt)
+            if r is not None and type(fmt) is str and type(cpu) is int and type(ts) is int:
+                # repr(record[:5]) put together: a plain int's str is its repr (seq is
+                # always one), the format's repr is kept
+                reprs[i] = f"({rseq}, {cpu}, {ts}, {r}, {args!r})"
+            else:
+                reprs[i] = repr(buf[i][:5])       # type: ignore[index]
+                if type(fmt) is str and len(_fmt_reprs) < 4096:
+                    _fmt_reprs[fmt] = repr(fmt)
         self._dseq = seq
         h.update("".join(reprs).encode())
         self._dhex = h.hexdigest()
