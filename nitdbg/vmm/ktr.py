@@ -347,15 +347,17 @@ class Ktr:
         for s in range(max(self._dseq, seq - n), seq):
             i = s % n
             rseq, cpu, ts, fmt, args, _where, _at, _tid = buf[i]    # type: ignore[misc]
-            r = fmt_repr(fmt)
-            if r is not None and type(fmt) is str and type(cpu) is int and type(ts) is int:
+            if type(fmt) is str and type(cpu) is int and type(ts) is int:
                 # repr(record[:5]) put together: a plain int's str is its repr (seq is
                 # always one), the format's repr is kept
+                r = fmt_repr(fmt)
+                if r is None:
+                    r = repr(fmt)
+                    if len(_fmt_reprs) < 4096:
+                        _fmt_reprs[fmt] = r
                 reprs[i] = f"({rseq}, {cpu}, {ts}, {r}, {args!r})"
             else:
                 reprs[i] = repr(buf[i][:5])       # type: ignore[index]
-                if type(fmt) is str and len(_fmt_reprs) < 4096:
-                    _fmt_reprs[fmt] = repr(fmt)
         self._dseq = seq
         h.update("".join(reprs).encode())
         self._dhex = h.hexdigest()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 
+
 def format_dump(ktr: Ktr, cpu_col: bool = False, time_col: bool = False,
                 quiet: bool = False, newest_first: bool = True, file_col: bool = False,
                 thread_col: bool = False, relative: bool = False) -> str:
