@@ -45,7 +45,7 @@ class DisInsn:
 # builds has its own); the symbols are applied per call
 _Raw = tuple[int, str, str, int, bool, bool] | None
 _decoded: dict[tuple[int, bytes, int], _Raw] = {}
-_DECODED_MAX = 1 << 16
+_DECODED_MAX = 1 << 14           # ~300 bytes an entry: a few MB at most
 _MISSING = object()
 
 
