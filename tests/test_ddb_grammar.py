@@ -112,3 +112,33 @@ def test_disassembly_in_ddbs_att_style():
     assert call.text == "call\ttrap" and call.is_call
     iret = d.decode(b"\x48\xcf", 0)
     assert iret.text == "iretq" and iret.is_iret and iret.is_return
+
+
+def test_decodes_kept_across_disassemblers_are_a_fresh_capstone_reading_with_own_symbols():
+    # capstone's reading of (mode, bytes, address) is kept for every disassembler; what
+    # each returns must be what a handle of its own reads, its own symbols applied
+    import random
+
+    from nitdbg.ddb import disasm
+    from nitdbg.guest.symbols import Symbol, SymbolTable
+    rnd = random.Random(9)
+    other = SymbolTable([Symbol(0xFFFFFFFF80201000, "elsewhere", 0x10)])
+    cases = [(b"\xe8\xfb\x0f\x00\x00", 0xFFFFFFFF80200000), (b"\x0f\x0b", 0), (b"", 5),
+             (b"\x06", 0x10), (b"\xe8\xfb\x0f\x00\x00", 0xFFFFFFFF80200100),   # the same
+             (b"\xeb\xfe", 0x1000), (b"\xeb\xfe", 0x2000)]          # bytes, elsewhere
+    cases += [(rnd.randbytes(rnd.randrange(1, 16)), rnd.randrange(1 << 64) & ~0xF)
+              for _ in range(300)]
+    for mode in (64, 32):
+        for syms in (SYMS, other):
+            for code, addr in cases:
+                kept = Disassembler(syms, mode).decode(code, addr)
+                again = Disassembler(syms, mode).decode(code, addr)
+                saved = dict(disasm._decoded)
+                disasm._decoded.clear()
+                try:
+                    fresh = Disassembler(syms, mode).decode(code, addr)
+                finally:
+                    disasm._decoded.update(saved)
+                assert kept == again == fresh, (mode, code.hex(), hex(addr))
+    assert Disassembler(SYMS).decode(*cases[0]).text == "call\ttrap"
+    assert Disassembler(other).decode(*cases[0]).text == "call\telsewhere"

@@ -320,3 +320,41 @@ def test_deeply_nested_groups_are_refused_not_a_recursion_error():
     with pytest.raises(RegexError, match="nested deeper than"):
         compile_regex("(" * 500 + "a" + ")" * 500, extended=True)
     assert compile_regex("(" * 64 + "a" + ")" * 64, extended=True).search("xa")
+
+
+def test_words_and_pipes_split_as_shlex_and_the_quote_aware_scan_do():
+    # the shell splits a plain line with str methods; on any line (quotes, escapes, tabs,
+    # other whitespace, non-ASCII) the words and stages are shlex's and the quote scan's
+    from nitdbg.hostcmds.shell import split_pipes, words
+
+    def scan(line: str) -> list[str]:
+        parts, cur, quote = [], "", ""
+        for ch in line:
+            if quote:
+                cur += ch
+                quote = "" if ch == quote else quote
+            elif ch in "'\"":
+                quote, cur = ch, cur + ch
+            elif ch == "|":
+                parts, cur = [*parts, cur], ""
+            else:
+                cur += ch
+        return [*parts, cur]
+
+    def shlex_or_error(s: str) -> list[str] | str:
+        try:
+            return shlex.split(s)
+        except ValueError as e:
+            return str(e)
+
+    rnd = random.Random(4)
+    alphabet = "ab =-./|#;&\t\n\x0b\x0c\"'\\é\x00 "
+    for _ in range(4000):
+        line = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(12)))
+        assert split_pipes(line) == scan(line), repr(line)
+        for stage in scan(line):
+            try:
+                got: list[str] | str = words(stage)
+            except ValueError as e:
+                got = str(e)
+            assert got == shlex_or_error(stage), repr(stage)

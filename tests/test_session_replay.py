@@ -69,3 +69,73 @@ def test_replay_show_prints_the_transcript_and_verify_says_ok(capsys):
     assert "host$ sudo bhyvectl --vm=vm2 --cpu=0 --assert-lapic-lvt=1" in out
     assert "vNMI unblocked precisely" in out
     assert out.splitlines()[-1].startswith("OK ")
+
+
+def test_a_checkpoint_digest_is_the_sha256_of_json_dumps_sorted_with_repr_for_the_rest():
+    # the recorded format: sha256 of json.dumps(obj, sort_keys=True, default=repr); the
+    # checkpoint keeps one encoder for every digest, which must give those bytes
+    import dataclasses
+    import hashlib
+
+    from nitdbg.machine import Machine
+    from nitdbg.session import checkpoint
+    obj = {"b": [1, (2, 3)], "a": {"z": None, "y": True, "x": 1.5}, "c": b"\x00", "d": "é"}
+    want = hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()
+    assert checkpoint._sha(obj) == want
+    knobs = Machine(vcpus=1).vm.knobs
+    knobs.delay_usecs = 7
+    assert checkpoint._knobs(knobs) == dataclasses.asdict(knobs)
+
+
+def test_first_difference_comparing_groups_whole_names_what_the_field_walk_names():
+    # first_difference compares each group (vcpus, regs, knobs, digests) whole before it
+    # walks the fields; on a recorded checkpoint with a field changed, retyped (1 for true,
+    # a float for an int), removed or added, it names what the plain walk names
+    import random
+
+    from nitdbg.session import checkpoint
+    rnd = random.Random(12)
+    recs = [json.loads(line) for p in sorted(SESSIONS.glob("*.nitrec"))[:8]
+            for line in p.read_text().splitlines()]
+    cks = [r for r in recs if r.get("t") == "ck"]
+
+    def plain(a: dict, b: dict) -> str | None:
+        saved = checkpoint._same_scalars
+        checkpoint._same_scalars = lambda _a, _b: False
+        try:
+            return checkpoint.first_difference(a, b)
+        finally:
+            checkpoint._same_scalars = saved
+
+    values = [0, 1, True, False, 1.0, -0.0, None, "", "idle", "0" * 64, [1], {"a": 1}]
+    seen_none = seen_diff = 0
+    for _ in range(1500):
+        a = json.loads(json.dumps(rnd.choice(cks)))
+        b = json.loads(json.dumps(a))
+        for _ in range(rnd.choice((0, 0, 1, 2))):
+            group = rnd.choice(("vcpus", "regs", "knobs", "digests"))
+            d = b[group][0] if group in ("vcpus", "regs") else b[group]
+            k = rnd.choice(list(d)) if d else "x"
+            r = rnd.random()
+            if r < 0.2:
+                d.pop(k, None)
+            elif r < 0.3:
+                d["zz" + k] = rnd.choice(values)
+            elif r < 0.4:
+                d[k] = d.pop(k, 0)          # the same field, moved to the end
+            else:
+                d[k] = rnd.choice(values)
+        got = checkpoint.first_difference(a, b)
+        assert got == plain(a, b)
+        seen_none += got is None
+        seen_diff += got is not None
+    assert seen_none > 300 and seen_diff > 300
+    # equal as Python values, not as JSON: fields in another order with their types
+    # swapped, a list holding 1 against one holding true
+    a = json.loads(json.dumps(cks[0]))
+    b = json.loads(json.dumps(a))
+    a["knobs"], b["knobs"] = {"x": 1, "y": True}, {"y": 1, "x": True}
+    assert checkpoint.first_difference(a, b) == plain(a, b) == "debug.nit.x 1 != True"
+    b["knobs"] = a["knobs"]
+    a["vcpus"][0]["halted"], b["vcpus"][0]["halted"] = [1], [True]
+    assert checkpoint.first_difference(a, b) == plain(a, b) is not None

@@ -205,3 +205,110 @@ def test_checkpoint_file_records_and_interrupts_are_checked_too(tmp_path):
     recs[2]["files"] = []
     recs[2]["interrupted_at"] = "soon"
     assert "record 3 (ck): interrupted_at:" in _refusal(_write(tmp_path, recs))
+
+
+def _plain_check(sch, v):  # noqa: ANN001, ANN202 - a schema node and a JSON value
+    """The schema read the plain way: every field through its own check, Str's character
+    tests one character at a time (what Obj's inline integer test and Str's string methods
+    must agree with)."""
+    from nitdbg.session import schema as S
+    if isinstance(sch, S.Obj):
+        if type(v) is not dict:
+            return sch.check(v)
+        for k, s in sch.fields.items():
+            if k not in v:
+                if k in sch.optional:
+                    continue
+                return S.Problem(k, "missing")
+            p = S._at(k, _plain_check(s, v[k]))
+            if p is not None:
+                return p
+        extra = [k for k in v if k not in sch.fields]
+        return S.Problem(extra[0], "unknown field") if extra else None
+    if isinstance(sch, S.List) and type(v) is list and len(v) <= sch.max_len:
+        for i, x in enumerate(v):
+            p = _plain_check(sch.item, x)
+            if p is not None:
+                return S._at(f"[{i}]", p)
+        return None
+    if isinstance(sch, S.Tuple) and type(v) is list and len(v) == len(sch.items):
+        for i, (x, s) in enumerate(zip(v, sch.items, strict=True)):
+            p = _plain_check(s, x)
+            if p is not None:
+                return S._at(f"[{i}]", p)
+        return None
+    if isinstance(sch, S.Map) and type(v) is dict and len(v) <= sch.max_items:
+        for k, x in v.items():
+            if len(k) > sch.key_len:
+                return sch.check(v)
+            p = S._at(k, _plain_check(sch.value, x))
+            if p is not None:
+                return p
+        return None
+    if isinstance(sch, S.Opt):
+        return None if v is None else _plain_check(sch.inner, v)
+    if isinstance(sch, S.Str) and type(v) is str and len(v) <= sch.max_len:
+        if sch.latin1 and any(ord(c) > 0xFF for c in v):
+            return S.Problem("", "a character above U+00FF in a string of bytes")
+        if sch.choices and v not in sch.choices:
+            return sch.check(v)
+        if sch.hex_len and (len(v) != sch.hex_len
+                            or any(c not in "0123456789abcdef" for c in v)):
+            return S.Problem("", f"{S._show(v)} is not a {sch.hex_len}-digit hex digest")
+        return None
+    return sch.check(v)
+
+
+def test_the_schema_s_fast_paths_find_the_plain_reading_s_problem_in_mutated_records():
+    # Obj tests integer fields inline and Str tests characters with string methods; on
+    # records with a field removed, added, retyped, out of range or with odd characters,
+    # the problem found (field and words) is the plain reading's.
+    import random
+
+    from nitdbg.session import schema as S
+    rnd = random.Random(7)
+    recs = [json.loads(line) for p in sorted(SESSIONS.glob("*.nitrec"))
+            for line in p.read_text().splitlines()[1:]]
+    values = [True, False, 0, 1, -1, 1 << 64, 2.5, None, "", "ab", "0f" * 8, "0F" * 8,
+              "\xff", "\u0100x", [], [1], {}, {"k": 1}]
+
+    def mutate(x):  # noqa: ANN001, ANN202
+        if isinstance(x, dict) and x and rnd.random() < 0.7:
+            k = rnd.choice(list(x))
+            r = rnd.random()
+            if r < 0.2:
+                x.pop(k)
+            elif r < 0.3:
+                x["zz" + k] = 1
+            elif r < 0.6:
+                x[k] = rnd.choice(values)
+            else:
+                mutate(x[k])
+        elif isinstance(x, list) and x:
+            i = rnd.randrange(len(x))
+            if rnd.random() < 0.5:
+                x[i] = rnd.choice(values)
+            else:
+                mutate(x[i])
+
+    checked = 0
+    for _ in range(3000):
+        rec = json.loads(json.dumps(rnd.choice(recs)))
+        for _ in range(rnd.choice((1, 1, 2, 3))):
+            mutate(rec)
+        t, op = rec.get("t"), rec.get("op")
+        sch = S.RECORD_SCHEMAS.get(t) if type(t) is str else None
+        if sch is None:
+            continue
+        if t == "in" and type(op) is str and op in S.ARGS:
+            args = rec.get("args")
+            assert S.ARGS[op].check(args) == _plain_check(S.ARGS[op], args)
+        assert sch.check(rec) == _plain_check(sch, rec)
+        checked += 1
+    assert checked > 2000
+    for text in ("", "abc", "\xff", "\xff\u0100", "\u0100", "x\U0001f600", "\x00\x7f\x80"):
+        sch = S.Str(latin1=True)
+        assert sch.check(text) == _plain_check(sch, text), text
+    for text in ("0f" * 32, "0F" * 32, "g" + "0" * 63, "0" * 63 + " ", "0" * 64, "0" * 65):
+        sch = S.Str(hex_len=64)
+        assert sch.check(text) == _plain_check(sch, text), text

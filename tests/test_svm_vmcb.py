@@ -221,6 +221,30 @@ def test_msrpm_msr_outside_the_three_vectors_is_always_intercepted():
         m.set(0x4000_0000, read=True)
 
 
+def test_msrpm_set_range_is_set_on_each_msr_of_the_range():
+    # APM vol 2 15.11: two bits per MSR, read then write; a range inside one vector is
+    # stored in one masked write, which must leave exactly what set() MSR by MSR leaves
+    import random
+    rnd = random.Random(5)
+    for _ in range(100):
+        a = Msrpm(rnd.randbytes(MSRPM_SIZE))
+        b = Msrpm(a.buf)
+        base = rnd.choice((0, 0xC000_0000, 0xC001_0000))
+        first = base + rnd.randrange(0x2000)
+        count = rnd.randrange(1, 0x2000 - (first - base) + 1)
+        read, write = rnd.choice((None, False, True)), rnd.choice((None, False, True))
+        a.set_range(first, count, read=read, write=write)
+        for msr in range(first, first + count):
+            b.set(msr, read=read, write=write)
+        assert a.buf == b.buf, (hex(first), count, read, write)
+    m = Msrpm()
+    with pytest.raises(VmcbError):
+        m.set_range(0x1FFF, 2, read=True)            # runs out of vector 0
+    with pytest.raises(VmcbError):
+        m.set_range(0x4000_0000, 1, read=True)       # in no vector
+    assert m.buf == Msrpm().buf
+
+
 # --- exit codes --------------------------------------------------------------------------------
 
 

@@ -244,6 +244,96 @@ def test_digest_kept_between_checkpoints_equals_the_digest_of_every_record():
         assert k.digest() == _digest_of_every_record(k), step
 
 
+def test_digest_repeated_without_a_log_is_kept_and_any_write_since_renews_it():
+    # the digest is kept while nothing is logged; a clear or a take-over that leaves the
+    # ring at the same record count with other records must not return the kept one
+    k = Ktr(entries=4)
+    for i in range(3):
+        k.log(0, i, f"a{i}")
+    d = k.digest()
+    assert k.digest() == d == _digest_of_every_record(k)
+    k.clear()
+    assert k.digest() == _digest_of_every_record(k) != d     # empty: seq 0 again
+    for i in range(3):
+        k.log(0, i, f"b{i}")          # seq and idx as before, other records
+    assert k.digest() == _digest_of_every_record(k) != d
+    other = Ktr(entries=4)
+    for i in range(3):
+        other.log(1, i, f"c{i}")
+    k.take_over(other)
+    assert k.digest() == _digest_of_every_record(k)
+    for _ in range(5):                 # wraps
+        k.log(0, 9, "w")
+        assert k.digest() == _digest_of_every_record(k)
+        assert k.digest() == _digest_of_every_record(k)
+
+
+def test_digest_of_records_with_odd_types_is_every_record_s_repr():
+    # the digest puts a record's repr together itself for plain ints and formats; a cpu,
+    # timestamp or format of another type (a bool, an int or str subclass with its own
+    # repr) must still hash as repr(record)
+    class Tick(int):
+        def __repr__(self) -> str:
+            return f"Tick({int(self)})"
+
+    class Fmt(str):
+        def __repr__(self) -> str:
+            return "Fmt!"
+
+    k = Ktr(entries=8)
+    for i, (cpu, ts, fmt) in enumerate([(0, 5, "%s"), (True, 6, "%s"), (1, Tick(7), "%s"),
+                                        (2, 8, Fmt("%s")), (0, 9, "%s"), (False, 10, "x%s")]):
+        k.logf(cpu, ts, fmt, f"m{i}")
+        assert k.digest() == _digest_of_every_record(k), i
+
+
+def _ktrdump_entry_by_entry(k: Ktr, cpu_col: bool, time_col: bool, quiet: bool,
+                            newest_first: bool, file_col: bool, thread_col: bool,
+                            relative: bool) -> str:
+    """ktrdump.c's loop written out over iter_entries(): the definition format_dump's
+    row tuples must reproduce."""
+    out = []
+    if not quiet:
+        head, dash = "index  ", "------ "
+        for on, h, d in ((cpu_col, "cpu ", "--- "),
+                         (time_col, "timestamp".ljust(17), "-" * 16 + " "),
+                         (file_col, "file and line".ljust(41), "-" * 40 + " "),
+                         (thread_col, "tid".ljust(19), "-" * 18 + " ")):
+            if on:
+                head, dash = head + h, dash + d
+        out += [head + "trace\n", dash + "----- \n"]
+    tlast = None
+    for e in k.iter_entries(newest_first=newest_first):
+        row = f"{e.index:6d} "
+        if cpu_col:
+            row += f"{e.cpu:3d} "
+        if time_col:
+            t = e.timestamp
+            if relative:
+                tlast = t if tlast is None else tlast
+                t, tlast = (tlast - t) % (1 << 64), t
+            row += f"{t:16d} "
+        if file_col:
+            row += f"{e.file + ':' + str(e.line):<40} "
+        if thread_col:
+            row += f"{e.thread:#x} "
+        out.append(row + e.message + "\n")
+    return "".join(out)
+
+
+def test_ktrdump_of_every_column_set_matches_the_entries_one_by_one():
+    # format_dump reads the ring's rows without an entry object each; for every option set
+    # (including a wrapped ring and -r both ways) its text is the entry-by-entry loop's.
+    import itertools
+    k = Ktr(entries=8)
+    for i in range(13):
+        k.vcpu_log("vm2", i % 3, 1000 + 37 * i * i, "handled %s vmexit at %#lx/%d", "inout",
+                   0xFFFFFFFF80200000 + i, i % 4)
+    k.logf(2, 99999, "%d usecs", 800000, thread=0x1234)
+    for flags in itertools.product((False, True), repeat=7):
+        assert k.ktrdump(*flags) == _ktrdump_entry_by_entry(k, *flags), flags
+
+
 def test_ktrdump_file_column_names_the_vmm_line_that_logged_not_its_log_helper():
     # VCPU_CTRn records __FILE__/__LINE__ where the trace call is written (sys/sys/ktr.h):
     # for the vmm that is the line calling Vcpu.log, not Vcpu.log itself.

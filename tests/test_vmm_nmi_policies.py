@@ -63,6 +63,38 @@ def test_registry_has_the_four_policies_and_the_teaching_variant():
         assert {"last_unblock", "last_transition"} <= set(d)
 
 
+def test_describe_is_asdict_of_the_state_plus_policy_and_blocked_for_every_policy():
+    # describe() copies a state's fields itself (asdict is slow); the result is asdict's,
+    # whatever the state holds, and a field holding a container is still a deep copy.
+    from dataclasses import asdict, dataclass, field
+
+    from nitdbg.vmm.nmi.base import NmiPolicy, NmiState
+    for name in POLICIES:
+        m = Machine(vcpus=1, policy=name)
+        pol, v = m.vm.policy, m.vcpus[0]
+        st = pol.state(v)
+        st.last_transition, st.iret_exit_rip = "probe", 0xFFFF_FFFF_8020_0000
+        for f in type(st).__dataclass_fields__:
+            if type(getattr(st, f)) is bool:
+                setattr(st, f, True)
+        want = {**asdict(st), "policy": name, "blocked": pol.nmi_blocked(v)}
+        assert NmiPolicy.describe(pol, v) == want, name     # (kvm, vnmi: then their own)
+
+    @dataclass
+    class Listy(NmiState):
+        seen: list[int] = field(default_factory=list)
+
+    class P(type(Machine(vcpus=1).vm.policy)):
+        state_type = Listy
+
+    m = Machine(vcpus=1)
+    m.vm.policy = pol = P()
+    st = pol.state(m.vcpus[0])
+    st.seen.append(3)
+    d = pol.describe(m.vcpus[0])
+    assert d["seen"] == [3] and d["seen"] is not st.seen
+
+
 def test_no_policy_name_is_tested_in_the_hypervisor_outside_the_policy_package():
     rx = re.compile(r"policy\.name\s*[!=]=|==\s*\"(bhyve-upstream|kvm|vnmi|iret-tracing)")
     for sub in ("vmm", "svm"):

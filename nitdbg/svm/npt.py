@@ -131,6 +131,23 @@ _P_OF_EVERY_ENTRY = sum(1 << (64 * i) for i in range(PAGE_SIZE // 8))
 assert PTE_P == 1
 
 
+def _lanes(n: int) -> tuple[int, int]:
+    """(1 in each of n 64-bit lanes, k * PAGE_SIZE in lane k) as integers."""
+    ones = sum(1 << (64 * k) for k in range(n))
+    return ones, sum((k * PAGE_SIZE) << (64 * k) for k in range(n))
+
+
+_FULL_TABLE_LANES = _lanes(PAGE_SIZE // 8)
+
+
+def _leaf_run(first: int, n: int) -> bytes:
+    """The n little-endian entries first, first + 4 KiB, ... as bytes: first in every
+    64-bit lane plus k pages in lane k, one multiply and add (first + k pages stays below
+    2**64, so no lane carries into the next)."""
+    ones, steps = _FULL_TABLE_LANES if n == PAGE_SIZE // 8 else _lanes(n)
+    return (first * ones + steps).to_bytes(8 * n, "little")
+
+
 def _entries(page: bytearray) -> array:
     """A table page's 512 entries (little-endian in memory, whatever the host)."""
     a = array("Q", bytes(page))
@@ -201,12 +218,11 @@ class NestedPageTable:
             i = (gpa >> PAGE_SHIFT) & 0x1FF
             n = min(512 - i, (end - gpa) >> PAGE_SHIFT)
             first = hpa | flags     # hpa is page aligned: adding pages never carries into flags
-            leaves = array("Q", range(first, first + n * PAGE_SIZE, PAGE_SIZE))
             pfn = table >> PAGE_SHIFT
             page = self.hostmem.pages.get(pfn)
             if page is None:
                 page = self.hostmem.pages[pfn] = bytearray(PAGE_SIZE)
-            page[i * 8:(i + n) * 8] = _to_bytes(leaves)
+            page[i * 8:(i + n) * 8] = _leaf_run(first, n)
             gpa += n * PAGE_SIZE
             hpa += n * PAGE_SIZE
 

@@ -504,6 +504,23 @@ class Msrpm:
             else:
                 self.buf[bit >> 3] &= ~(1 << (bit & 7)) & 0xFF
 
+    def set_range(self, first: int, count: int, read: bool | None = None,
+                  write: bool | None = None) -> None:
+        """set() on each of the `count` MSRs from `first`, which must lie in one vector
+        (their bit pairs are then adjacent): one masked store over the map."""
+        if count <= 0:
+            return
+        lo, hi = msrpm_bit(first, False), msrpm_bit(first + count - 1, False)
+        if lo is None or hi is None or hi - lo != 2 * (count - 1):
+            raise VmcbError(f"msrpm: MSRs {first:#x}..{first + count - 1:#x} are not in one "
+                            "vector of the map")
+        pairs = ((1 << 2 * count) - 1) // 3        # bit 0 of every MSR's pair: 0b0101...01
+        ones = (pairs if read else 0) | (pairs << 1 if write else 0)
+        zeros = (pairs if read is False else 0) | (pairs << 1 if write is False else 0)
+        v = int.from_bytes(self.buf, "little")
+        v = (v | ones << lo) & ~(zeros << lo)
+        self.buf[:] = v.to_bytes(MSRPM_SIZE, "little")
+
     def set_all(self, on: bool = True) -> None:
         fill = 0xFF if on else 0
         self.buf[:] = bytes([fill]) * MSRPM_SIZE

@@ -113,6 +113,10 @@ _nargs_of: dict[str, int] = {}
 _vcpu_fmts: dict[str, tuple[str, int]] = {}
 
 
+# the digest's repr of each format seen (a few dozen formats make every record)
+_fmt_reprs: dict[str, str] = {}
+
+
 def _nargs(fmt: str) -> int:
     n = _nargs_of.get(fmt)
     if n is None:
@@ -141,6 +145,10 @@ class Ktr:
         self._reprs: list[str] = []
         self._dseq = 0
         self._texts: dict[int, tuple[_Slot, str]] = {}
+        # the last digest, for the ring as it was at _dseq: every write to _buf either
+        # advances _seq (_put, vcpu_log_at) or comes through here (clear, take_over), so
+        # while _seq == _dseq the ring is the one that digest hashed
+        self._dhex: str | None = None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -258,6 +266,31 @@ class Ktr:
         for i in slots:
             yield self._entry(i)
 
+    def rows(self, newest_first: bool = True, sites: bool = False
+             ) -> list[tuple[int, int, int, str, CodeType | str, int, int]]:
+        """(slot, cpu, timestamp, message, where, at, thread) of every entry, oldest or
+        newest first, for ktrdump: what iter_entries() gives without a KtrEntry per entry;
+        with `sites` (ktrdump -f) where and at are the file and line (site()), else the
+        recorded code object and offset."""
+        buf, texts = self._buf, self._texts
+        slots = list(self._slots_newest_first())
+        if not newest_first:
+            slots.reverse()
+        out = []
+        for i in slots:
+            s = buf[i]
+            cached = texts.get(i)
+            if cached is not None and cached[0] is s:
+                text = cached[1]
+            else:
+                text = c_format(s[3], s[4])      # type: ignore[index]
+                texts[i] = (s, text)             # type: ignore[assignment]
+            if sites:
+                out.append((i, s[1], s[2], text, *site(s[5], s[6]), s[7]))  # type: ignore
+            else:
+                out.append((i, s[1], s[2], text, s[5], s[6], s[7]))   # type: ignore[index]
+        return out
+
     def messages(self) -> list[str]:
         """Messages oldest to newest (for scenario checks)."""
         return [e.message for e in self.iter_entries()]
@@ -303,16 +336,32 @@ class Ktr:
                 or (filled < n and buf[filled] is not None)):
             reprs[:] = []       # not the ring's usual shape: recompute every record
             self._dseq = 0
+            self._dhex = None
             h.update("".join([repr(rec[:5]) for rec in buf if rec is not None]).encode())
             return h.hexdigest()
+        if seq == self._dseq and self._dhex is not None:
+            return self._dhex                  # nothing logged since the last digest
         if len(reprs) < filled:
             reprs.extend([""] * (filled - len(reprs)))    # every one is set below
+        fmt_repr = _fmt_reprs.get
         for s in range(max(self._dseq, seq - n), seq):
             i = s % n
-            reprs[i] = repr(buf[i][:5])       # type: ignore[index]
+            rseq, cpu, ts, fmt, args, _where, _at, _tid = buf[i]    # type: ignore[misc]
+            if type(fmt) is str and type(cpu) is int and type(ts) is int:
+                # repr(record[:5]) put together: a plain int's str is its repr (seq is
+                # always one), the format's repr is kept
+                r = fmt_repr(fmt)
+                if r is None:
+                    r = repr(fmt)
+                    if len(_fmt_reprs) < 4096:
+                        _fmt_reprs[fmt] = r
+                reprs[i] = f"({rseq}, {cpu}, {ts}, {r}, {args!r})"
+            else:
+                reprs[i] = repr(buf[i][:5])       # type: ignore[index]
         self._dseq = seq
         h.update("".join(reprs).encode())
-        return h.hexdigest()
+        self._dhex = h.hexdigest()
+        return self._dhex
 
 
 # --- sysctls the ring owns ------------------------------------------------------------------

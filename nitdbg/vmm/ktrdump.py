@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .ktr import Ktr
 
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
 def format_dump(ktr: Ktr, cpu_col: bool = False, time_col: bool = False,
                 quiet: bool = False, newest_first: bool = True, file_col: bool = False,
                 thread_col: bool = False, relative: bool = False) -> str:
@@ -34,29 +37,35 @@ def format_dump(ktr: Ktr, cpu_col: bool = False, time_col: bool = False,
             dash += "-" * 18 + " "
         lines.append(head + "trace")
         lines.append(dash + "----- ")
-    entries = list(ktr.iter_entries(newest_first=newest_first))
+    head = "".join(line + "\n" for line in lines)
+    rows = ktr.rows(newest_first, sites=file_col)
+    if cpu_col and time_col and not (file_col or thread_col or relative):
+        # -ct, the test plan's columns: ktrdump.c's "%6d " "%3d " "%16ju " and the message,
+        # one printf-style format per row (the cheapest way Python has to build it)
+        return head + "".join(["%6d %3d %16d %s\n" % (i, cpu, ts & _U64, text)  # noqa: UP031
+                               for i, cpu, ts, text, _where, _at, _tid in rows])
+    out: list[str] = [head]
     tlast: int | None = None
-    for e in entries:
-        row = f"{e.index:6d} "                    # %6d
+    for i, cpu, tnow, text, where, at, tid in rows:
+        row = f"{i:6d} "                          # %6d
         if cpu_col:
-            row += f"{e.cpu:3d} "                  # %3d
+            row += f"{cpu:3d} "                    # %3d
         if time_col:
-            tnow = e.timestamp
             if relative:
                 if tlast is None:
                     tlast = tnow
                 # ktrdump computes tlast - tnow in uintmax_t for a live ring, whichever
                 # direction it walks.
-                row += f"{(tlast - tnow) & 0xFFFF_FFFF_FFFF_FFFF:16d} "  # %16ju
+                row += f"{(tlast - tnow) & _U64:16d} "  # %16ju
                 tlast = tnow
             else:
-                row += f"{tnow & 0xFFFF_FFFF_FFFF_FFFF:16d} "  # %16ju
+                row += f"{tnow & _U64:16d} "        # %16ju
         if file_col:
-            row += f"{e.file + ':' + str(e.line):<40} "  # %-40s
+            row += f"{str(where) + ':' + str(at):<40} "  # %-40s: file and line
         if thread_col:
-            row += f"{e.thread:#x} "                   # %p
-        lines.append(row + e.message)
-    return "".join(line + "\n" for line in lines)
+            row += f"{tid:#x} "                     # %p
+        out.append(row + text + "\n")
+    return "".join(out)
 
 
 def dump(ktr: Ktr, opts: KtrdumpOptions) -> str:

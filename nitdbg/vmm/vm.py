@@ -80,8 +80,7 @@ class Vm:
         self.iopm.set_all(True)
         self.msrpm = Msrpm()
         self.msrpm.set(0x1B, read=True, write=True)
-        for msr in range(0x800, 0x900):
-            self.msrpm.set(msr, read=True, write=True)
+        self.msrpm.set_range(0x800, 0x100, read=True, write=True)    # the x2APIC MSRs
         self.ktr = Ktr()
         self.stats = VmmStats(ncpus)
         self.sysctl = SysctlTree()

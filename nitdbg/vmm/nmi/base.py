@@ -9,7 +9,7 @@ calls them and never asks which policy it runs. Each policy owns its per-vCPU st
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ...svm.intinfo import IntInfo
@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 NMI_IDLE, NMI_BLOCKED, NMI_TRACING = "idle", "blocked", "tracing"
 EVENTINJ_VALID = 1 << 31
+
+# describe(): a state's field names by its type, and the value types asdict() would copy
+# as they are (immutable), so a state made of them needs no deep copy.
+_field_names: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset((str, int, bool, float, type(None)))
 
 
 @dataclass
@@ -57,7 +62,13 @@ class NmiPolicy:
     def describe(self, v: Vcpu) -> dict[str, Any]:
         """Plain data for front ends, checkpoints and audits: the state's fields plus
         whether NMIs are blocked now."""
-        d = asdict(self.state(v))
+        st = self.state(v)
+        names = _field_names.get(type(st))
+        if names is None:
+            names = _field_names[type(st)] = tuple(f.name for f in fields(st))
+        d = {name: getattr(st, name) for name in names}
+        if not all(type(x) in _SCALARS for x in d.values()):
+            d = asdict(st)       # a field holding a container: asdict's deep copy
         d["policy"] = self.name
         d["blocked"] = self.nmi_blocked(v)
         return d
