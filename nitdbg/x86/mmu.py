@@ -256,7 +256,8 @@ class Mmu(CpuState):
         insns = shared.insns
         if not cache.keys().isdisjoint(insns):
             return False      # (the same addresses cached from another page: keep those)
-        for i, t in shared.translators.items():
+        # (a copy: a machine on another thread may add to it; copying is one C call)
+        for i, t in list(shared.translators.items()):
             if TRANSLATORS.get(i) is not t:       # a translator was replaced (tests)
                 return False
         cache.update(insns)
