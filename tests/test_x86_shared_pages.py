@@ -91,3 +91,38 @@ def test_a_replaced_translator_is_used_by_the_next_machine(monkeypatch):
     b = _fresh(src)
     b.cpu.run(100)
     assert b.cpu.stop_reason == "internal"
+
+
+TWO_MOVS = """
+    test %ebx, %ebx
+    jz 1f
+    mov $2, %ecx
+1:
+    mov $1, %eax
+    hlt
+"""
+
+
+def test_instructions_built_by_a_replaced_translator_are_not_taken_with_the_new_ones(
+        monkeypatch):
+    """After a translator is replaced, a page must not mix what the old one built with what
+    the new one builds: a machine taking the page would run the old translation of an
+    instruction as if the new translator had built it."""
+    mmu._PAGES.clear()
+    _fresh(TWO_MOVS, rbx=1).cpu.run(100)        # both MOVs, by the registered translator
+    real = decode.TRANSLATORS[X.X86_INS_MOV]
+
+    def marking(d):
+        fn = real(d)
+
+        def marked(c):
+            fn(c)
+        marked.marked = True
+        return marked
+    monkeypatch.setitem(decode.TRANSLATORS, X.X86_INS_MOV, marking)
+    _fresh(TWO_MOVS, rbx=0).cpu.run(100)        # only the second MOV, by the new translator
+    c = _fresh(TWO_MOVS, rbx=1).cpu             # both again
+    c.run(100)
+    movs = [i for i in c.icache.values() if i.id == X.X86_INS_MOV]
+    assert len(movs) == 2 and all(getattr(i.fn, "marked", False) for i in movs)
+    assert c.regs[1] == 2 and c.regs[0] == 1

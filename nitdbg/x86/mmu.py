@@ -236,14 +236,17 @@ class Mmu(CpuState):
         self.code_pages[hppn][off:off + n] = _ONES[n]
         self._code_rips[hppn].append((cache, (rip,)))
         # offer it to the machines that will fetch from the same page image
-        if shared is None:
+        tr = TRANSLATORS.get(insn.id)
+        if shared is None or shared.translators.get(insn.id, tr) is not tr:
+            # (new, or its instructions of this kind were built by a translator since replaced)
             if len(_PAGES) >= _PAGES_MAX:
                 _PAGES.clear()
             shared = _PAGES[pkey] = _SharedPage(bytes(page))
         if page == shared.image:
-            shared.insns[rip] = insn
+            # (the instruction last: a machine that sees it sees its mask bits and translator)
             shared.mask[off:off + n] = _ONES[n]
-            shared.translators[insn.id] = TRANSLATORS.get(insn.id)
+            shared.translators[insn.id] = tr
+            shared.insns[rip] = insn
         return insn
 
     def _prefill(self, hppn: int, shared: _SharedPage) -> bool:
@@ -253,10 +256,11 @@ class Mmu(CpuState):
         all. Their bytes are in the page's mask, so a write to any of them drops them
         (self-modifying code)."""
         cache = self.icache
-        insns = shared.insns
+        # Copies, each one C call: a machine on another thread may add to the page meanwhile,
+        # and every instruction in this copy already has its mask bits and translator there.
+        insns = shared.insns.copy()
         if not cache.keys().isdisjoint(insns):
             return False      # (the same addresses cached from another page: keep those)
-        # (a copy: a machine on another thread may add to it; copying is one C call)
         for i, t in list(shared.translators.items()):
             if TRANSLATORS.get(i) is not t:       # a translator was replaced (tests)
                 return False
