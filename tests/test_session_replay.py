@@ -84,7 +84,7 @@ def test_a_checkpoint_digest_is_the_sha256_of_json_dumps_sorted_with_repr_for_th
     assert checkpoint._sha(obj) == want
     knobs = Machine(vcpus=1).vm.knobs
     knobs.delay_usecs = 7
-    assert checkpoint._knobs(knobs) == dataclasses.asdict(knobs)
+    assert knobs.as_dict() == dataclasses.asdict(knobs)
 
 
 def test_first_difference_comparing_groups_whole_names_what_the_field_walk_names():

@@ -7,7 +7,6 @@ the big parts (VMCBs, devices, KTR, memory, stats, console) as SHA-256 digests.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from typing import TYPE_CHECKING
@@ -46,17 +45,6 @@ def _sha(obj: object) -> str:
     return hashlib.sha256(_JSON.encode(obj).encode()).hexdigest()
 
 
-_knob_names: dict[type, tuple[str, ...]] = {}
-
-
-def _knobs(knobs: object) -> dict[str, object]:
-    """The knobs as a dict of their fields, in field order (the names kept per type)."""
-    names = _knob_names.get(type(knobs))
-    if names is None:
-        names = _knob_names[type(knobs)] = tuple(f.name for f in dataclasses.fields(knobs))
-    return {name: getattr(knobs, name) for name in names}
-
-
 def take(m: Machine) -> dict:
     """The checkpoint body (without the record's n/input/out keys)."""
     vm = m.vm
@@ -64,7 +52,7 @@ def take(m: Machine) -> dict:
     vcpus = [{"icount": v.cpu.icount, "now": v.now(), "nmi_state": v.nmi_state,
               "nmi_pending": bool(v.nmi_pending), "last_unblock": v.last_unblock,
               "halted": bool(v.halted)} for v in vm.vcpus]
-    knobs = _knobs(vm.knobs)
+    knobs = vm.knobs.as_dict()
     arch = _sha([[_full_arch(v.cpu)] for v in vm.vcpus])
     digests = {
         "arch": arch,

@@ -418,7 +418,11 @@ class NitKnobs:
     trace_guest_exceptions: int = 0    # hw.vmm.trace_guest_exceptions (boot-time tunable)
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The knobs by name, in field order (every checkpoint asks: the names are kept)."""
+        return {name: getattr(self, name) for name in _KNOB_NAMES}
+
+
+_KNOB_NAMES = tuple(f.name for f in fields(NitKnobs))
 
 
 _NIT_KNOBS = (
