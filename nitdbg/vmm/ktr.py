@@ -240,15 +240,18 @@ class Ktr:
     def _entry(self, slot: int) -> KtrEntry:
         s = self._buf[slot]
         assert s is not None
-        seq, cpu, ts, fmt, args, file, line, thread = s
+        seq, cpu, ts, _fmt, _args, file, line, thread = s
+        file, line = site(file, line)
+        return KtrEntry(slot, seq, cpu, ts, self._text(slot, s), file, line, thread)
+
+    def _text(self, slot: int, s: _Slot) -> str:
+        """The message of record `s` in `slot`, formatted once while the slot holds it."""
         cached = self._texts.get(slot)
         if cached is not None and cached[0] is s:
-            text = cached[1]
-        else:
-            text = c_format(fmt, args)
-            self._texts[slot] = (s, text)
-        file, line = site(file, line)
-        return KtrEntry(slot, seq, cpu, ts, text, file, line, thread)
+            return cached[1]
+        text = c_format(s[3], s[4])      # type: ignore[index]
+        self._texts[slot] = (s, text)
+        return text
 
     def _slots_newest_first(self) -> Iterator[int]:
         n = self.entries
@@ -272,19 +275,14 @@ class Ktr:
         newest first, for ktrdump: what iter_entries() gives without a KtrEntry per entry;
         with `sites` (ktrdump -f) where and at are the file and line (site()), else the
         recorded code object and offset."""
-        buf, texts = self._buf, self._texts
+        buf, text_of = self._buf, self._text
         slots = list(self._slots_newest_first())
         if not newest_first:
             slots.reverse()
         out = []
         for i in slots:
             s = buf[i]
-            cached = texts.get(i)
-            if cached is not None and cached[0] is s:
-                text = cached[1]
-            else:
-                text = c_format(s[3], s[4])      # type: ignore[index]
-                texts[i] = (s, text)             # type: ignore[assignment]
+            text = text_of(i, s)    # type: ignore[arg-type]
             if sites:
                 out.append((i, s[1], s[2], text, *site(s[5], s[6]), s[7]))  # type: ignore
             else:
