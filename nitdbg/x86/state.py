@@ -108,11 +108,11 @@ class CpuState:
     def update_mode(self) -> None:
         """Recompute code size and CPL-dependent caches after CS, CR0, EFER changes."""
         cs = self.seg[CS]
-        cr0 = self.cr0
         # Every VMRUN calls this; the outcome depends only on these bits (the cache dicts
-        # are cleared in place, never replaced), so an unchanged key changes nothing.
-        key = (cr0 & CR0_PE, self.efer & EFER_LMA, cs.attrib & (ATTR_L | ATTR_DB), self.cpl)
-        if key == self._mode_key:
+        # are cleared in place, never replaced), so unchanged inputs change nothing.
+        inputs = (self.cr0 & CR0_PE, self.efer & EFER_LMA, cs.attrib & (ATTR_L | ATTR_DB),
+                  self.cpl)
+        if inputs == self._mode_key:
             self.attention = True
             return
         if not self.cr0 & CR0_PE:
@@ -136,8 +136,7 @@ class CpuState:
         if bc is None:
             bc = self._bcaches[key] = {}
         self.bcache = bc
-        self._mode_key = (cr0 & CR0_PE, self.efer & EFER_LMA, cs.attrib & (ATTR_L | ATTR_DB),
-                          self.cpl)
+        self._mode_key = (*inputs[:3], self.cpl)     # (CPL is 0 now without PE)
         self.attention = True
 
     def set_cpl(self, cpl: int) -> None:
